@@ -1,0 +1,38 @@
+"""Entry point: settings -> Engine -> FastAPI (+ Gradio mounted at /) -> uvicorn.
+
+    python app.py            # serves on HATCAT_HOST:HATCAT_PORT (default 127.0.0.1:8765)
+"""
+
+from __future__ import annotations
+
+import sys
+
+import gradio as gr
+import uvicorn
+from fastapi import FastAPI
+
+from hatcat.api import create_api
+from hatcat.config import ConfigError, Settings
+from hatcat.engine import Engine
+from hatcat.model import ModelLoadError
+from views import build_workbench
+
+
+def build_app(engine: Engine) -> FastAPI:
+    """The API routes first, then the workbench at `/` (routes defined earlier win)."""
+    return gr.mount_gradio_app(create_api(engine), build_workbench(engine), path="/")
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+        engine = Engine.from_settings(settings)
+    except (ConfigError, ModelLoadError) as err:
+        print(f"hatcat: {err}", file=sys.stderr)
+        return 2
+    uvicorn.run(build_app(engine), host=settings.host, port=settings.port)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Settings: the one place that reads the environment.
+
+Every `HATCAT_*` variable (and `HF_HUB_OFFLINE`) is parsed here into a frozen `Settings`.
+A bad value raises `ConfigError` whose message is one line naming the variable and what
+is allowed; `app.py` prints it and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+EMBEDDED_DEFAULT = "embedded:gemma-3-270m"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """A setting has a value HatCat cannot use; the message is one line."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about one HatCat process."""
+
+    model_name: str = EMBEDDED_DEFAULT
+    host: str = "127.0.0.1"
+    port: int = 8765
+    base_layers: tuple[int, ...] = (0,)
+    keep_top_k: int = 100
+    probe_pack: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    cache_dir: Path = Path.home() / ".cache" / "hatcat"
+    api_key: str | None = None
+    hf_offline: bool = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Parse settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        get = lambda name: (env.get(name) or "").strip()  # noqa: E731 - unset and empty mean default
+        defaults = cls()
+        return cls(
+            model_name=get("HATCAT_MODEL_NAME") or defaults.model_name,
+            host=get("HATCAT_HOST") or defaults.host,
+            port=_int("HATCAT_PORT", get("HATCAT_PORT"), defaults.port, 1, 65535),
+            base_layers=_layers("HATCAT_BASE_LAYERS", get("HATCAT_BASE_LAYERS"), defaults.base_layers),
+            keep_top_k=_int("HATCAT_KEEP_TOP_K", get("HATCAT_KEEP_TOP_K"), defaults.keep_top_k, 1, 100_000),
+            probe_pack=get("HATCAT_PROBE_PACK") or None,
+            device=_device(get("HATCAT_DEVICE") or defaults.device),
+            dtype=_choice("HATCAT_DTYPE", get("HATCAT_DTYPE") or defaults.dtype, DTYPES),
+            cache_dir=Path(get("HATCAT_CACHE_DIR")).expanduser() if get("HATCAT_CACHE_DIR") else defaults.cache_dir,
+            api_key=get("HATCAT_API_KEY") or None,
+            hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
+        )
+
+
+def _int(name: str, raw: str, default: int, low: int, high: int) -> int:
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not an integer; allowed: {low}..{high}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}={raw!r} is out of range; allowed: {low}..{high}")
+    return value
+
+
+def _layers(name: str, raw: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    if not raw:
+        return default
+    try:
+        layers = tuple(sorted({int(part) for part in raw.split(",") if part.strip()}))
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is invalid; allowed: comma-separated layer numbers 0..5, e.g. 0,1") from None
+    if not layers or any(not 0 <= layer <= 5 for layer in layers):
+        raise ConfigError(f"{name}={raw!r} is invalid; allowed: comma-separated layer numbers 0..5, e.g. 0,1")
+    return layers
+
+
+def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
+    if raw.lower() not in allowed:
+        raise ConfigError(f"{name}={raw!r} is invalid; allowed: {', '.join(allowed)}")
+    return raw.lower()
+
+
+def _device(raw: str) -> str:
+    """`auto`, `cpu`, `mps`, `cuda` or `cuda:N`."""
+    base, _, index = raw.lower().partition(":")
+    if base in DEVICES and (not index or (base == "cuda" and index.isdigit())):
+        return raw.lower()
+    raise ConfigError(f"HATCAT_DEVICE={raw!r} is invalid; allowed: auto, cpu, cuda, cuda:N, mps")
+
+
+def _bool(name: str, raw: str, default: bool) -> bool:
+    if not raw:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={raw!r} is invalid; allowed: 1, 0, true, false, yes, no, on, off")

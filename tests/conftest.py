@@ -1,0 +1,71 @@
+"""Shared fixtures: the real embedded model, loaded once, and the real app on a loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import httpx
+import pytest
+
+from hatcat.config import Settings
+from hatcat.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@pytest.fixture(scope="session")
+def engine(settings: Settings) -> Engine:
+    """The embedded default model, loaded in-process (converted into the cache on first use)."""
+    return Engine.from_settings(settings)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python app.py` to completion (for start-up failures)."""
+    return subprocess.run(
+        [sys.executable, "app.py"], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def server() -> Iterator[str]:
+    """`python app.py` serving on a free loopback port; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port)}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("app.py did not answer /health within 600 s")
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,71 @@
+"""Settings parse the environment; bad values stop start-up with one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from hatcat.config import EMBEDDED_DEFAULT, ConfigError, Settings
+from tests.conftest import run_app
+
+
+def test_defaults_select_embedded_model_on_port_8765() -> None:
+    settings = Settings.from_env({})
+    assert settings.model_name == EMBEDDED_DEFAULT
+    assert settings.port == 8765
+    assert settings.base_layers == (0,)
+    assert settings.keep_top_k == 100
+    assert settings.api_key is None
+    assert (settings.device, settings.dtype) == ("auto", "auto")
+
+
+def test_values_are_parsed_from_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "HATCAT_MODEL_NAME": "google/gemma-3-4b-pt",
+            "HATCAT_PORT": "9000",
+            "HATCAT_BASE_LAYERS": "1, 0,2",
+            "HATCAT_KEEP_TOP_K": "25",
+            "HATCAT_DEVICE": "cuda:1",
+            "HATCAT_DTYPE": "bfloat16",
+            "HATCAT_API_KEY": "secret",
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    assert settings.model_name == "google/gemma-3-4b-pt"
+    assert settings.port == 9000
+    assert settings.base_layers == (0, 1, 2)
+    assert settings.keep_top_k == 25
+    assert settings.device == "cuda:1"
+    assert settings.dtype == "bfloat16"
+    assert settings.api_key == "secret"
+    assert settings.hf_offline is True
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("HATCAT_PORT", "eighty"),
+        ("HATCAT_PORT", "70000"),
+        ("HATCAT_KEEP_TOP_K", "0"),
+        ("HATCAT_KEEP_TOP_K", "many"),
+        ("HATCAT_BASE_LAYERS", "0,9"),
+        ("HATCAT_DEVICE", "tpu"),
+        ("HATCAT_DTYPE", "int3"),
+        ("HF_HUB_OFFLINE", "maybe"),
+    ],
+)
+def test_bad_value_raises_one_line_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({name: value})
+    message = str(err.value)
+    assert name in message and "allowed" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("env", [{"HATCAT_PORT": "abc"}, {"HATCAT_KEEP_TOP_K": "-3"}])
+def test_app_refuses_bad_setting_with_exit_2_and_one_line(env: dict[str, str]) -> None:
+    result = run_app(env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert next(iter(env)) in lines[0]
