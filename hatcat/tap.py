@@ -7,13 +7,13 @@ the middle of a generation never leaves a hook behind on the shared model.
         model(**inputs)
     t.hidden  # [batch, seq, hidden] output of decoder block 12
 
-`hidden_at(model, inputs, layer)` runs the model only up to that block (no later layers, no
-logits), for probe training.
+`hidden_at(model, inputs, layers)` runs the model only up to the deepest block asked for (no
+later layers, no logits), for probe training.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -64,12 +64,14 @@ def tap(model: nn.Module, layer: int, edit: Edit | None = None, stop: bool = Fal
 
 
 @torch.no_grad()
-def hidden_at(model: nn.Module, inputs: dict[str, torch.Tensor], layer: int) -> torch.Tensor:
-    """Decoder block `layer`'s output for a batch, computing no later layer: [batch, seq, hidden]."""
-    with tap(model, layer, stop=True) as seen:
+def hidden_at(model: nn.Module, inputs: dict[str, torch.Tensor], layers: list[int]) -> dict[int, torch.Tensor]:
+    """Decoder blocks' outputs for a batch, computing no layer after the last one asked: {layer: [batch, seq, hidden]}."""
+    deepest = max(layers)
+    with ExitStack() as stack:
+        seen = [stack.enter_context(tap(model, layer, stop=layer == deepest)) for layer in layers]
         try:
             model(**inputs, use_cache=False)
         except _StopForward:
             pass
-    assert seen.hidden is not None, "the tap layer did not run"
-    return seen.hidden
+    assert all(t.hidden is not None for t in seen), "a tap layer did not run"
+    return {t.layer: t.hidden for t in seen}

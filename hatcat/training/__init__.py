@@ -1,0 +1,1 @@
+"""Probe training: prompts per concept, cached activations, one-matrix probe fitting, calibration."""

@@ -1,0 +1,120 @@
+"""Features for probe training: tap-layer activations (cached on disk) and words-only embeddings.
+
+Activations are computed in padded batches that stop at the tap layer (`hatcat.tap.hidden_at`:
+no later layer, no logits) and are pooled two ways, `last` (the final token's state) and
+`mean` (over the real tokens). Every finished chunk is written to a cache keyed by model,
+tap layer and prompt text, so a rerun or a resumed run recomputes nothing, and a prompt
+shared by two concepts is computed once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from hatcat.tap import hidden_at
+
+POOLINGS = ("last", "mean")
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+class ActivationCache:
+    """Pooled activations per prompt text for one model and tap layer, stored as safetensors shards."""
+
+    def __init__(self, root: Path, model_id: str, layer: int) -> None:
+        self.layer = layer
+        self.folder = Path(root) / "activations" / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id) / f"layer{layer}"
+        self.rows: dict[str, dict[str, torch.Tensor]] = {}
+        for shard in sorted(self.folder.glob("shard-*.safetensors")):
+            if not shard.with_suffix(".json").is_file():
+                continue  # a run killed between the two writes: recomputed next time
+            keys = json.loads(shard.with_suffix(".json").read_text())
+            tensors = load_file(shard)
+            for i, key in enumerate(keys):
+                self.rows[key] = {pool: tensors[pool][i] for pool in POOLINGS}
+
+    def missing(self, texts: list[str]) -> list[str]:
+        return list(dict.fromkeys(t for t in texts if text_key(t) not in self.rows))
+
+    def add(self, texts: list[str], pooled: dict[str, torch.Tensor]) -> None:
+        """Store one computed chunk (written to disk at once: a killed run keeps it)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        keys = [text_key(t) for t in texts]
+        shard = self.folder / f"shard-{text_key(''.join(keys))}.safetensors"  # unique: concurrent runs never collide
+        save_file({pool: pooled[pool].contiguous() for pool in POOLINGS}, shard)
+        shard.with_suffix(".json").write_text(json.dumps(keys))
+        for i, key in enumerate(keys):
+            self.rows[key] = {pool: pooled[pool][i] for pool in POOLINGS}
+
+    def stack(self, texts: list[str], pooling: str) -> torch.Tensor:
+        return torch.stack([self.rows[text_key(t)][pooling] for t in texts]).float()
+
+
+@torch.no_grad()
+def pooled_activations(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    layers: list[int],
+    batch_size: int = 64,
+) -> dict[int, dict[str, torch.Tensor]]:
+    """{layer: {pooling: [len(texts), hidden]}}: `last` and `mean` pooled states, float16 on the CPU."""
+    device = next(model.parameters()).device
+    tokenizer.padding_side = "left"  # the last position is then every prompt's last token
+    size = (len(texts), model.config.get_text_config().hidden_size)
+    out = {layer: {pool: torch.empty(size, dtype=torch.float16) for pool in POOLINGS} for layer in layers}
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad less
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        batch = tokenizer([texts[i] for i in index], return_tensors="pt", padding=True).to(device)
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        for layer, hidden in hidden_at(model, dict(batch), layers).items():
+            hidden = hidden.float()
+            out[layer]["last"][index] = hidden[:, -1].half().cpu()
+            out[layer]["mean"][index] = ((hidden * mask).sum(1) / mask.sum(1)).half().cpu()
+    return out
+
+
+def extract(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    caches: list[ActivationCache],
+    chunk: int = 2048,
+    batch_size: int = 64,
+) -> None:
+    """Fill each layer's cache with every text it lacks, in one pass per chunk, with a progress bar and ETA."""
+    todo = list(dict.fromkeys(t for cache in caches for t in cache.missing(texts)))
+    layers = [cache.layer for cache in caches]
+    with tqdm(total=len(todo), desc=f"activations @ layers {layers}", unit="prompt", disable=not todo) as bar:
+        for start in range(0, len(todo), chunk):
+            part = todo[start : start + chunk]
+            pooled = pooled_activations(model, tokenizer, part, layers, batch_size)
+            for cache in caches:
+                cache.add(part, pooled[cache.layer])
+            bar.update(len(part))
+
+
+@torch.no_grad()
+def text_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+    """Words-only features: the mean input embedding of each text's tokens (no context, no layers)."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        vectors = embed(batch["input_ids"]).float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        rows.append(((vectors * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+    return torch.cat(rows)

@@ -1,0 +1,95 @@
+"""Probe training end to end on the real embedded model, and refusal of bad probe packs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hatcat.concepts import load_pack
+from hatcat.engine import Engine
+from hatcat.probes import ProbeBank, ProbePack, ProbePackError
+from hatcat.tap import hidden_at
+from hatcat.train import DEFAULT_MELDS
+from hatcat.training.prompts import SPLITS, build_prompts
+from hatcat.training.run import TrainSettings, train
+
+ROOT = Path(__file__).resolve().parents[1]
+CONCEPTS = ("Music", "Fear", "Automobile", "Deception")
+
+
+@pytest.fixture(scope="module")
+def trained(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    pack = load_pack(melds=DEFAULT_MELDS)
+    folder, report = train(engine.loaded, pack, TrainSettings(concepts=CONCEPTS), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("pack"))
+    return folder, report.__dict__
+
+
+def test_held_out_prompts_never_repeat_a_training_string() -> None:
+    pack = load_pack(melds=DEFAULT_MELDS)
+    prompts = build_prompts(pack, list(CONCEPTS))
+    by_split = {s: {p.text for p in prompts if p.split == s} for s in SPLITS}
+    assert not by_split["train"] & by_split["val"]
+    assert not by_split["train"] & by_split["test"]
+    assert not by_split["val"] & by_split["test"]
+
+
+def test_training_writes_a_pack_with_metrics_for_both_sides(trained: tuple[Path, dict]) -> None:
+    folder, report = trained
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert set(manifest["concepts"]) == set(CONCEPTS)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    for side in (metrics, metrics["text"]):
+        assert set(side["per_concept"]) == set(CONCEPTS)
+        assert all({"precision", "recall", "f1", "auroc", "threshold", "n_pos", "n_neg"} <= set(m) for m in side["per_concept"].values())
+    assert report["computed_prompts"] > 0  # a fresh cache: activations were really extracted
+    assert metrics["per_concept"]["Music"]["auroc"] > 0.8
+
+
+def test_trained_probe_separates_a_positive_from_a_clear_negative(engine: Engine, trained: tuple[Path, dict]) -> None:
+    pack = ProbePack.load(trained[0], model_id=engine.loaded.name, hidden_size=engine.loaded.hidden_size)
+    bank = ProbeBank(pack)
+    texts = ["The orchestra played a beautiful symphony and the audience sang along.", "The tax form lists the deductions for the year."]
+    engine.tokenizer.padding_side = "left"
+    inputs = engine.tokenizer(texts, return_tensors="pt", padding=True)
+    hidden = hidden_at(engine.model, dict(inputs), [bank.tap_layer])[bank.tap_layer][:, -1]
+    music = bank.index["Music"]
+    probs = bank.score(hidden)[:, music]
+    assert probs[0] > bank.act_threshold[music] > probs[1]
+
+
+def test_pack_for_another_model_is_refused(trained: tuple[Path, dict]) -> None:
+    with pytest.raises(ProbePackError, match="trained on embedded:gemma-3-270m"):
+        ProbePack.load(trained[0], model_id="embedded:smollm2-135m")
+    with pytest.raises(ProbePackError, match="hidden size"):
+        ProbePack.load(trained[0], hidden_size=576)
+
+
+def test_pack_with_corrupted_weights_is_refused(trained: tuple[Path, dict], tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(trained[0], copy)
+    weights = copy / "activation.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ProbePackError, match="activation.safetensors is corrupt"):
+        ProbePack.load(copy)
+
+
+def test_pack_for_another_concept_pack_is_refused(trained: tuple[Path, dict]) -> None:
+    pack = ProbePack.load(trained[0])
+    with pytest.raises(ProbePackError, match="concept pack"):
+        pack.check_concepts("other-pack", "0" * 64, set(CONCEPTS))
+
+
+def test_cli_documents_every_option_and_refuses_unknown_concepts() -> None:
+    help_text = subprocess.run([sys.executable, "-m", "hatcat.train", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    for option in ("--layers", "--train-text-probes", "--concepts", "--concept-pack", "--model", "--limit", "--out"):
+        assert option in help_text
+    bad = subprocess.run([sys.executable, "-m", "hatcat.train", "--concepts", "NoSuchConcept"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == ["hatcat.train: unknown concept(s): NoSuchConcept"]
