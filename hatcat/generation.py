@@ -1,0 +1,445 @@
+"""Streaming decode: a KV-cached loop that yields one typed event per token.
+
+In the style of simonw/llm, generation is a generator of events and the non-streaming path
+just collects it:
+
+    settings = GenerationSettings(max_tokens=64, temperature=0, stop=("\\n\\n",))
+    prompt = build_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
+    for event in generate(model, tokenizer, prompt, settings, tap_layer=12):
+        if isinstance(event, TokenStep):
+            ...  # event.text, event.hidden -> probes, monitor, SSE chunk
+        else:
+            ...  # Finished: finish_reason, usage, full text
+    text, steps, finished = collect(generate(...))
+
+Cost: one forward pass over the prompt, then one single-token forward per generated token
+(the model's own KV cache, `logits_to_keep=1`), one forward hook at the tap layer for the whole
+generation, one `.item()` per token for the sampled id. The caller holds the model exclusively
+(`Engine.exclusive()`): the hook stays on the tap layer until the generator finishes or is closed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Literal
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from hatcat.model import decoder_layers
+from hatcat.tap import Edit, tap
+
+# OpenAI's ranges, so that the API layer can pass a request's fields straight through.
+MAX_TEMPERATURE = 2.0
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Sampling and stopping controls; invalid values raise ValueError naming the field.
+
+    temperature 0 means greedy decoding (argmax); top_k 0 turns top-k off; top_p 1 turns
+    nucleus sampling off; repetition_penalty 1 is no penalty (HF semantics: a logit of a token
+    already in the prompt or output is divided by it when positive, multiplied when negative);
+    seed None draws a fresh random seed; stop holds strings that end the text (not included).
+    """
+
+    max_tokens: int = 128
+    temperature: float = 0.7
+    top_p: float = 1.0
+    top_k: int = 0
+    repetition_penalty: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a single string, as OpenAI's `stop` also allows
+            object.__setattr__(self, "stop", (self.stop,))
+        elif not isinstance(self.stop, tuple):
+            object.__setattr__(self, "stop", tuple(self.stop) if isinstance(self.stop, Iterable) else self.stop)
+        if not _is_int(self.max_tokens) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
+        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}")
+        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not _is_number(self.repetition_penalty) or not 0.0 < self.repetition_penalty <= 10.0:
+            raise ValueError(f"repetition_penalty must be a number in (0, 10] (1 = off), got {self.repetition_penalty!r}")
+        if self.seed is not None and not _is_int(self.seed):
+            raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
+        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
+            raise ValueError(f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass
+class TokenStep:
+    """One generated token.
+
+    `text` is the new piece of output text this token releases; the concatenation of all steps'
+    texts is exactly `Finished.text`. A piece can be empty (a special token, half of a multi-byte
+    character whose rest arrives with the next token) or trimmed (the token where a stop sequence
+    begins). `hidden` is the tap layer's state at the position whose logits produced this token
+    ([hidden], model dtype, on the model's device; see `generate`).
+    """
+
+    index: int
+    token_id: int
+    text: str
+    hidden: torch.Tensor = field(repr=False)
+
+
+@dataclass
+class Finished:
+    """The end of a generation: why it stopped, usage and the full output text."""
+
+    finish_reason: Literal["stop", "length"]
+    prompt_tokens: int
+    completion_tokens: int  # tokens the model generated, counting an EOS and a stop sequence's tokens
+    text: str
+
+
+Event = TokenStep | Finished
+
+
+def build_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
+    """The tokenizer's chat template with the generation prompt when it has one; otherwise the
+    last user message's content (base models such as Gemma 3 270M, as the original does)."""
+    if not messages:
+        raise ValueError("messages must hold at least one message")
+    if getattr(tokenizer, "chat_template", None):
+        normalised = [{**message, "content": _content_text(message.get("content"))} for message in messages]
+        return tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=True)
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            return _content_text(message.get("content"))
+    raise ValueError("messages hold no user message to use as the prompt (this model has no chat template)")
+
+
+def _content_text(content: object) -> str:
+    """A message's text: a string, or OpenAI's list of content parts (text parts joined)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+    raise ValueError(f"message content must be a string or a list of content parts, got {type(content).__name__}")
+
+
+def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
+    """Token ids that end a generation: the tokenizer's and the generation config's EOS, and
+    Gemma's `<end_of_turn>` (chat turns end there) when the vocabulary has it."""
+    ids: set[int] = set()
+    for value in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(v for v in value if isinstance(v, int))
+    end_of_turn = tokenizer.convert_tokens_to_ids("<end_of_turn>")
+    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
+        ids.add(end_of_turn)
+    return ids
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
+    """Prompt token ids. A prompt that already starts with the BOS text (a chat template's
+    output) is not given a second BOS; a plain prompt gets the tokenizer's special tokens."""
+    bos = tokenizer.bos_token
+    add_special = not (isinstance(bos, str) and bos and prompt.startswith(bos))
+    return list(tokenizer(prompt, add_special_tokens=add_special).input_ids)
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    settings: GenerationSettings,
+    tap_layer: int,
+    edit: Edit | None = None,
+) -> Iterator[Event]:
+    """Stream a completion of `prompt`: TokenStep events, then one Finished event.
+
+    Which hidden state belongs to a token: step k's `hidden` is the tap layer's state at the
+    position whose logits produced token k (for the first token, the last prompt position; for
+    token k > 0, the position where token k-1 was fed in). It is what the model held when it chose
+    the token, it comes out of the very forward pass that computed the token's logits, so a
+    generation costs exactly one forward per token (the last token is never fed back in), and
+    it is what the original read (the last position's hidden state before appending the token).
+
+    `edit` (a steering function on the tap layer's [batch, seq, hidden] output) is applied on
+    every forward, prompt included; `hidden` is the state after the edit.
+
+    Stops at an EOS token (see `stop_token_ids`; not emitted as a step), at `max_tokens` or the
+    model's context length (finish_reason "length"), or when a stop sequence appears in the text
+    (finish_reason "stop"; the sequence and anything after it are not emitted: text that could
+    be the beginning of a stop sequence is held back until it cannot). Closing the generator
+    (or breaking out of a loop over it) ends the generation and removes the tap hook.
+    """
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    prompt_ids = encode_prompt(tokenizer, prompt)
+    if not prompt_ids:
+        raise ValueError("prompt is empty: it encodes to no tokens")
+    context = _context_length(model)
+    if context is not None and len(prompt_ids) >= context:
+        raise ValueError(f"prompt is {len(prompt_ids)} tokens, the model's context is {context} tokens")
+    layers = len(decoder_layers(model))
+    if not -layers <= tap_layer < layers:
+        raise ValueError(f"tap_layer {tap_layer} is out of range: the model has {layers} decoder layers")
+    device = next(model.parameters()).device
+    max_new = settings.max_tokens if context is None else min(settings.max_tokens, context - len(prompt_ids))
+    eos = stop_token_ids(model, tokenizer)
+    return _decode_loop(model, tokenizer, prompt_ids, settings, tap_layer, edit, device, max_new, eos)
+
+
+def _decode_loop(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: list[int],
+    settings: GenerationSettings,
+    tap_layer: int,
+    edit: Edit | None,
+    device: torch.device,
+    max_new: int,
+    eos: set[int],
+) -> Iterator[Event]:
+    input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
+    sampler = _Sampler(settings, device, input_ids[0])
+    detok = _Detokenizer(tokenizer)
+    stops = _StopHoldback(settings.stop)
+    # transformers 5.2x names the KV cache argument `cache` (`past_key_values` before).
+    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache = None
+    generated = 0
+    with tap(model, tap_layer, edit=edit) as seen:
+        while True:
+            logits, cache = _forward(model, input_ids, cache, cache_kwarg)
+            hidden = seen.hidden
+            assert hidden is not None, "the tap layer did not run"
+            # [hidden] at the last position; clone the prompt's row so the whole prompt's states are freed.
+            hidden = hidden[0, -1].clone() if generated == 0 else hidden[0, -1]
+            token = sampler.sample(logits)
+            generated += 1
+            if token in eos:
+                yield from stops.flush(detok.flush())
+                yield _finish("stop", prompt_ids, generated, stops)
+                return
+            piece = detok.add(token)
+            last = generated >= max_new
+            if last:
+                piece += detok.flush()
+            yield from stops.add(TokenStep(generated - 1, token, piece, hidden), detok.pending)
+            if stops.matched:
+                yield _finish("stop", prompt_ids, generated, stops)
+                return
+            if last:
+                yield from stops.flush("")
+                yield _finish("length", prompt_ids, generated, stops)
+                return
+            input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
+
+
+def _finish(reason: Literal["stop", "length"], prompt_ids: list[int], generated: int, stops: "_StopHoldback") -> Finished:
+    return Finished(reason, len(prompt_ids), generated, stops.emitted_text)
+
+
+@torch.inference_mode()
+def _forward(model: nn.Module, input_ids: torch.Tensor, cache: object, cache_kwarg: str) -> tuple[torch.Tensor, object]:
+    """One cached forward; returns the last position's logits (fp32, [vocab]) and the cache.
+
+    Inference mode is entered per forward, never across a `yield`, so the consumer's code between
+    tokens does not run in inference mode."""
+    out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
+    new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return out.logits[0, -1].float(), new_cache
+
+
+def _context_length(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+class _Sampler:
+    """Repetition penalty, temperature, top-k, top-p (HF's order), then argmax or a seeded draw."""
+
+    def __init__(self, settings: GenerationSettings, device: torch.device, prompt: torch.Tensor) -> None:
+        self.settings = settings
+        self.prompt = prompt
+        self.seen: torch.Tensor | None = None  # bool [vocab]: ids in the prompt or the output so far
+        self.last: int | None = None
+        self.generator = torch.Generator(device=device)
+        if settings.seed is None:
+            self.generator.seed()
+        else:
+            self.generator.manual_seed(settings.seed & 0xFFFF_FFFF_FFFF_FFFF)
+
+    @torch.inference_mode()
+    def sample(self, logits: torch.Tensor) -> int:
+        s = self.settings
+        if s.repetition_penalty != 1.0:
+            logits = self._penalise(logits)
+        if s.greedy:
+            token = int(logits.argmax().item())
+        else:
+            logits = logits / s.temperature
+            if s.top_k and s.top_k < logits.shape[-1]:
+                values, indices = logits.topk(s.top_k)  # sorted descending
+            elif s.top_p < 1.0:
+                values, indices = logits.sort(descending=True)
+            else:
+                values, indices = logits, None
+            probs = torch.softmax(values, dim=-1)
+            if s.top_p < 1.0:
+                # Keep the smallest prefix (by descending probability) whose mass reaches top_p.
+                mass_before = probs.cumsum(-1) - probs
+                probs = probs.masked_fill(mass_before >= s.top_p, 0.0)
+            choice = torch.multinomial(probs, 1, generator=self.generator)
+            token = int((choice if indices is None else indices[choice]).item())
+        self.last = token
+        return token
+
+    def _penalise(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.seen is None:
+            self.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            self.seen[self.prompt] = True
+        if self.last is not None:
+            self.seen[self.last] = True
+        p = self.settings.repetition_penalty
+        return torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
+
+
+class _Detokenizer:
+    """Incremental decoding: each token's new text, computed from a small window of ids.
+
+    Decoding a window that starts a few tokens back (not the lone token) keeps SentencePiece
+    word-boundary spaces right, and text ending in U+FFFD (a multi-byte character cut in half)
+    waits for the next token, so the pieces concatenate to the full decoded text."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0  # window start: context for the decoder
+        self.read_offset = 0  # text of ids[prefix_offset:read_offset] has been emitted
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        if len(text) > len(prefix) and text.startswith(prefix) and not text.endswith("\ufffd"):
+            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
+            return text[len(prefix) :]
+        return ""
+
+    @property
+    def pending(self) -> bool:
+        """True while some tokens' text has not come out yet."""
+        return self.read_offset < len(self.ids)
+
+    def flush(self) -> str:
+        """Whatever text the held-back tokens decode to, even if incomplete."""
+        if not self.pending:
+            return ""
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        text = self._decode(self.ids[self.prefix_offset :])
+        self.prefix_offset = self.read_offset = len(self.ids)
+        return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+class _StopHoldback:
+    """Holds steps back while their text could begin a stop sequence; trims at a match.
+
+    Steps come out whole and in order; a step is released once no stop sequence can start
+    inside or before its text (and the detokenizer has caught up), so the consumer never sees
+    text that a stop sequence later takes back. Only held text needs searching: released text
+    was, by construction, no prefix of a stop sequence."""
+
+    def __init__(self, stop: tuple[str, ...]) -> None:
+        self.stop = stop
+        self.longest = max((len(s) for s in stop), default=0)
+        self.held: list[TokenStep] = []
+        self.emitted: list[str] = []
+        self.matched = False
+
+    @property
+    def emitted_text(self) -> str:
+        return "".join(self.emitted)
+
+    def add(self, step: TokenStep, decoder_pending: bool) -> Iterator[TokenStep]:
+        self.held.append(step)
+        text = "".join(s.text for s in self.held) if self.stop else ""
+        match = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if match >= 0:
+            self.matched = True
+            yield from self._release_before(match, trim=True)
+        elif not decoder_pending:
+            yield from self._release_before(self._safe_end(text) if self.stop else None)
+
+    def _safe_end(self, text: str) -> int:
+        """The earliest position where a stop sequence could still begin (len(text) if none)."""
+        for start in range(max(0, len(text) - self.longest + 1), len(text)):
+            if any(s.startswith(text[start:]) for s in self.stop):
+                return start
+        return len(text)
+
+    def _release_before(self, position: int | None, trim: bool = False) -> Iterator[TokenStep]:
+        """Release the held steps whose text ends by `position` (all when None). With `trim` (a
+        stop sequence begins at `position`), the step it begins in keeps only the text before it
+        (and is dropped when none remains) and every later step is dropped."""
+        release: list[TokenStep] = []
+        end = 0
+        for step in self.held:
+            start, end = end, end + len(step.text)
+            if position is None or end <= position:
+                release.append(step)
+                continue
+            if trim and position > start:
+                step.text = step.text[: position - start]
+                release.append(step)
+            break
+        self.held = [] if trim else self.held[len(release) :]
+        for step in release:
+            self.emitted.append(step.text)
+            yield step
+
+    def flush(self, tail: str) -> Iterator[TokenStep]:
+        """Release every held step (the generation ended without a stop sequence)."""
+        if tail and self.held:
+            self.held[-1].text += tail
+        yield from self._release_before(None)
+
+
+def collect(events: Iterable[Event]) -> tuple[str, list[TokenStep], Finished]:
+    """Run a generation to its end: (text, steps, finished) for the non-streaming path."""
+    steps: list[TokenStep] = []
+    finished: Finished | None = None
+    for event in events:
+        if isinstance(event, TokenStep):
+            steps.append(event)
+        else:
+            finished = event
+    if finished is None:
+        raise RuntimeError("the generation ended without a Finished event")
+    return finished.text, steps, finished
