@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from hatcat.config import Settings
-from hatcat.engine import Engine
+from hatcat.engine import SAFETY_MELD, Engine
+from hatcat.training.run import TrainSettings, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,6 +29,26 @@ def settings() -> Settings:
 def engine(settings: Settings) -> Engine:
     """The embedded default model, loaded in-process (converted into the cache on first use)."""
     return Engine.from_settings(settings)
+
+
+SMALL_PACK_CONCEPTS = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
+
+
+@pytest.fixture(scope="session")
+def small_probe_pack(engine: Engine, settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A probe pack trained here, on the real model, for a few concepts (a parent-child pair among them)."""
+    from hatcat.concepts import load_pack
+
+    pack = load_pack(melds=[SAFETY_MELD])
+    folder, _ = train(engine.loaded, pack, TrainSettings(concepts=SMALL_PACK_CONCEPTS), settings.cache_dir, tmp_path_factory.mktemp("pack"))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def probed_engine(engine: Engine, small_probe_pack: Path) -> Engine:
+    """The shared engine with the small pack hot-loaded."""
+    engine.load_probes(small_probe_pack)
+    return engine
 
 
 def free_port() -> int:

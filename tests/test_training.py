@@ -16,17 +16,15 @@ from hatcat.probes import ProbeBank, ProbePack, ProbePackError
 from hatcat.tap import hidden_at
 from hatcat.train import DEFAULT_MELDS
 from hatcat.training.prompts import SPLITS, build_prompts
-from hatcat.training.run import TrainSettings, train
+from tests.conftest import SMALL_PACK_CONCEPTS
 
 ROOT = Path(__file__).resolve().parents[1]
-CONCEPTS = ("Music", "Fear", "Automobile", "Deception")
+CONCEPTS = SMALL_PACK_CONCEPTS
 
 
 @pytest.fixture(scope="module")
-def trained(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
-    pack = load_pack(melds=DEFAULT_MELDS)
-    folder, report = train(engine.loaded, pack, TrainSettings(concepts=CONCEPTS), tmp_path_factory.mktemp("cache"), tmp_path_factory.mktemp("pack"))
-    return folder, report.__dict__
+def trained(small_probe_pack: Path) -> tuple[Path, dict]:
+    return small_probe_pack, json.loads((small_probe_pack / "manifest.json").read_text())
 
 
 def test_held_out_prompts_never_repeat_a_training_string() -> None:
@@ -46,7 +44,7 @@ def test_training_writes_a_pack_with_metrics_for_both_sides(trained: tuple[Path,
     for side in (metrics, metrics["text"]):
         assert set(side["per_concept"]) == set(CONCEPTS)
         assert all({"precision", "recall", "f1", "auroc", "threshold", "n_pos", "n_neg"} <= set(m) for m in side["per_concept"].values())
-    assert report["computed_prompts"] > 0  # a fresh cache: activations were really extracted
+    assert report["training"]["prompts"] > 1000  # negatives' prompts included
     assert metrics["per_concept"]["Music"]["auroc"] > 0.8
 
 

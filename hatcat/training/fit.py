@@ -62,7 +62,7 @@ def _mean_matrix(groups: list[np.ndarray], n_rows: int) -> torch.Tensor:
     cols = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
     rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
     vals = np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups if len(g)]) if len(cols) else np.zeros(0)
-    return torch.sparse_coo_tensor(np.stack([rows, cols]), vals, (len(groups), n_rows), dtype=torch.float32)
+    return torch.sparse_coo_tensor(np.stack([rows, cols]), vals, (len(groups), n_rows), dtype=torch.float32, check_invariants=False)
 
 
 def fit_lda(x: torch.Tensor, rows: Rows, shrinkage: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

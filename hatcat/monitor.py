@@ -1,0 +1,184 @@
+"""Monitor: per token, every concept's activation and words-only score, divergence, hierarchy.
+
+For one token the monitor gets the tap layer's hidden state and the mean input embedding of
+the recent output tokens (the words alone). `ProbeBank` scores all N concepts on both in one
+matrix product each; everything after that is vector arithmetic over N and one top-k, with a
+single device-to-host copy of the k reported rows.
+
+Hierarchy policy (as the original's dynamic loading, without loading anything):
+- concepts in `base_layers` are always eligible, as are concepts without a parent in the bank;
+- a child becomes eligible when one of its parents fires (activation >= its threshold);
+- a parent is dropped from the report when one of its eligible children fires (most specific wins);
+- at most `keep_top_k` concepts are reported, highest activation first.
+
+divergence = activation - text_similarity: high where the model represents a concept that its
+words do not say.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from hatcat.concepts import ConceptPack
+from hatcat.probes import ProbeBank
+
+TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
+
+
+@dataclass(frozen=True)
+class ConceptScore:
+    """One reported concept on one token."""
+
+    concept: str
+    layer: int
+    activation: float
+    text_similarity: float
+    divergence: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """What the monitor saw on one token."""
+
+    index: int
+    token: str
+    concepts: tuple[ConceptScore, ...]
+    max_divergence: float
+    colour: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "concepts": [asdict(c) for c in self.concepts]}
+
+
+@dataclass(frozen=True)
+class ConceptSummary:
+    concept: str
+    tokens: int
+    mean_divergence: float
+    score: float  # tokens x mean divergence: the original's ranking
+
+
+@dataclass(frozen=True)
+class ResponseSummary:
+    """The response-level analysis line: mean and max divergence, top concepts."""
+
+    tokens: int
+    mean_divergence: float
+    max_divergence: float
+    top_concepts: tuple[ConceptSummary, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "top_concepts": [asdict(c) for c in self.top_concepts]}
+
+    def line(self) -> str:
+        top = ", ".join(f"{c.concept} ({c.tokens}x{c.mean_divergence:+.2f})" for c in self.top_concepts[:5])
+        return f"Analysis: mean divergence {self.mean_divergence:+.3f}, max {self.max_divergence:+.3f}; top: {top or 'none'}"
+
+
+def divergence_colour(value: float) -> str:
+    """White at 0, red towards +1 (represented but unsaid), blue towards -1 (said but not represented)."""
+    v = max(-1.0, min(1.0, value))
+    fade = int(255 * (1 - abs(v)))
+    return f"#ff{fade:02x}{fade:02x}" if v >= 0 else f"#{fade:02x}{fade:02x}ff"
+
+
+class Monitor:
+    """Turns per-token hidden states into TokenRecords for one probe bank and concept pack."""
+
+    def __init__(self, bank: ProbeBank, pack: ConceptPack, base_layers: tuple[int, ...] = (0,), keep_top_k: int = 100) -> None:
+        self.bank = bank
+        self.keep_top_k = keep_top_k
+        device = bank.act_weight.device
+        self.layers = torch.tensor([pack[c].layer for c in bank.concepts], device=device)
+        parents = [[bank.index[p] for p in pack.parents(c) if p in bank.index] for c in bank.concepts]
+        children = [[bank.index[k] for k in pack.children(c) if k in bank.index] for c in bank.concepts]
+        self.parent_idx = _padded(parents, device)  # [N, max parents], -1 = none
+        self.child_idx = _padded(children, device)
+        always = torch.tensor([not p for p in parents], device=device)
+        self.always_eligible = always | torch.isin(self.layers, torch.tensor(base_layers, device=device))
+        self.thresholds = bank.act_threshold.clone()
+
+    def set_thresholds(self, overrides: dict[str, float]) -> None:
+        """Replace some concepts' activation thresholds (a threshold profile)."""
+        for concept, value in overrides.items():
+            self.thresholds[self.bank.index[concept]] = float(value)
+
+    def score(self, hidden: torch.Tensor, window: torch.Tensor, tokens: list[str], start: int = 0) -> list[TokenRecord]:
+        """Records for T tokens at once: hidden [T, d] at the tap, window [T, d] mean input embeddings."""
+        act = self.bank.score(hidden)  # [T, N]
+        text = self.bank.score_text(window)
+        fired = act >= self.thresholds
+        parent_fired = _any_at(fired, self.parent_idx)
+        eligible = self.always_eligible | parent_fired
+        child_fired = _any_at(fired & eligible, self.child_idx)
+        candidate = eligible & ~child_fired
+        k = min(self.keep_top_k, act.shape[1])
+        ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
+        top_act, top_idx = ranked.topk(k, dim=1)
+        rows = torch.stack([top_act, text.gather(1, top_idx)], dim=-1)
+        # one copy to the host for the whole batch
+        rows_host, idx_host, valid = rows.cpu().tolist(), top_idx.cpu().tolist(), (top_act >= 0).cpu().tolist()
+        layers = self.layers.tolist()
+        records = []
+        for t, token in enumerate(tokens):
+            concepts = tuple(
+                ConceptScore(self.bank.concepts[i], layers[i], round(a, 4), round(s, 4), round(a - s, 4))
+                for i, (a, s), ok in zip(idx_host[t], rows_host[t], valid[t])
+                if ok
+            )
+            top = max((c.divergence for c in concepts), default=0.0)
+            records.append(TokenRecord(start + t, token, concepts, top, divergence_colour(top)))
+        return records
+
+
+def _padded(lists: list[list[int]], device: torch.device) -> torch.Tensor:
+    width = max((len(x) for x in lists), default=0) or 1
+    return torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.long, device=device)
+
+
+def _any_at(flags: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[T, N]: for each concept, whether any of the concepts in its index row is flagged."""
+    padded = torch.cat([flags, torch.zeros_like(flags[:, :1])], dim=1)  # column N = "none" (-1)
+    return padded[:, index].any(dim=-1)
+
+
+class TextWindow:
+    """Mean input embedding of the last `size` tokens read, updated one token at a time."""
+
+    def __init__(self, embed: torch.nn.Module, size: int = TEXT_WINDOW) -> None:
+        self.embed = embed
+        self.rows: deque[torch.Tensor] = deque(maxlen=size)
+
+    def push(self, token_ids: list[int]) -> None:
+        ids = torch.tensor(token_ids[-self.rows.maxlen :], device=self.embed.weight.device)
+        self.rows.extend(self.embed(ids).float())
+
+    def mean(self) -> torch.Tensor:
+        return torch.stack(tuple(self.rows)).mean(0)
+
+
+def window_means(embeddings: torch.Tensor, size: int = TEXT_WINDOW) -> torch.Tensor:
+    """For a whole text [T, d]: position t's mean over the embeddings t-size+1..t (as TextWindow)."""
+    csum = torch.cat([torch.zeros_like(embeddings[:1]), embeddings.float().cumsum(0)])
+    t = torch.arange(1, len(embeddings) + 1, device=embeddings.device)
+    lo = (t - size).clamp(min=0)
+    return (csum[t] - csum[lo]) / (t - lo).unsqueeze(1)
+
+
+def summarise(records: list[TokenRecord], top: int = 10) -> ResponseSummary:
+    """Mean/max of the tokens' max divergence, and concepts ranked by count x mean divergence."""
+    if not records:
+        return ResponseSummary(0, 0.0, 0.0)
+    per_token = [r.max_divergence for r in records]
+    seen: dict[str, list[float]] = defaultdict(list)
+    for record in records:
+        for c in record.concepts:
+            seen[c.concept].append(c.divergence)
+    ranked = sorted(
+        (ConceptSummary(c, len(v), round(sum(v) / len(v), 4), round(sum(v), 4)) for c, v in seen.items()),
+        key=lambda s: -s.score,
+    )
+    return ResponseSummary(len(records), round(sum(per_token) / len(per_token), 4), round(max(per_token), 4), tuple(ranked[:top]))

@@ -1,0 +1,93 @@
+"""The monitor on the real model: records per token, hierarchy policy, divergence, summaries."""
+
+from __future__ import annotations
+
+import pytest
+
+from hatcat.engine import Engine
+from hatcat.generation import GenerationSettings
+from hatcat.monitor import divergence_colour, summarise
+from hatcat.pipeline import MonitoredFinish, MonitoredToken, analyze_text, monitored_generation
+
+TEXT = "The orchestra tuned up, and then the violins began a slow, sad melody."
+
+
+@pytest.fixture()
+def monitor(probed_engine: Engine):
+    monitor = probed_engine.monitor
+    saved = monitor.thresholds.clone()
+    yield monitor
+    monitor.thresholds.copy_(saved)
+
+
+def test_analysis_gives_one_record_per_token_with_consistent_divergence(probed_engine: Engine, monitor) -> None:
+    records = analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)
+    assert "".join(r.token for r in records) == TEXT
+    assert all(r.concepts for r in records)
+    for record in records:
+        for c in record.concepts:
+            assert c.divergence == pytest.approx(c.activation - c.text_similarity, abs=1e-3)
+        assert record.max_divergence == max(c.divergence for c in record.concepts)
+        activations = [c.activation for c in record.concepts]
+        assert activations == sorted(activations, reverse=True)
+
+
+def test_music_scene_makes_the_music_probe_fire_by_the_end(probed_engine: Engine, monitor) -> None:
+    record = analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)[-1]
+    music = next(c for c in record.concepts if c.concept == "Music")
+    assert music.activation >= monitor.thresholds[monitor.bank.index["Music"]]
+
+
+def test_child_is_reported_only_when_its_parent_fires(probed_engine: Engine, monitor) -> None:
+    # Anger (layer 4) hangs under EmotionalState (layer 3); neither is a base layer.
+    monitor.set_thresholds({"EmotionalState": 1.01, "Anger": 0.0})  # parent can never fire
+    reported = {c.concept for r in analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT) for c in r.concepts}
+    assert "Anger" not in reported
+    monitor.set_thresholds({"EmotionalState": 0.0, "Anger": 1.01})  # parent always fires, child never
+    reported = {c.concept for r in analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT) for c in r.concepts}
+    assert "Anger" in reported and "EmotionalState" in reported
+
+
+def test_parent_is_dropped_when_its_child_fires(probed_engine: Engine, monitor) -> None:
+    monitor.set_thresholds({"EmotionalState": 0.0, "Anger": 0.0})  # both fire on every token
+    records = analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)
+    for record in records:
+        names = {c.concept for c in record.concepts}
+        assert "Anger" in names and "EmotionalState" not in names
+
+
+def test_keep_top_k_caps_the_report(probed_engine: Engine, monitor) -> None:
+    monitor.keep_top_k = 2
+    try:
+        records = analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)
+    finally:
+        monitor.keep_top_k = probed_engine.settings.keep_top_k
+    assert max(len(r.concepts) for r in records) == 2
+
+
+def test_monitored_generation_streams_records_then_a_summary(probed_engine: Engine, monitor) -> None:
+    events = list(
+        monitored_generation(probed_engine.model, probed_engine.tokenizer, monitor, probed_engine.vectors,
+                             "My favourite kind of music is", GenerationSettings(max_tokens=8, temperature=0))
+    )
+    tokens = [e for e in events if isinstance(e, MonitoredToken)]
+    finish = events[-1]
+    assert isinstance(finish, MonitoredFinish) and len(tokens) == len(events) - 1
+    assert "".join(t.step.text for t in tokens) == finish.finished.text
+    assert [t.record.index for t in tokens] == list(range(len(tokens)))
+    assert finish.summary.tokens == len(tokens)
+    assert finish.summary.max_divergence == max(t.record.max_divergence for t in tokens)
+    assert finish.summary.line().startswith("Analysis: mean divergence")
+
+
+def test_summary_ranks_concepts_by_count_times_mean_divergence(probed_engine: Engine, monitor) -> None:
+    summary = summarise(analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT))
+    scores = [c.score for c in summary.top_concepts]
+    assert scores == sorted(scores, reverse=True)
+    assert all(c.score == pytest.approx(c.tokens * c.mean_divergence, abs=1e-3) for c in summary.top_concepts)
+
+
+def test_colour_scale_runs_from_blue_through_white_to_red() -> None:
+    assert divergence_colour(0.0) == "#ffffff"
+    assert divergence_colour(1.0) == "#ff0000"
+    assert divergence_colour(-1.0) == "#0000ff"
