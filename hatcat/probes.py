@@ -4,7 +4,7 @@ A probe pack is a folder `probes/<model-slug>/<concept-pack-id>/`:
 
     manifest.json          model id, tap layer, hidden size, pooling, concept ids in row order
                            (`concepts`), thresholds, sha256 of every other file, training settings
-    activation.safetensors weight [N, hidden], bias [N]: p = sigmoid(h @ weight.T + bias) on the tap layer
+    activation.safetensors weight [N, hidden] (fp16), bias [N]: p = sigmoid(h @ weight.T + bias) on the tap layer
     text.safetensors       the same for the words-only detectors (mean input embedding of the text)
     metrics.json           held-out metrics per concept and per layer, for both sides
 
@@ -66,7 +66,8 @@ def save_pack(
     for side in SIDES:
         weight, bias, _ = weights[side]
         path = folder / f"{side}.safetensors"
-        save_file({"weight": weight.float().contiguous(), "bias": bias.float().contiguous()}, path)
+        # fp16 on disk halves the pack (and what a clone or an image carries); scoring upcasts to fp32
+        save_file({"weight": weight.half().contiguous(), "bias": bias.float().contiguous()}, path)
         files[path.name] = _sha256(path)
     (folder / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1, sort_keys=True) + "\n")
     files["metrics.json"] = _sha256(folder / "metrics.json")
