@@ -35,6 +35,8 @@ class Settings:
     dtype: str = "auto"
     cache_dir: Path = Path.home() / ".cache" / "hatcat"
     api_key: str | None = None
+    cors_origins: tuple[str, ...] = ()
+    max_tokens: int = 2048
     hf_offline: bool = False
 
     @classmethod
@@ -54,6 +56,8 @@ class Settings:
             dtype=_choice("HATCAT_DTYPE", get("HATCAT_DTYPE") or defaults.dtype, DTYPES),
             cache_dir=Path(get("HATCAT_CACHE_DIR")).expanduser() if get("HATCAT_CACHE_DIR") else defaults.cache_dir,
             api_key=get("HATCAT_API_KEY") or None,
+            cors_origins=_origins("HATCAT_CORS_ORIGINS", get("HATCAT_CORS_ORIGINS")),
+            max_tokens=_int("HATCAT_MAX_TOKENS", get("HATCAT_MAX_TOKENS"), defaults.max_tokens, 1, 1_000_000),
             hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
         )
 
@@ -80,6 +84,16 @@ def _layers(name: str, raw: str, default: tuple[int, ...]) -> tuple[int, ...]:
     if not layers or any(not 0 <= layer <= 5 for layer in layers):
         raise ConfigError(f"{name}={raw!r} is invalid; allowed: comma-separated layer numbers 0..5, e.g. 0,1")
     return layers
+
+
+def _origins(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated origins (`scheme://host[:port]`), or `*` alone for any origin."""
+    origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    if "*" in origins and len(origins) > 1:
+        raise ConfigError(f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org")
+    if any(o != "*" and not (o.startswith(("http://", "https://")) and o.split("://", 1)[1]) for o in origins):
+        raise ConfigError(f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org")
+    return origins
 
 
 def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,51 @@ from hatcat.probes import PROBES_ROOT, ProbeBank, ProbePack, model_slug
 from hatcat.steering import SteeringRegistry, SteeringVectors
 
 SAFETY_MELD = Path(__file__).resolve().parents[1] / "data" / "concept_packs" / "safety-v1.yaml"
+
+
+class Cancelled(Exception):
+    """A request gave up its place in the queue for the model."""
+
+
+class FairLock:
+    """A lock granted first come, first served; counts who holds it or waits for it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._waiting: deque[object] = deque()
+        self._held = False
+
+    def acquire(self, cancel: threading.Event | None = None) -> bool:
+        """Block until it is this caller's turn; False (and no place kept) once `cancel` is set."""
+        ticket = object()
+        with self._cond:
+            self._waiting.append(ticket)
+            while self._held or self._waiting[0] is not ticket:
+                if cancel is not None and cancel.is_set():
+                    self._waiting.remove(ticket)
+                    self._cond.notify_all()
+                    return False
+                self._cond.wait(0.05 if cancel is not None else None)
+            self._waiting.popleft()
+            self._held = True
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._held = False
+            self._cond.notify_all()
+
+    def __enter__(self) -> "FairLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    @property
+    def depth(self) -> int:
+        with self._cond:
+            return len(self._waiting) + int(self._held)
 
 
 class Engine:
@@ -37,8 +83,9 @@ class Engine:
         self.monitor: Monitor | None = None
         self.vectors: SteeringVectors | None = None
         self.steering = SteeringRegistry()
-        # The model's forward hooks and KV state are not re-entrant: one generation at a time.
-        self._lock = threading.Lock()
+        # The model's forward hooks and KV state are not re-entrant: one generation at a time,
+        # granted in arrival order.
+        self._lock = FairLock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Engine":
@@ -71,10 +118,21 @@ class Engine:
         return pack
 
     @contextmanager
-    def exclusive(self) -> Iterator[None]:
-        """Hold the model for one generation or analysis."""
-        with self._lock:
+    def exclusive(self, cancel: threading.Event | None = None) -> Iterator[None]:
+        """Hold the model for one generation or analysis, after everyone who asked earlier.
+
+        Raises `Cancelled` when `cancel` is set while still waiting (the turn passes on)."""
+        if not self._lock.acquire(cancel):
+            raise Cancelled("the request was cancelled while waiting for its turn")
+        try:
             yield
+        finally:
+            self._lock.release()
+
+    @property
+    def queue_depth(self) -> int:
+        """Generations running or waiting for the model."""
+        return self._lock.depth
 
     def info(self) -> dict[str, object]:
         """What `/health` reports about the loaded model and packs."""

@@ -62,10 +62,16 @@ def monitored_generation(
 @torch.inference_mode()
 def analyze_text(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str) -> list[TokenRecord]:
     """Records for every token of `text` from one forward pass up to the tap layer."""
+    return monitor.score(*text_states(model, tokenizer, monitor, text))
+
+
+@torch.inference_mode()
+def text_states(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """For every token of `text` (BOS skipped): tap states [T, d], words-only windows [T, d], token texts."""
     ids = tokenizer(text, return_tensors="pt").input_ids.to(monitor.bank.act_weight.device)
     layer = monitor.bank.tap_layer
     hidden = hidden_at(model, {"input_ids": ids}, [layer])[layer][0]
     first = 1 if tokenizer.bos_token_id is not None and ids[0, 0] == tokenizer.bos_token_id else 0
     windows = window_means(model.get_input_embeddings()(ids[0, first:]))
     tokens = [tokenizer.decode([i]) for i in ids[0, first:].tolist()]
-    return monitor.score(hidden[first:], windows, tokens)
+    return hidden[first:], windows, tokens

@@ -65,10 +65,10 @@ def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="session")
-def server() -> Iterator[str]:
-    """`python app.py` serving on a free loopback port; yields its base URL."""
+def server(small_probe_pack: Path) -> Iterator[str]:
+    """`python app.py` with the small probe pack, serving on a free loopback port; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port)}
+    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), "HATCAT_PROBE_PACK": str(small_probe_pack)}
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600

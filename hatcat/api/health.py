@@ -1,4 +1,4 @@
-"""GET /health: readiness for Docker's healthcheck and humans."""
+"""GET /health: readiness for Docker's healthcheck and humans (never needs the API key)."""
 
 from __future__ import annotations
 
@@ -10,4 +10,5 @@ router = APIRouter()
 @router.get("/health")
 def health(request: Request) -> dict[str, object]:
     """Ready once the engine exists (the app is only served after the model loaded)."""
-    return {"status": "ok", **request.app.state.engine.info()}
+    engine = request.app.state.engine
+    return {"status": "ok", **engine.info(), "monitoring": engine.monitor is not None, "queue_depth": engine.queue_depth}

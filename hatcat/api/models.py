@@ -1,20 +1,25 @@
-"""GET /v1/models in the OpenAI list format."""
+"""GET /v1/models in the OpenAI list format: `hatcat-divergence` (the engine as it is now) and
+one id per installed probe pack (`<model>_<concept-pack>`), the loaded one marked `loaded`."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
 
-router = APIRouter(prefix="/v1")
+from hatcat.api.errors import error_responses
+from hatcat.api.packs import installed_probe_packs
+from hatcat.api.protocol import MONITOR_MODEL_ID, ModelList
 
-MONITOR_MODEL_ID = "hatcat-divergence"
+router = APIRouter(prefix="/v1", responses=error_responses(401))
 
 
-@router.get("/models")
-def list_models(request: Request) -> dict[str, object]:
-    """The divergence-monitoring model every client can select."""
+@router.get("/models", response_model=ModelList)
+def list_models(request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
     created = int(engine.loaded_at)
-    return {
-        "object": "list",
-        "data": [{"id": MONITOR_MODEL_ID, "object": "model", "created": created, "owned_by": "hatcat"}],
-    }
+    loaded = engine.probes.id if engine.probes else None
+    data = [{"id": MONITOR_MODEL_ID, "object": "model", "created": created, "owned_by": "hatcat", "probe_pack": loaded, "loaded": True}]
+    for pack_id, pack in installed_probe_packs(engine).items():
+        data.append({"id": pack_id, "object": "model", "created": created, "owned_by": "hatcat", "probe_pack": pack_id, "loaded": pack["loaded"]})
+    return {"object": "list", "data": data}

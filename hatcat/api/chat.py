@@ -1,0 +1,263 @@
+"""POST /v1/chat/completions: OpenAI chat completions, every token monitored.
+
+Streamed (`stream: true`): one SSE chunk per token whose `choices[0].delta.metadata` holds
+`divergence` ({max_divergence, top_divergences}), `color` and `steering`; after the last
+token a chunk whose content is the response-level analysis line ("**Analysis**: ...", as the
+original sends it; `include_analysis: false` leaves the content empty) with the summary in
+`metadata.analysis`; then the chunk with `finish_reason` and `usage`; then `data: [DONE]`.
+A failure after the stream began is sent as `data: {"error": {...}}` followed by `[DONE]`.
+
+Not streamed: the OpenAI answer plus an extra `hatcat` field with the same per-token data and
+the analysis. Without a probe pack, chat still works and `monitoring` is false.
+
+The request waits for its turn on the model (first come, first served) before any byte is
+sent, so errors found when generation starts (a prompt longer than the context) still get a
+proper status code. A client that disconnects — while waiting or while reading — cancels its
+job: the generator is closed and the model handed to the next request at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from jinja2 import TemplateError
+
+from hatcat.api.errors import APIError, error_responses
+from hatcat.api.packs import installed_probe_packs
+from hatcat.api.protocol import MONITOR_MODEL_ID, ChatCompletion, ChatCompletionRequest
+from hatcat.api.reports import as_api_error, divergence, steering_state, token_report
+from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
+from hatcat.engine import Engine
+from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, generate
+from hatcat.monitor import ResponseSummary, TokenRecord
+from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
+from hatcat.steering import Steering
+
+router = APIRouter(prefix="/v1")
+
+DEFAULT_MAX_TOKENS = 512
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses=error_responses(400, 401, 404, 409))
+async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
+    engine: Engine = request.app.state.engine
+    _check_model(engine, body.model)
+    settings = _generation_settings(body, engine.settings.max_tokens)
+    prompt = await run_in_threadpool(_prompt, engine.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages])
+    steerings = engine.steering.list(body.session_id)
+    job = Job(engine, lambda: _generation(engine, prompt, settings, steerings))
+    run = _Run(request, body, steerings, engine)
+    try:
+        first = await run.first(job)
+    except ClientGone:
+        return None  # nobody is listening
+    if body.stream:
+        return _EventStream(run.stream(job, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    try:
+        return await run.collect(job, first)
+    except ClientGone:
+        return None
+
+
+def _check_model(engine: Engine, model: str) -> None:
+    if model == MONITOR_MODEL_ID or (engine.probes is not None and model == engine.probes.id):
+        return
+    packs = installed_probe_packs(engine)
+    if model in packs:
+        raise APIError(409, f"probe pack {model} is installed but not loaded (loaded: {engine.probes.id if engine.probes else 'none'}); "
+                       "load it in the workbench or set HATCAT_PROBE_PACK", param="model", code="model_not_loaded")
+    known = ", ".join([MONITOR_MODEL_ID, *packs])
+    raise APIError(404, f"unknown model: {model} (available: {known})", param="model", code="model_not_found")
+
+
+def _generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationSettings:
+    max_tokens = body.max_tokens or body.max_completion_tokens or min(DEFAULT_MAX_TOKENS, limit)
+    if max_tokens > limit:
+        raise APIError(400, f"max_tokens {max_tokens} is above this server's limit of {limit} (HATCAT_MAX_TOKENS)", param="max_tokens", code="max_tokens_too_large")
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    try:
+        return GenerationSettings(
+            max_tokens=max_tokens,
+            temperature=0.7 if body.temperature is None else body.temperature,
+            top_p=1.0 if body.top_p is None else body.top_p,
+            top_k=body.top_k,
+            repetition_penalty=body.repetition_penalty,
+            seed=body.seed,
+            stop=stop,
+        )
+    except ValueError as err:  # the pydantic bounds should have caught it; name the field anyway
+        raise APIError(400, str(err), param=str(err).split(" ", 1)[0], code="invalid_value") from None
+
+
+def _prompt(tokenizer, messages: list[dict]) -> str:
+    try:
+        return build_prompt(tokenizer, messages)
+    except (ValueError, TemplateError) as err:  # e.g. no user message; a template that wants alternating roles
+        raise APIError(400, f"messages cannot be turned into a prompt: {err}", param="messages", code="invalid_messages") from None
+
+
+def _generation(engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering]):
+    """Runs in the job's thread, holding the model: monitored when a probe pack is loaded."""
+    if engine.monitor is None:
+        return generate(engine.model, engine.tokenizer, prompt, settings, tap_layer=0)
+    return monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, prompt, settings, steerings)
+
+
+def _token(item: Any) -> tuple[str, TokenRecord | None] | None:
+    if isinstance(item, MonitoredToken):
+        return item.step.text, item.record
+    if isinstance(item, TokenStep):
+        return item.text, None
+    return None
+
+
+def _finish(item: Any) -> tuple[Finished, ResponseSummary | None] | None:
+    if isinstance(item, MonitoredFinish):
+        return item.finished, item.summary
+    if isinstance(item, Finished):
+        return item, None
+    return None
+
+
+def _analysis_line(summary: ResponseSummary) -> str:
+    return "**" + summary.line().replace(":", "**:", 1)
+
+
+class _Run:
+    """One request's answer being put together from its job's items."""
+
+    def __init__(self, request: Request, body: ChatCompletionRequest, steerings: list[Steering], engine: Engine) -> None:
+        self.request, self.body, self.engine = request, body, engine
+        self.metrics = request.app.state.metrics
+        self.id = f"chatcmpl-{uuid.uuid4().hex}"
+        self.created = int(time.time())
+        self.steering = steering_state(steerings, body.session_id)
+        self.monitoring = engine.monitor is not None
+        self.started = time.perf_counter()
+
+    async def first(self, job: Job) -> Any:
+        """Wait for the turn, then the first token (or the error that stopped it)."""
+        while True:
+            item = await job.next_watching(self.request)
+            if isinstance(item, Started):
+                self.started = time.perf_counter()
+                self.monitoring = self.engine.monitor is not None  # as of the turn (a pack may have been loaded)
+                continue
+            if isinstance(item, Failed):
+                raise as_api_error(item.error)
+            if isinstance(item, Ended):
+                raise APIError(503, "the generation was cancelled before it started", code="cancelled")
+            return item
+
+    def _observe(self, record: TokenRecord | None) -> None:
+        if record is not None:
+            self.metrics.divergence.observe(record.max_divergence)
+
+    def _finished(self, finished: Finished) -> dict[str, int]:
+        self.metrics.generation(finished.completion_tokens, time.perf_counter() - self.started)
+        return {
+            "prompt_tokens": finished.prompt_tokens,
+            "completion_tokens": finished.completion_tokens,
+            "total_tokens": finished.prompt_tokens + finished.completion_tokens,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None, usage: dict | None = None) -> str:
+        chunk = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if usage is not None:
+            chunk["usage"] = usage
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    def _metadata(self, **extra: Any) -> dict[str, Any]:
+        return {"monitoring": self.monitoring, "divergence": None, "steering": self.steering, **extra}
+
+    async def stream(self, job: Job, item: Any) -> AsyncIterator[str]:
+        first = True
+        try:
+            while True:
+                if (token := _token(item)) is not None:
+                    text, record = token
+                    self._observe(record)
+                    extra = {"divergence": divergence(record), "color": record.colour, "token_index": record.index} if record else {}
+                    delta = {"role": "assistant", "content": text} if first else {"content": text}
+                    first = False
+                    yield self._chunk({**delta, "metadata": self._metadata(**extra)})
+                elif (end := _finish(item)) is not None:
+                    finished, summary = end
+                    usage = self._finished(finished)
+                    if summary is not None:
+                        line = _analysis_line(summary)
+                        content = ("\n\n" + line) if self.body.include_analysis else ""
+                        top = [{"concept": c.concept, "tokens": c.tokens, "mean_divergence": c.mean_divergence} for c in summary.top_concepts]
+                        overall = {"max_divergence": summary.max_divergence, "mean_divergence": summary.mean_divergence, "top_concepts": top}
+                        yield self._chunk({"content": content, "metadata": self._metadata(divergence=overall, analysis=summary.to_dict(), analysis_line=line)})
+                    yield self._chunk({"metadata": self._metadata()}, finished.finish_reason, usage)
+                    if self.body.stream_options and self.body.stream_options.include_usage:
+                        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.body.model, "choices": [], "usage": usage}
+                        yield f"data: {json.dumps(chunk)}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                elif isinstance(item, Failed):
+                    yield f"data: {json.dumps(as_api_error(item.error).body())}\n\n"
+                    yield "data: [DONE]\n\n"
+                    return
+                elif isinstance(item, Ended):
+                    return
+                item = await job.next()
+        finally:
+            job.cancel()  # a no-op after the end; frees the model when the client went away
+
+    async def collect(self, job: Job, item: Any) -> dict[str, Any]:
+        tokens: list[dict[str, Any]] = []
+        while True:
+            if (token := _token(item)) is not None:
+                record = token[1]
+                self._observe(record)
+                if record is not None:
+                    tokens.append(token_report(record))
+            elif (end := _finish(item)) is not None:
+                finished, summary = end
+                usage = self._finished(finished)
+                break
+            elif isinstance(item, Failed):
+                raise as_api_error(item.error)
+            elif isinstance(item, Ended):
+                raise APIError(503, "the generation was cancelled", code="cancelled")
+            item = await job.next_watching(self.request)
+        return {
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.body.model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": finished.text}, "logprobs": None, "finish_reason": finished.finish_reason}],
+            "usage": usage,
+            "hatcat": {
+                "monitoring": self.monitoring,
+                "probe_pack": self.engine.probes.id if self.monitoring and self.engine.probes else None,
+                "tokens": tokens,
+                "analysis": summary.to_dict() if summary else None,
+                "analysis_line": _analysis_line(summary) if summary else None,
+                "steering": self.steering,
+            },
+        }
+
+
+class _EventStream(StreamingResponse):
+    """Closes its body iterator however the response ends, so the job is always cancelled."""
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()

@@ -1,0 +1,212 @@
+"""Request and response models, fields in the order of OpenAI's API reference; HatCat's
+extensions (`session_id`, `top_k`, `repetition_penalty`, `include_analysis`) come last.
+
+Bounds live on the fields so that a bad value is a 400 naming the field and the OpenAPI
+document tells clients (and the fuzzer) what is allowed. `max_tokens`' upper bound is a
+setting (`HATCAT_MAX_TOKENS`): it is checked in the route and written into the schema by
+`server.create_api`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hatcat.generation import MAX_TEMPERATURE
+from hatcat.steering import MAX_STRENGTH
+
+MONITOR_MODEL_ID = "hatcat-divergence"
+DEFAULT_SESSION = "default"
+MAX_ANALYZE_CHARS = 20_000
+MAX_STOP_SEQUENCES = 4
+
+SessionId = Annotated[str, Field(min_length=1, max_length=128, description="steering session; requests without one share `default`")]
+ConceptId = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class _Request(BaseModel):
+    # OpenAI clients send fields HatCat has no use for (user, logit_bias, ...): ignore them.
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+# ---- chat completions ---------------------------------------------------------------------
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Request):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(_Request):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Request):
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str = Field(MONITOR_MODEL_ID, min_length=1, max_length=200)
+    max_completion_tokens: int | None = Field(None, ge=1, description="alias of max_tokens")
+    max_tokens: int | None = Field(None, ge=1, description="at most HATCAT_MAX_TOKENS")
+    n: int = Field(1, ge=1, le=1, description="only one choice per request")
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0.0, le=MAX_TEMPERATURE, description="0 = greedy; default 0.7")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    user: str | None = None
+    # HatCat extensions
+    top_k: int = Field(0, ge=0, le=1000, description="0 = off")
+    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="1 = off")
+    session_id: SessionId = DEFAULT_SESSION
+    include_analysis: bool = Field(True, description="stream the response-level analysis line as content after the last token")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ConceptDivergence(BaseModel):
+    concept: str
+    layer: int
+    activation: float
+    text_similarity: float
+    divergence: float
+
+
+class TokenDivergence(BaseModel):
+    max_divergence: float
+    top_divergences: list[ConceptDivergence]
+
+
+class TokenReport(BaseModel):
+    index: int
+    token: str
+    color: str
+    divergence: TokenDivergence
+
+
+class SteeringOut(BaseModel):
+    concept: str
+    strength: float
+    layer: int | None
+    session_id: str
+
+
+class SteeringState(BaseModel):
+    active: bool
+    steerings: list[SteeringOut]
+
+
+class HatCatReport(BaseModel):
+    """The non-streaming answer's extra field: what the stream carries in its metadata."""
+
+    monitoring: bool
+    probe_pack: str | None
+    tokens: list[TokenReport]
+    analysis: dict[str, Any] | None
+    analysis_line: str | None
+    steering: SteeringState
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"]
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: Usage
+    hatcat: HatCatReport
+
+
+# ---- models ---------------------------------------------------------------------------------
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "hatcat"
+    probe_pack: str | None = None
+    loaded: bool = True
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+# ---- steering -----------------------------------------------------------------------------
+
+
+class SteeringAdd(_Request):
+    concept: ConceptId
+    strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH, description="in units of the layer's typical hidden-state norm")
+    layer: int | None = Field(None, ge=0, le=1000, description="decoder block; default: the probe pack's tap layer")
+    session_id: SessionId = DEFAULT_SESSION
+
+
+class SteeringUpdate(_Request):
+    strength: float | None = Field(None, ge=-MAX_STRENGTH, le=MAX_STRENGTH)
+    layer: int | None = Field(None, ge=0, le=1000)
+    session_id: SessionId = DEFAULT_SESSION
+
+
+class SteeringList(BaseModel):
+    session_id: str
+    steerings: list[SteeringOut]
+
+
+class SteeringCleared(BaseModel):
+    session_id: str
+    removed: int
+
+
+# ---- analyze ------------------------------------------------------------------------------
+
+
+class AnalyzeRequest(_Request):
+    text: str = Field(min_length=1, max_length=MAX_ANALYZE_CHARS)
+    concepts: list[ConceptId] | None = Field(None, min_length=1, max_length=1000, description="concepts to summarise; default: the top_k by max divergence")
+    top_k: int = Field(10, ge=1, le=1000)
+
+
+class ConceptStats(BaseModel):
+    concept: str
+    layer: int
+    max_activation: float
+    mean_activation: float
+    max_text_similarity: float
+    mean_text_similarity: float
+    max_divergence: float
+    mean_divergence: float
+
+
+class Analysis(BaseModel):
+    object: Literal["analysis"] = "analysis"
+    probe_pack: str
+    tokens: list[TokenReport]
+    concepts: list[ConceptStats]
+    summary: dict[str, Any]
+    summary_line: str
+    usage: Usage

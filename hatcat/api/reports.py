@@ -1,0 +1,53 @@
+"""What the routes say about a token, a steering set and a failure — shared by chat and analyze."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from hatcat.api.errors import APIError
+from hatcat.engine import Engine
+from hatcat.monitor import TokenRecord
+from hatcat.steering import Steering, UnknownConcept
+
+TOP_DIVERGENCES = 10  # concepts per token in `top_divergences`, highest divergence first
+
+
+def divergence(record: TokenRecord) -> dict[str, Any]:
+    """`metadata.divergence` of a streamed chunk: the token's max and its top concepts by divergence."""
+    top = sorted(record.concepts, key=lambda c: -c.divergence)[:TOP_DIVERGENCES]
+    return {"max_divergence": record.max_divergence, "top_divergences": [asdict(c) for c in top]}
+
+
+def token_report(record: TokenRecord) -> dict[str, Any]:
+    return {"index": record.index, "token": record.token, "color": record.colour, "divergence": divergence(record)}
+
+
+def steering_state(steerings: list[Steering], session_id: str) -> dict[str, Any]:
+    """`metadata.steering`, as the original's OpenWebUI fork reads it."""
+    return {"active": bool(steerings), "steerings": [steering_out(s, session_id) for s in steerings]}
+
+
+def steering_out(steering: Steering, session_id: str) -> dict[str, Any]:
+    return {"concept": steering.concept, "strength": steering.strength, "layer": steering.layer, "session_id": session_id}
+
+
+def require_monitor(engine: Engine, what: str) -> None:
+    if engine.monitor is None:
+        raise APIError(
+            409,
+            f"{what} needs a probe pack and none is loaded: set HATCAT_PROBE_PACK or install one under probes/",
+            code="no_probe_pack",
+        )
+
+
+def as_api_error(err: BaseException) -> APIError:
+    """A failure inside a job, as the client should hear it."""
+    if isinstance(err, APIError):
+        return err
+    if isinstance(err, UnknownConcept):
+        return APIError(404, f"{err}: the loaded probe pack has no probe for it", param="concept", code="concept_not_found")
+    if isinstance(err, ValueError):
+        context = "context" in str(err)
+        return APIError(400, str(err), param="messages" if context else None, code="context_length_exceeded" if context else "invalid_request")
+    return APIError(500, f"internal error: {type(err).__name__}: {err}", code="internal_error")

@@ -1,0 +1,81 @@
+"""Steering per session: add, update, remove, list, clear (`session_id` in the body or the query).
+
+A concept without a probe in the loaded pack is a 404 that names it; so is removing or
+updating a concept the session does not steer. The steerings apply to the session's next
+chat completions (`session_id` in the chat request).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+
+from hatcat.api.errors import APIError, error_responses
+from hatcat.api.protocol import DEFAULT_SESSION, SteeringAdd, SteeringCleared, SteeringList, SteeringOut, SteeringUpdate
+from hatcat.api.reports import require_monitor, steering_out
+from hatcat.engine import Engine
+from hatcat.steering import Steering, UnknownConcept
+
+router = APIRouter(prefix="/v1/steering", responses=error_responses(400, 401, 404, 409))
+
+SessionQuery = Query(DEFAULT_SESSION, min_length=1, max_length=128)
+
+
+def _engine(request: Request) -> Engine:
+    engine = request.app.state.engine
+    require_monitor(engine, "steering")
+    return engine
+
+
+def _check(engine: Engine, concept: str, layer: int | None) -> None:
+    if concept not in engine.bank.index:
+        raise APIError(404, f"unknown concept: {concept} (the loaded probe pack {engine.probes.id} has no probe for it)", param="concept", code="concept_not_found")
+    layers = len(engine.loaded.layers)
+    if layer is not None and layer >= layers:
+        raise APIError(400, f"layer {layer} is out of range: the model has {layers} decoder layers (0..{layers - 1})", param="layer", code="invalid_value")
+
+
+def _not_steered(concept: str, session_id: str) -> APIError:
+    return APIError(404, f"concept {concept} is not steered in session {session_id}", param="concept", code="steering_not_found")
+
+
+@router.post("/add", response_model=SteeringOut)
+def add(body: SteeringAdd, request: Request) -> dict[str, Any]:
+    engine = _engine(request)
+    _check(engine, body.concept, body.layer)
+    steering = engine.steering.add(body.session_id, Steering(body.concept, body.strength, body.layer))
+    return steering_out(steering, body.session_id)
+
+
+@router.patch("/update/{concept}", response_model=SteeringOut)
+def update(concept: str, body: SteeringUpdate, request: Request) -> dict[str, Any]:
+    engine = _engine(request)
+    _check(engine, concept, body.layer)
+    try:
+        steering = engine.steering.update(body.session_id, concept, strength=body.strength, layer=body.layer)
+    except UnknownConcept:
+        raise _not_steered(concept, body.session_id) from None
+    return steering_out(steering, body.session_id)
+
+
+@router.delete("/remove/{concept}", response_model=SteeringOut)
+def remove(concept: str, request: Request, session_id: str = SessionQuery) -> dict[str, Any]:
+    engine = _engine(request)
+    try:
+        steering = engine.steering.remove(session_id, concept)
+    except UnknownConcept:
+        raise _not_steered(concept, session_id) from None
+    return steering_out(steering, session_id)
+
+
+@router.get("/list", response_model=SteeringList)
+def list_steerings(request: Request, session_id: str = SessionQuery) -> dict[str, Any]:
+    engine: Engine = request.app.state.engine
+    return {"session_id": session_id, "steerings": [steering_out(s, session_id) for s in engine.steering.list(session_id)]}
+
+
+@router.delete("/clear", response_model=SteeringCleared)
+def clear(request: Request, session_id: str = SessionQuery) -> dict[str, Any]:
+    engine: Engine = request.app.state.engine
+    return {"session_id": session_id, "removed": engine.steering.clear(session_id)}
