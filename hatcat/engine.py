@@ -106,16 +106,39 @@ class Engine:
     def default_probe_folder(self) -> Path:
         return PROBES_ROOT / model_slug(self.loaded.name) / self.concepts.id
 
-    def load_probes(self, folder: str | Path) -> ProbePack:
-        """Verify a probe pack against the running model and concept pack, then swap it in."""
+    def load_probes(self, folder: str | Path, concepts: ConceptPack | None = None) -> ProbePack:
+        """Verify a probe pack against the running model and concept pack, then swap it in.
+
+        `concepts`: a concept pack to swap in with it (e.g. the base pack merged with a custom
+        concept from the workbench); the probe pack is checked against that one instead."""
+        concepts = concepts or self.concepts
         pack = ProbePack.load(folder, model_id=self.loaded.name, hidden_size=self.loaded.hidden_size)
-        pack.check_concepts(self.concepts.id, self.concepts.checksum, set(self.concepts.ids))
+        pack.check_concepts(concepts.id, concepts.checksum, set(concepts.ids))
         bank = ProbeBank(pack, self.loaded.device)
-        monitor = Monitor(bank, self.concepts, self.settings.base_layers, self.settings.keep_top_k)
+        monitor = Monitor(bank, concepts, self.settings.base_layers, self.settings.keep_top_k)
         vectors = SteeringVectors(self.model, self.tokenizer, bank)
         with self._lock:  # never swap under a running generation
-            self.probes, self.bank, self.monitor, self.vectors = pack, bank, monitor, vectors
+            self.probes, self.bank, self.monitor, self.vectors, self.concepts = pack, bank, monitor, vectors, concepts
         return pack
+
+    def held_out_scores(self, concept: str, split: str = "val") -> tuple[list[float], list[int]]:
+        """The loaded activation probe's scores for `concept` on its `split` prompts (labels: 1
+        positive, 0 negative), rebuilt with the run's prompt generator and negatives; one forward
+        per prompt missing from the activation cache. For the workbench's threshold tuning."""
+        from hatcat.training.activations import ActivationCache, extract
+        from hatcat.training.run import TrainSettings, plan
+
+        if self.bank is None or concept not in self.bank.index:
+            raise KeyError(f"no probe for {concept!r} in the loaded pack")
+        run = self.probes.manifest.get("training", {})
+        work = plan(self.concepts, TrainSettings(concepts=(concept,), n_hard=run.get("n_hard", 8), n_easy=run.get("n_easy", 8), seed=run.get("seed", 0)))
+        texts, rows = work.split(split)
+        cache = ActivationCache(self.settings.cache_dir, self.loaded.name, self.bank.tap_layer)
+        with self._lock:
+            extract(self.model, self.tokenizer, texts, [cache])
+        index, labels = rows.labelled(0)
+        scores = self.bank.score(cache.stack([texts[i] for i in index], self.bank.pooling).to(self.loaded.device))
+        return scores[:, self.bank.index[concept]].tolist(), labels.astype(int).tolist()
 
     @contextmanager
     def exclusive(self, cancel: threading.Event | None = None) -> Iterator[None]:
