@@ -45,10 +45,12 @@ class Settings:
         env = os.environ if environ is None else environ
         get = lambda name: (env.get(name) or "").strip()  # noqa: E731 - unset and empty mean default
         defaults = cls()
+        # Hugging Face Spaces (and other hosts) give the port as GRADIO_SERVER_PORT or PORT
+        port_var = next((n for n in ("HATCAT_PORT", "GRADIO_SERVER_PORT", "PORT") if get(n)), "HATCAT_PORT")
         return cls(
             model_name=get("HATCAT_MODEL_NAME") or defaults.model_name,
-            host=get("HATCAT_HOST") or defaults.host,
-            port=_int("HATCAT_PORT", get("HATCAT_PORT"), defaults.port, 1, 65535),
+            host=get("HATCAT_HOST") or get("GRADIO_SERVER_NAME") or defaults.host,
+            port=_int(port_var, get(port_var), defaults.port, 1, 65535),
             base_layers=_layers("HATCAT_BASE_LAYERS", get("HATCAT_BASE_LAYERS"), defaults.base_layers),
             keep_top_k=_int("HATCAT_KEEP_TOP_K", get("HATCAT_KEEP_TOP_K"), defaults.keep_top_k, 1, 100_000),
             probe_pack=get("HATCAT_PROBE_PACK") or None,

@@ -69,3 +69,13 @@ def test_app_refuses_bad_setting_with_exit_2_and_one_line(env: dict[str, str]) -
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert next(iter(env)) in lines[0]
+
+
+def test_port_and_host_come_from_spaces_variables_when_hatcat_ones_are_unset() -> None:
+    spaces = {"PORT": "7861", "GRADIO_SERVER_PORT": "7860", "GRADIO_SERVER_NAME": "0.0.0.0"}
+    assert (Settings.from_env(spaces).port, Settings.from_env(spaces).host) == (7860, "0.0.0.0")
+    assert Settings.from_env({"PORT": "7861"}).port == 7861
+    assert Settings.from_env({**spaces, "HATCAT_PORT": "9001", "HATCAT_HOST": "127.0.0.2"}).port == 9001
+    assert Settings.from_env({**spaces, "HATCAT_HOST": "127.0.0.2"}).host == "127.0.0.2"
+    with pytest.raises(ConfigError, match="^PORT="):
+        Settings.from_env({"PORT": "http"})
