@@ -7,7 +7,11 @@ import gradio as gr
 from hatcat.engine import Engine
 
 
-def build(engine: Engine) -> None:
-    """A read-only table of the engine's model facts."""
-    rows = [[key, str(value)] for key, value in engine.info().items()]
-    gr.Dataframe(value=rows, headers=["setting", "value"], interactive=False, label="Loaded model")
+def rows(engine: Engine) -> list[list[str]]:
+    return [[key, str(value)] for key, value in engine.info().items()]
+
+
+def build(engine: Engine) -> tuple:
+    """A read-only table of the engine's model facts, refreshed when the tab opens (packs hot-load)."""
+    table = gr.Dataframe(value=rows(engine), headers=["setting", "value"], interactive=False, label="Loaded model")
+    return (lambda: rows(engine)), [table], []

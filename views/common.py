@@ -1,0 +1,81 @@
+"""What several panels share: running a monitored generation, the probe-pack guard, user errors.
+
+Views never touch torch: they call the Engine and library functions from here, and keep
+traces as plain dicts (`TokenRecord.to_dict()`), which Gradio state and JSON export can hold.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import gradio as gr
+
+from hatcat.engine import Engine
+from hatcat.generation import GenerationSettings, build_prompt
+from hatcat.pipeline import MonitoredFinish, monitored_generation
+from hatcat.steering import Steering
+
+NO_PACK = (
+    "**No probe pack is loaded.** Train one in the *Training* tab (it is hot-loaded when done), "
+    "or start HatCat with `HATCAT_PROBE_PACK=<folder>`."
+)
+
+
+def require_probes(engine: Engine) -> None:
+    """Raise a readable gr.Error when there is nothing to monitor with."""
+    if engine.monitor is None:
+        raise gr.Error(NO_PACK.replace("**", ""), print_exception=False)
+
+
+def user_error(err: Exception) -> gr.Error:
+    """A page message (never a stack trace) for an error the user can cause."""
+    return gr.Error(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, print_exception=False)
+
+
+def probe_concepts(engine: Engine) -> list[str]:
+    """Concept ids the loaded probe pack scores ([] without a pack)."""
+    return list(engine.bank.concepts) if engine.bank else []
+
+
+def settings_from(max_tokens: float, temperature: float, seed: float | None) -> GenerationSettings:
+    try:
+        return GenerationSettings(max_tokens=int(max_tokens), temperature=float(temperature), seed=None if seed is None else int(seed))
+    except ValueError as err:
+        raise user_error(err) from None
+
+
+def stream_trace(
+    engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering] = (), chat: bool = True
+) -> Iterator[tuple[list[dict], dict | None]]:
+    """Generate under the engine lock; yields (records so far, summary dict or None until the end)."""
+    require_probes(engine)
+    if not prompt or not prompt.strip():
+        raise gr.Error("Write a prompt first.", print_exception=False)
+    records: list[dict] = []
+    try:
+        with engine.exclusive():
+            text = build_prompt(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
+            for event in monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, text, settings, list(steerings)):
+                if isinstance(event, MonitoredFinish):
+                    summary = {**event.summary.to_dict(), "line": event.summary.line(), "finish_reason": event.finished.finish_reason}
+                    yield records, summary
+                    return
+                records = records + [event.record.to_dict()]
+                yield records, None
+    except (ValueError, KeyError) as err:
+        raise user_error(err) from None
+
+
+def run_trace(engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> tuple[list[dict], dict]:
+    """A whole generation at once (the steering panel's side-by-side)."""
+    records, summary = [], {}
+    for records, done in stream_trace(engine, prompt, settings, steerings):
+        summary = done or summary
+    return records, summary
+
+
+def current_threshold(engine: Engine, concept: str) -> float | None:
+    """The monitor's activation threshold for `concept` now (a profile may have moved it)."""
+    if engine.monitor is None or concept not in engine.bank.index:
+        return None
+    return round(float(engine.monitor.thresholds[engine.bank.index[concept]]), 4)

@@ -1,0 +1,153 @@
+"""Thresholds panel: score distributions, ROC/PR, a threshold slider, and named threshold profiles.
+
+Applying a threshold changes the engine's one monitor, so the API serves with it too. Profiles
+are JSON files `{name, probe_pack, thresholds: {concept: value}}` under `<cache dir>/profiles/`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from hatcat.engine import Engine
+from hatcat.training.fit import auroc
+from views import trace as tr
+from views.common import current_threshold, probe_concepts, require_probes, user_error
+
+
+def at_threshold(scores: list[float], labels: list[int], threshold: float) -> dict[str, float]:
+    s, y = np.asarray(scores), np.asarray(labels)
+    pred = s >= threshold
+    tp, fp = float((pred & (y == 1)).sum()), float((pred & (y == 0)).sum())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / y.sum() if y.sum() else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "fpr": fp / max(1, (y == 0).sum())}
+
+
+def curves_figure(concept: str, scores: list[float], labels: list[int], threshold: float) -> go.Figure:
+    """Score histograms per class, ROC and precision-recall, each with the threshold's operating point."""
+    s, y = np.asarray(scores), np.asarray(labels)
+    order = np.argsort(-s)
+    tp, fp = np.cumsum(y[order] == 1), np.cumsum(y[order] == 0)
+    tpr, fpr, precision = tp / max(1, tp[-1]), fp / max(1, fp[-1]), tp / np.arange(1, len(s) + 1)
+    point = at_threshold(scores, labels, threshold)
+    fig = make_subplots(1, 3, subplot_titles=("scores (val prompts)", f"ROC (AUROC {auroc(s, y):.3f})", "precision / recall"))
+    fig.add_histogram(x=s[y == 1], name="positives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05))
+    fig.add_histogram(x=s[y == 0], name="negatives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05))
+    fig.add_vline(x=threshold, line_dash="dot", row=1, col=1)
+    fig.add_scatter(x=[0, *fpr], y=[0, *tpr], mode="lines", name="ROC", row=1, col=2)
+    fig.add_scatter(x=[point["fpr"]], y=[point["recall"]], mode="markers", marker=dict(size=12), name="threshold", row=1, col=2)
+    fig.add_scatter(x=tp / max(1, tp[-1]), y=precision, mode="lines", name="PR", row=1, col=3)
+    fig.add_scatter(x=[point["recall"]], y=[point["precision"]], mode="markers", marker=dict(size=12), name="threshold ", row=1, col=3)
+    fig.update_layout(barmode="overlay", height=340, margin=dict(l=30, r=10, t=40, b=30), title=concept)
+    return fig
+
+
+def profile_dir(engine: Engine) -> Path:
+    return engine.settings.cache_dir / "profiles"
+
+
+def saved_profiles(engine: Engine) -> list[str]:
+    folder = profile_dir(engine)
+    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+
+
+def overrides(engine: Engine) -> dict[str, float]:
+    """Concepts whose monitor threshold differs from the pack's."""
+    now, pack = engine.monitor.thresholds.tolist(), engine.bank.act_threshold.tolist()
+    return {c: round(a, 4) for c, a, b in zip(engine.bank.concepts, now, pack) if abs(a - b) > 1e-6}
+
+
+def save_profile(engine: Engine, name: str) -> str:
+    require_probes(engine)
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or ""):
+        raise gr.Error("A profile name is 1-64 letters, digits, '.', '_' or '-'.", print_exception=False)
+    folder = profile_dir(engine)
+    folder.mkdir(parents=True, exist_ok=True)
+    body = {"name": name, "probe_pack": engine.probes.id, "thresholds": overrides(engine)}
+    (folder / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+    return f"Saved profile **{name}** ({len(body['thresholds'])} thresholds) to `{folder / (name + '.json')}`."
+
+
+def load_profile(engine: Engine, name: str) -> str:
+    """Reset to the pack's thresholds, then apply the profile's (unknown concepts are skipped, and said)."""
+    require_probes(engine)
+    path = profile_dir(engine) / f"{name}.json"
+    try:
+        wanted = json.loads(path.read_text())["thresholds"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise user_error(ValueError(f"cannot read profile {name!r}: {err}")) from None
+    known = {c: float(v) for c, v in wanted.items() if c in engine.bank.index}
+    engine.monitor.set_thresholds(dict(zip(engine.bank.concepts, engine.bank.act_threshold.tolist())))
+    engine.monitor.set_thresholds(known)
+    skipped = sorted(set(wanted) - set(known))
+    return f"Loaded profile **{name}**: {len(known)} thresholds applied to the monitor (the API uses them too)." + (
+        f" Skipped (not in this pack): {', '.join(skipped)}." if skipped else "")
+
+
+def build(engine: Engine, trace: gr.State) -> tuple:
+    scores = gr.State({})  # {concept: [scores, labels]}
+    with gr.Row():
+        concept = gr.Dropdown([], label="concept", scale=3)
+        split = gr.Radio(["val", "test"], value="val", label="prompts", scale=1)
+        load = gr.Button("load scores", scale=1)
+    threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="threshold")
+    stats = gr.Markdown()
+    curves = gr.Plot(elem_id="thresholds-plot")
+    highlights = gr.HTML(tr.heatmap_html([]))
+    with gr.Row():
+        apply = gr.Button("apply to the monitor", variant="primary")
+        name = gr.Textbox(label="profile name", placeholder="strict-deception", scale=2)
+        save = gr.Button("save profile")
+        profiles = gr.Dropdown(saved_profiles(engine), label="saved profiles", scale=2)
+        load_p = gr.Button("load profile")
+    status = gr.Markdown()
+
+    def show(c: str, t: float, cache: dict, records: list[dict]):
+        if not c or c not in cache:
+            return "", None, tr.heatmap_html(records or [], c or tr.BY_DIVERGENCE, t)
+        s, y = cache[c]
+        m = at_threshold(s, y, t)
+        md = (f"At **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
+              f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}")
+        return md, curves_figure(c, s, y, t), tr.heatmap_html(records or [], c, t)
+
+    def compute(c: str, which: str, cache: dict, records: list[dict], progress=gr.Progress()):
+        require_probes(engine)
+        if not c:
+            raise gr.Error("Pick a concept.", print_exception=False)
+        progress(0.1, desc=f"scoring {c}'s {which} prompts (one forward each)")
+        try:
+            s, y = engine.held_out_scores(c, which)
+        except (KeyError, ValueError) as err:
+            raise user_error(err) from None
+        cache = {**cache, c: [s, y]}
+        t = current_threshold(engine, c)
+        return cache, t, *show(c, t, cache, records)
+
+    def apply_now(c: str, t: float):
+        require_probes(engine)
+        if c not in engine.bank.index:
+            raise gr.Error("Pick a concept of the loaded pack.", print_exception=False)
+        engine.monitor.set_thresholds({c: t})
+        return f"Monitor threshold of **{c}** is now {t:.2f} (the API uses it too). Changed: {overrides(engine)}"
+
+    load.click(compute, [concept, split, scores, trace], [scores, threshold, stats, curves, highlights], api_name=False)
+    threshold.change(show, [concept, threshold, scores, trace], [stats, curves, highlights], api_name=False)
+    apply.click(apply_now, [concept, threshold], status, api_name=False)
+    save.click(lambda n: (save_profile(engine, n), gr.Dropdown(choices=saved_profiles(engine))), name, [status, profiles], api_name=False)
+    load_p.click(lambda n: load_profile(engine, n), profiles, status, api_name=False)
+
+    def refresh(records: list[dict]):
+        fired = [c["concept"] for r in records or [] for c in r["concepts"]]
+        choices = list(dict.fromkeys(fired + probe_concepts(engine)))  # what fired in the trace first
+        return gr.Dropdown(choices=choices, value=choices[0] if choices else None), gr.Dropdown(choices=saved_profiles(engine))
+
+    return refresh, [concept, profiles], [trace]

@@ -1,0 +1,118 @@
+"""A trace (list of `TokenRecord.to_dict()`) rendered: heatmap HTML, divergence plot, token table, exports.
+
+One place for these so the Monitor, Steering and Thresholds panels draw traces the same way.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import tempfile
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+BY_DIVERGENCE = "divergence"
+TOP_SHOWN = 5  # concepts in a token's hover text
+
+STYLE = """
+<style>
+.hc-trace {font-family: ui-monospace, monospace; line-height: 2.1; white-space: pre-wrap; color: #111;}
+.hc-tok {padding: 2px 1px; border-radius: 3px; cursor: help;}
+.hc-tok.hc-hit {outline: 2px solid #1a7f37; font-weight: 600;}
+.hc-legend {font-size: 0.85em; color: #555;}
+</style>
+"""
+
+
+def activation_of(record: dict, concept: str) -> float | None:
+    """The concept's activation on this token, or None when the monitor did not report it."""
+    return next((c["activation"] for c in record["concepts"] if c["concept"] == concept), None)
+
+
+def activation_colour(value: float) -> str:
+    """White at 0 to green at 1."""
+    fade = int(255 * (1 - max(0.0, min(1.0, value))))
+    return f"#{fade:02x}ff{fade:02x}"
+
+
+def hover_text(record: dict) -> str:
+    rows = [f"{c['concept']}: act {c['activation']:.2f}, text {c['text_similarity']:.2f}, div {c['divergence']:+.2f}" for c in record["concepts"][:TOP_SHOWN]]
+    return f"#{record['index']} {record['token']!r} max divergence {record['max_divergence']:+.2f}\n" + ("\n".join(rows) or "no concept reported")
+
+
+def heatmap_html(records: list[dict], colour_by: str = BY_DIVERGENCE, threshold: float | None = None) -> str:
+    """Token spans coloured by divergence (red: represented but unsaid) or by one concept's activation.
+
+    With a concept and a `threshold`, tokens where it fires are outlined (the highlights)."""
+    if not records:
+        return STYLE + '<div class="hc-trace hc-empty">No trace yet: run a prompt.</div>'
+    spans = []
+    for r in records:
+        if colour_by == BY_DIVERGENCE:
+            colour, hit = r["colour"], False
+        else:
+            act = activation_of(r, colour_by) or 0.0
+            colour, hit = activation_colour(act), threshold is not None and act >= threshold
+        spans.append(
+            f'<span class="hc-tok{" hc-hit" if hit else ""}" data-index="{r["index"]}" '
+            f'style="background:{colour}" title="{html.escape(hover_text(r))}">{html.escape(r["token"])}</span>'
+        )
+    legend = (
+        "colour: divergence (red = represented but not said, blue = said but not represented)"
+        if colour_by == BY_DIVERGENCE
+        else f"colour: activation of {html.escape(colour_by)} (outlined: at or above its threshold)"
+    )
+    return STYLE + f'<div class="hc-trace">{"".join(spans)}</div><div class="hc-legend">{legend}; hover a token for its top concepts</div>'
+
+
+def divergence_figure(records: list[dict], concept: str | None = None, threshold: float | None = None) -> go.Figure:
+    """Max divergence per token (and a chosen concept's activation) as lines over the token index."""
+    fig = go.Figure()
+    x = [r["index"] for r in records]
+    labels = [r["token"] for r in records]
+    fig.add_scatter(x=x, y=[r["max_divergence"] for r in records], mode="lines+markers", name="max divergence", text=labels)
+    if concept and concept != BY_DIVERGENCE:
+        fig.add_scatter(x=x, y=[activation_of(r, concept) for r in records], mode="lines+markers", name=f"{concept} activation", text=labels)
+        if threshold is not None:
+            fig.add_hline(y=threshold, line_dash="dot", annotation_text="threshold")
+    fig.update_layout(height=280, margin=dict(l=40, r=10, t=30, b=30), xaxis_title="token", yaxis_title="score", legend=dict(orientation="h", y=1.15))
+    return fig
+
+
+def token_rows(records: list[dict], index: float | None) -> list[list]:
+    """A token's reported concepts as table rows (concept, layer, activation, text, divergence)."""
+    if not records or index is None:
+        return []
+    record = records[max(0, min(int(index), len(records) - 1))]
+    return [[c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]] for c in record["concepts"]]
+
+
+TOKEN_HEADERS = ["concept", "layer", "activation", "text-side", "divergence"]
+
+
+def analysis_markdown(summary: dict | None, records: list[dict]) -> str:
+    if summary is None:
+        return f"Generating… {len(records)} tokens so far."
+    rows = "\n".join(f"| {c['concept']} | {c['tokens']} | {c['mean_divergence']:+.3f} | {c['score']:.3f} |" for c in summary["top_concepts"])
+    table = f"\n\n| concept | tokens | mean divergence | score |\n|---|---|---|---|\n{rows}" if rows else ""
+    return f"**{summary['line']}** (finish: {summary.get('finish_reason', '?')}){table}"
+
+
+def export_files(records: list[dict], summary: dict | None) -> tuple[str, str]:
+    """Write the trace as JSONL (one record a line, then the summary) and CSV (one row per token x concept)."""
+    folder = Path(tempfile.mkdtemp(prefix="hatcat-trace-"))
+    jsonl, table = folder / "trace.jsonl", folder / "trace.csv"
+    with jsonl.open("w") as out:
+        for record in records:
+            out.write(json.dumps(record) + "\n")
+        if summary:
+            out.write(json.dumps({"summary": summary}) + "\n")
+    with table.open("w", newline="") as out:
+        writer = csv.writer(out)
+        writer.writerow(["index", "token", "max_divergence", "concept", "layer", "activation", "text_similarity", "divergence"])
+        for r in records:
+            for c in r["concepts"] or [{"concept": "", "layer": "", "activation": "", "text_similarity": "", "divergence": ""}]:
+                writer.writerow([r["index"], r["token"], r["max_divergence"], c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]])
+    return str(jsonl), str(table)
