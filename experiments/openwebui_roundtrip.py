@@ -1,0 +1,389 @@
+"""A real OpenWebUI in front of a real HatCat server: sign up, list models, chat, and prove the
+answer came from HatCat. Opt-in (not in CI: OpenWebUI is a large install).
+
+    python -m experiments.openwebui_roundtrip                         # starts its own HatCat server
+    python -m experiments.openwebui_roundtrip --hatcat-url http://127.0.0.1:8765 --hatcat-key KEY
+
+Steps, each recorded with pass/fail, seconds and details in `results/openwebui.json`:
+
+1. install  - `open-webui` in its own venv (default ~/.cache/hatcat/openwebui-venv, Python 3.11),
+              installed from PyPI if absent (CPU torch first, so pip does not pull a CUDA build);
+2. hatcat   - our server (`python app.py` on a free loopback port with a random API key), or the one given;
+              with no probe pack in probes/ (and no --probe-pack), a small one is trained first
+              (`python -m hatcat.train --concepts ...`, about a minute) so that the answer is monitored;
+3. start    - `open-webui serve` on loopback, pointed at `<hatcat>/v1` with the key, sign-up on,
+              Ollama off, offline (no hub downloads, no RAG embedding model, no update check), its
+              DATA_DIR in a temporary folder;
+4. signup   - the first (admin) user through `POST /api/v1/auths/signup`, which returns its token;
+5. models   - `GET /api/models` lists `hatcat-divergence`;
+6. chat     - `POST /api/chat/completions` through OpenWebUI (model hatcat-divergence, stream false,
+              greedy, a few tokens);
+7. provenance - the answer came from HatCat: the OpenWebUI response carries HatCat's own `hatcat`
+              report field; HatCat's /metrics counted exactly one more chat completion and the
+              answer's completion tokens; the same request sent straight to HatCat gives the same text;
+8. stream   - the same chat streamed through OpenWebUI: HatCat's per-token divergence metadata
+              (`choices[0].delta.metadata.divergence`) reaches the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT = ROOT / "results" / "openwebui.json"
+DEFAULT_VENV = Path.home() / ".cache" / "hatcat" / "openwebui-venv"
+MODEL_ID = "hatcat-divergence"
+PROMPT = "The capital of France is"
+MAX_TOKENS = 6
+SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
+
+
+@dataclass
+class Run:
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        """Run one step; an exception or a falsy `ok` fails it (and the run stops after it)."""
+        start = time.perf_counter()
+        try:
+            detail = fn()
+            ok = bool(detail.pop("ok", True))
+        except Exception as err:  # noqa: BLE001 - the reason goes into the result file
+            detail, ok = {"error": f"{type(err).__name__}: {err}"}, False
+        record = {"step": name, "passed": ok, "seconds": round(time.perf_counter() - start, 2), **detail}
+        self.steps.append(record)
+        print(f"[{'PASS' if ok else 'FAIL'}] {name} ({record['seconds']} s) {json.dumps(detail)[:400]}", flush=True)
+        if not ok:
+            raise StepFailed(name)
+        return detail
+
+
+class StepFailed(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None, log: Path | None) -> float:
+    """Poll `url` until it answers 200; fail early when `proc` dies. Returns seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered; log tail:\n{tail}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of a process and its children (MiB), from /proc."""
+    total, found = 0, False
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+        if int(proc.name) == pid or ppid == pid:
+            match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            if match:
+                total, found = total + int(match.group(1)), True
+    return round(total / 1024, 1) if found else None
+
+
+def metric(text: str, name: str, labels: dict[str, str] | None = None) -> float:
+    """Sum of the samples of `name` whose labels include `labels`, from Prometheus text."""
+    value = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name):
+            continue
+        match = re.match(rf"^{re.escape(name)}(?:\{{(.*)\}})?\s+(\S+)$", line)
+        if not match:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', match.group(1) or ""))
+        if all(got.get(k) == v for k, v in (labels or {}).items()):
+            value += float(match.group(2))
+    return value
+
+
+def stop(proc: subprocess.Popen | None) -> None:
+    """End a process this script started (its own process group) and nothing else."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hatcat-url", help="a running HatCat server (default: start one)")
+    parser.add_argument("--hatcat-key", default=None, help="its HATCAT_API_KEY (with --hatcat-url)")
+    parser.add_argument("--probe-pack", type=Path, default=None, help="probe pack for the server started here (default: probes/, else train a small one)")
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="OpenWebUI's venv (created if absent)")
+    parser.add_argument("--openwebui-version", default="0.12.4", help="open-webui version to install if absent")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for each server to start")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args()
+
+    run = Run()
+    run.info.update(
+        {
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()} {platform.release()}",
+            "hatcat_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+            # other work in progress in the checkout (modified tracked files) at the time of the run
+            "hatcat_tree_modified": bool(subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True).stdout.strip()),
+            "prompt": PROMPT,
+            "max_tokens": MAX_TOKENS,
+        }
+    )
+    workdir = Path(tempfile.mkdtemp(prefix="hatcat-openwebui-"))
+    hatcat_proc = webui_proc = None
+    ow_python = args.venv / "bin" / "python"
+    key = args.hatcat_key or secrets.token_urlsafe(16)
+    hatcat_url = (args.hatcat_url or "").rstrip("/")
+    webui_port = free_port()
+    webui = f"http://127.0.0.1:{webui_port}"
+    webui_log = workdir / "open-webui.log"
+    hatcat_log = workdir / "hatcat.log"
+    state: dict[str, Any] = {}
+
+    def install() -> dict[str, Any]:
+        installed_now = False
+        if not (args.venv / "bin" / "open-webui").exists():
+            installed_now = True
+            subprocess.run([sys.executable if sys.version_info[:2] == (3, 11) else "python3.11", "-m", "venv", str(args.venv)], check=True)
+            pip = [str(ow_python), "-m", "pip", "install", "-q"]
+            # CPU torch first (on these machines a local wheel); otherwise pip would take a CUDA build of several GB
+            subprocess.run([*pip, "torch==2.13.0"], check=True)
+            subprocess.run([*pip, f"open-webui=={args.openwebui_version}"], check=True)
+        versions = subprocess.run(
+            [str(ow_python), "-c", "import importlib.metadata as m, sys, json; "
+             "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))"],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        run.info["openwebui"] = json.loads(versions)
+        return {"installed_now": installed_now, "venv": str(args.venv), **json.loads(versions)}
+
+    def hatcat() -> dict[str, Any]:
+        nonlocal hatcat_proc, hatcat_url
+        trained = None
+        if not hatcat_url:
+            port = free_port()
+            hatcat_url = f"http://127.0.0.1:{port}"
+            env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), "HATCAT_API_KEY": key}
+            pack = args.probe_pack
+            if pack is None and not any((ROOT / "probes").glob("*/*/manifest.json")):
+                pack, start = workdir / "probe-pack", time.perf_counter()
+                subprocess.run([sys.executable, "-m", "hatcat.train", "--concepts", *SMALL_PACK, "--out", str(pack)],
+                               cwd=ROOT, check=True, stdout=hatcat_log.open("w"), stderr=subprocess.STDOUT)
+                trained = {"concepts": list(SMALL_PACK), "seconds": round(time.perf_counter() - start, 1)}
+            if pack is not None:
+                env["HATCAT_PROBE_PACK"] = str(pack)
+            hatcat_proc = subprocess.Popen(
+                [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=hatcat_log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
+            )
+        waited = wait_http(f"{hatcat_url}/health", args.timeout, hatcat_proc, hatcat_log)
+        health = httpx.get(f"{hatcat_url}/health", timeout=10).json()
+        models = httpx.get(f"{hatcat_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+        unauthenticated = httpx.get(f"{hatcat_url}/v1/models", timeout=10).status_code
+        run.info["hatcat"] = {k: health.get(k) for k in ("model", "device", "dtype", "probe_pack", "monitoring") if k in health}
+        return {
+            "ok": models.status_code == 200 and unauthenticated == 401,
+            "started_here": hatcat_proc is not None,
+            "small_probe_pack_trained": trained,
+            "ready_after_s": round(waited, 1),
+            "health": run.info["hatcat"],
+            "v1_models_status_with_key": models.status_code,
+            "v1_models_status_without_key": unauthenticated,
+        }
+
+    def start() -> dict[str, Any]:
+        nonlocal webui_proc
+        data_dir = workdir / "data"
+        data_dir.mkdir()
+        env = {
+            **os.environ,
+            "DATA_DIR": str(data_dir),
+            "WEBUI_SECRET_KEY": secrets.token_urlsafe(24),
+            "WEBUI_AUTH": "true",
+            "ENABLE_SIGNUP": "true",
+            "WEBUI_NAME": "HatCat",
+            "ENABLE_OLLAMA_API": "false",
+            "ENABLE_OPENAI_API": "true",
+            "OPENAI_API_BASE_URLS": f"{hatcat_url}/v1",
+            "OPENAI_API_KEYS": key,
+            "DEFAULT_MODELS": MODEL_ID,
+            # nothing can be fetched from a hub here: no embedding/reranking/whisper models, no update check
+            "OFFLINE_MODE": "true",
+            "HF_HUB_OFFLINE": "1",
+            "RAG_EMBEDDING_ENGINE": "openai",
+            "BYPASS_EMBEDDING_AND_RETRIEVAL": "true",
+            "RAG_EMBEDDING_MODEL_AUTO_UPDATE": "false",
+            "RAG_RERANKING_MODEL_AUTO_UPDATE": "false",
+            "WHISPER_MODEL_AUTO_UPDATE": "false",
+            "ENABLE_VERSION_UPDATE_CHECK": "false",
+            # no extra generations on HatCat's one-at-a-time engine (titles, tags, follow-ups)
+            "ENABLE_TITLE_GENERATION": "false",
+            "ENABLE_TAGS_GENERATION": "false",
+            "ENABLE_FOLLOW_UP_GENERATION": "false",
+            "ENABLE_AUTOCOMPLETE_GENERATION": "false",
+            "ANONYMIZED_TELEMETRY": "false",
+            "SCARF_NO_ANALYTICS": "true",
+            "DO_NOT_TRACK": "true",
+            "UVICORN_WORKERS": "1",
+        }
+        for name in ("HATCAT_API_KEY", "HATCAT_PORT", "HATCAT_HOST", "PORT", "VIRTUAL_ENV"):
+            env.pop(name, None)
+        env["PATH"] = f"{args.venv / 'bin'}:{env.get('PATH', '')}"
+        webui_proc = subprocess.Popen(
+            [str(args.venv / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port", str(webui_port)],
+            cwd=workdir, env=env, stdout=webui_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        waited = wait_http(f"{webui}/health", args.timeout, webui_proc, webui_log)
+        config = httpx.get(f"{webui}/api/config", timeout=10).json()
+        return {"ready_after_s": round(waited, 1), "url": webui, "name": config.get("name"), "version": config.get("version"),
+                "rss_mib": rss_mib(webui_proc.pid)}
+
+    def signup() -> dict[str, Any]:
+        body = {"name": "HatCat admin", "email": "admin@hatcat.example.org", "password": secrets.token_urlsafe(16) + "Aa1!"}
+        r = httpx.post(f"{webui}/api/v1/auths/signup", json=body, timeout=30)
+        r.raise_for_status()
+        user = r.json()
+        state["token"] = user["token"]
+        return {"ok": bool(user.get("token")) and user.get("role") == "admin", "status": r.status_code, "role": user.get("role")}
+
+    def models() -> dict[str, Any]:
+        r = httpx.get(f"{webui}/api/models", headers={"Authorization": f"Bearer {state['token']}"}, timeout=60)
+        r.raise_for_status()
+        listed = [m["id"] for m in r.json()["data"]]
+        return {"ok": MODEL_ID in listed, "status": r.status_code, "models": listed}
+
+    def chat_body(stream: bool) -> dict[str, Any]:
+        return {"model": MODEL_ID, "messages": [{"role": "user", "content": PROMPT}], "stream": stream,
+                "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7}
+
+    def our_metrics() -> str:
+        return httpx.get(f"{hatcat_url}/metrics", timeout=10).text
+
+    def chat() -> dict[str, Any]:
+        before = our_metrics()
+        start = time.perf_counter()
+        r = httpx.post(f"{webui}/api/chat/completions", json=chat_body(False), headers={"Authorization": f"Bearer {state['token']}"}, timeout=600)
+        seconds = time.perf_counter() - start
+        r.raise_for_status()
+        answer = r.json()
+        state.update(before=before, after=our_metrics(), answer=answer)
+        text = answer["choices"][0]["message"]["content"]
+        return {"ok": isinstance(text, str) and bool(text), "status": r.status_code, "latency_s": round(seconds, 2),
+                "text": text, "usage": answer.get("usage"), "finish_reason": answer["choices"][0].get("finish_reason")}
+
+    def provenance() -> dict[str, Any]:
+        answer, before, after = state["answer"], state["before"], state["after"]
+        text = answer["choices"][0]["message"]["content"]
+        route = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
+        chats = metric(after, "hatcat_requests_total", route) - metric(before, "hatcat_requests_total", route)
+        tokens = metric(after, "hatcat_tokens_generated_total") - metric(before, "hatcat_tokens_generated_total")
+        direct = httpx.post(f"{hatcat_url}/v1/chat/completions", json=chat_body(False), headers={"Authorization": f"Bearer {key}"}, timeout=600)
+        direct.raise_for_status()
+        direct_text = direct.json()["choices"][0]["message"]["content"]
+        report = answer.get("hatcat") or {}
+        completion_tokens = (answer.get("usage") or {}).get("completion_tokens")
+        checks = {
+            # HatCat's own extra field survived the proxy, with a per-token report when monitoring
+            "hatcat_report_in_openwebui_answer": "monitoring" in report and (bool(report.get("tokens")) or not report["monitoring"]),
+            "backend_counted_one_chat": chats == 1,
+            "backend_tokens_match_usage": completion_tokens is not None and tokens == completion_tokens,
+            "same_text_direct": direct_text == text,
+        }
+        return {"ok": all(checks.values()), **checks, "monitoring": report.get("monitoring"), "probe_pack": report.get("probe_pack"), "backend_chat_requests_delta": chats, "backend_tokens_delta": tokens,
+                "direct_text": direct_text, "report_tokens": len(report.get("tokens") or []),
+                "report_first_token": (report.get("tokens") or [None])[0]}
+
+    def stream() -> dict[str, Any]:
+        chunks, divergences, text = 0, 0, ""
+        start, first = time.perf_counter(), None
+        with httpx.stream("POST", f"{webui}/api/chat/completions", json=chat_body(True),
+                          headers={"Authorization": f"Bearer {state['token']}"}, timeout=600) as r:
+            r.raise_for_status()
+            for line in r.iter_lines():
+                if not line.startswith("data:") or line.strip() == "data: [DONE]":
+                    continue
+                chunk = json.loads(line[5:])
+                choices = chunk.get("choices") or []
+                if not choices:
+                    continue
+                delta = choices[0].get("delta") or {}
+                chunks += 1
+                if (delta.get("metadata") or {}).get("divergence") is not None:
+                    divergences += 1
+                    first = first or time.perf_counter() - start
+                text += delta.get("content") or ""
+        return {"ok": divergences > 0, "chunks": chunks, "chunks_with_divergence": divergences,
+                "first_divergence_after_s": round(first, 2) if first else None, "text": text}
+
+    passed = False
+    try:
+        run.step("install", install)
+        run.step("hatcat", hatcat)
+        run.step("start", start)
+        run.step("signup", signup)
+        run.step("models", models)
+        run.step("chat", chat)
+        run.step("provenance", provenance)
+        run.step("stream", stream)
+        passed = True
+    except StepFailed:
+        pass
+    finally:
+        if webui_proc is not None:
+            run.info["openwebui_rss_mib_at_end"] = rss_mib(webui_proc.pid)
+        stop(webui_proc)
+        stop(hatcat_proc)
+        logs = {"open-webui": webui_log, "hatcat": hatcat_log}
+        run.info["log_tails"] = {n: p.read_text(errors="replace")[-1500:].splitlines()[-12:] for n, p in logs.items() if p.exists() and not passed}
+        if passed:
+            run.info.pop("log_tails")
+    result = {"passed": passed, **run.info, "steps": run.steps}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"{'PASSED' if passed else 'FAILED'}; wrote {args.out}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
