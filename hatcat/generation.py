@@ -223,7 +223,7 @@ def _decode_loop(
     sampler = _Sampler(settings, device, input_ids[0])
     detok = _Detokenizer(tokenizer)
     stops = _StopHoldback(settings.stop)
-    # transformers 5.2x names the KV cache argument `cache` (`past_key_values` before).
+    # Recent transformers name the KV-cache argument `cache` (`past_key_values` before).
     cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
     cache = None
     generated = 0
