@@ -48,8 +48,8 @@ def default_layer() -> int:
     sweep = ROOT / "results" / "tap_sweep.json"
     if sweep.is_file():
         chosen = json.loads(sweep.read_text()).get("chosen", {})
-        if "layer" in chosen:
-            return int(chosen["layer"])
+        if "tap_layer" in chosen:
+            return int(chosen["tap_layer"])
     return 12
 
 
@@ -309,7 +309,7 @@ def inject_into(folder: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layer", type=int, default=None, help="tap layer of the shipped probe (default: the shipped pack's, else 12)")
+    ap.add_argument("--layer", type=int, default=None, help="tap layer of the shipped probe (default: the shipped pack's, else the tap sweep's, else 12)")
     ap.add_argument("--layers", type=int, nargs="*", default=[0, 3, 6, 9, 12], help="other decoder blocks to report (not used for choosing)")
     ap.add_argument("--inject", type=Path, metavar="PACK", help="only write the already fitted probe into this probe pack")
     args = ap.parse_args()

@@ -295,6 +295,7 @@ def save_probe(path: Path, probes: dict[int, LinearProbes], meta: dict) -> None:
         tensors[f"layer{layer}.threshold"] = p.threshold[:1].float().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, path, metadata={"meta": json.dumps(meta, sort_keys=True)})
+    path.chmod(0o644)
 
 
 def load_probe(path: Path, layer: int) -> tuple[LinearProbes, dict]:
@@ -327,10 +328,13 @@ def inject(folder: Path, probe: LinearProbes, layer: int, note: dict, metrics: d
     if probe.weight.shape[-1] != manifest["hidden_size"]:
         raise ValueError(f"{folder}: hidden size {manifest['hidden_size']}, the probe has {probe.weight.shape[-1]}")
     row = manifest["concepts"].index(concept)
-    tensors = load_file(folder / "activation.safetensors")
+    path = folder / "activation.safetensors"
+    mode = path.stat().st_mode & 0o777
+    tensors = load_file(path)
     tensors["weight"][row] = probe.weight.reshape(-1).to(tensors["weight"].dtype)
     tensors["bias"][row] = float(probe.bias.reshape(-1)[0])
-    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "activation.safetensors")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    path.chmod(mode)  # safetensors writes 0600; keep the pack readable by the image's non-root user
     manifest["thresholds"]["activation"][row] = round(float(probe.threshold.reshape(-1)[0]), 6)
 
     doc = json.loads((folder / "metrics.json").read_text())
