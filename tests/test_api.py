@@ -99,8 +99,9 @@ def test_stream_ends_with_done_on_the_wire(server: str) -> None:
         ({"messages": PROMPT, "temperature": -0.5}, 400, "temperature", ["greater than or equal to 0"]),
         ({"messages": PROMPT, "top_p": 0}, 400, "top_p", []),
         ({"messages": PROMPT, "model": "gpt-4"}, 404, "model", ["unknown model: gpt-4"]),
+        ({"messages": [{"role": "user"}]}, 400, "messages", ["prompt is empty"]),
     ],
-    ids=["empty-messages", "unknown-role", "zero-max-tokens", "max-tokens-above-limit", "negative-temperature", "zero-top-p", "unknown-model"],
+    ids=["empty-messages", "unknown-role", "zero-max-tokens", "max-tokens-above-limit", "negative-temperature", "zero-top-p", "unknown-model", "empty-prompt"],
 )
 def test_bad_chat_requests_get_an_openai_error(server: str, body: dict, status: int, param: str, words: list[str]) -> None:
     error = assert_error(httpx.post(f"{server}/v1/chat/completions", json=body, timeout=30), status, *words)
@@ -128,7 +129,8 @@ def test_malformed_json_and_wrong_content_type_are_400s(server: str) -> None:
 
 def test_unknown_routes_and_methods_answer_in_the_error_shape(server: str) -> None:
     assert_error(httpx.get(f"{server}/v1/no-such-route"), 404, "no route")
-    assert_error(httpx.post(f"{server}/v1/models"), 405, "not allowed")
+    assert assert_error(httpx.post(f"{server}/v1/models"), 405, "not allowed").get("code") == "method_not_allowed"
+    assert httpx.put(f"{server}/v1/chat/completions").headers["allow"] == "POST"
 
 
 def test_eight_concurrent_seeded_streams_each_match_their_solo_run(client: openai.OpenAI) -> None:

@@ -42,9 +42,13 @@ from hatcat.steering import Steering
 router = APIRouter(prefix="/v1")
 
 DEFAULT_MAX_TOKENS = 512
+MIN_TOP_P = 1e-9  # keeps only the most likely token, as any smaller top_p does
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, responses=error_responses(400, 401, 404, 409))
+STREAM_RESPONSE = {200: {"description": "a chat.completion, or with `stream: true` SSE chat.completion.chunk events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+
+
+@router.post("/chat/completions", response_model=ChatCompletion, responses={**error_responses(400, 401, 404, 409), **STREAM_RESPONSE})
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     engine: Engine = request.app.state.engine
     _check_model(engine, body.model)
@@ -85,7 +89,8 @@ def _generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationS
         return GenerationSettings(
             max_tokens=max_tokens,
             temperature=0.7 if body.temperature is None else body.temperature,
-            top_p=1.0 if body.top_p is None else body.top_p,
+            # a top_p below float32's range would round to 0 in the sampler and keep no token at all
+            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
             top_k=body.top_k,
             repetition_penalty=body.repetition_penalty,
             seed=body.seed,
@@ -97,9 +102,12 @@ def _generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationS
 
 def _prompt(tokenizer, messages: list[dict]) -> str:
     try:
-        return build_prompt(tokenizer, messages)
+        prompt = build_prompt(tokenizer, messages)
     except (ValueError, TemplateError) as err:  # e.g. no user message; a template that wants alternating roles
         raise APIError(400, f"messages cannot be turned into a prompt: {err}", param="messages", code="invalid_messages") from None
+    if not prompt.strip():
+        raise APIError(400, "the prompt is empty: the user message has no text", param="messages", code="empty_prompt")
+    return prompt
 
 
 def _generation(engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering]):

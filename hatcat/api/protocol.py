@@ -54,7 +54,7 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: int | None = Field(None, ge=1, description="alias of max_tokens")
     max_tokens: int | None = Field(None, ge=1, description="at most HATCAT_MAX_TOKENS")
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)
+    seed: int | None = Field(None, ge=-(2**53), le=2**53, description="same seed, same text")
     stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
     stream: bool = False
     stream_options: StreamOptions | None = None

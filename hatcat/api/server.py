@@ -12,14 +12,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.routing import Match
+from starlette.routing import Match, Mount
 
 from hatcat.api import analyze, chat, errors, health, metrics, models, packs, steering
 from hatcat.api.auth import BearerAuth
 from hatcat.api.errors import APIError
 from hatcat.engine import Engine
 
-ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]
 
 
 def create_api(engine: Engine) -> FastAPI:
@@ -44,30 +44,38 @@ def create_api(engine: Engine) -> FastAPI:
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    _schema_limits(api, settings.max_tokens)
+    _schema_limits(api, settings.max_tokens, len(engine.loaded.layers))
     return api
 
 
 async def _unknown_route(request: Request, path: str) -> None:
-    scope = {**request.scope, "path": request.url.path}
-    if any(route.matches(scope)[0] == Match.PARTIAL for route in request.app.router.routes if getattr(route, "endpoint", None) is not _unknown_route):
-        raise APIError(405, f"{request.method} is not allowed on {request.url.path}", code="method_not_allowed")
+    # the API's own routes: not this catch-all, not the workbench mounted at `/` (it takes any path)
+    routes = [r for r in request.app.router.routes if getattr(r, "endpoint", None) is not _unknown_route and not isinstance(r, Mount)]
+    allowed = [m for m in ALL_METHODS if any(r.matches({**request.scope, "path": request.url.path, "method": m})[0] == Match.FULL for r in routes)]
+    if allowed:
+        message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
+        raise APIError(405, message, code="method_not_allowed", headers={"Allow": ", ".join(allowed)})
     raise APIError(404, f"no route {request.method} {request.url.path}", code="unknown_route")
 
 
-def _schema_limits(api: FastAPI, max_tokens: int) -> None:
-    """Write the configured max_tokens limit into the OpenAPI document."""
+def _schema_limits(api: FastAPI, max_tokens: int, layers: int) -> None:
+    """Write the limits known only at run time (HATCAT_MAX_TOKENS, the model's depth) into the OpenAPI document."""
     build = api.openapi
+    limits = {
+        ("ChatCompletionRequest", "max_tokens"): max_tokens,
+        ("ChatCompletionRequest", "max_completion_tokens"): max_tokens,
+        ("SteeringAdd", "layer"): layers - 1,
+        ("SteeringUpdate", "layer"): layers - 1,
+    }
 
     def openapi() -> dict[str, Any]:
         if api.openapi_schema is None:
-            schema = build()
-            request = schema.get("components", {}).get("schemas", {}).get("ChatCompletionRequest", {})
-            for name in ("max_tokens", "max_completion_tokens"):
-                field = request.get("properties", {}).get(name, {})
+            schemas = build().get("components", {}).get("schemas", {})
+            for (model, name), maximum in limits.items():
+                field = schemas.get(model, {}).get("properties", {}).get(name, {})
                 for branch in field.get("anyOf", [field]):
                     if branch.get("type") == "integer":
-                        branch["maximum"] = max_tokens
+                        branch["maximum"] = maximum
         return api.openapi_schema
 
     api.openapi = openapi

@@ -1,0 +1,167 @@
+"""Fuzz the `/v1` routes from `/openapi.json` with schemathesis; no request may get a 5xx.
+
+    python -m experiments.fuzz_api                      # trains the 7-concept test pack, fuzzes ~5 min
+    python -m experiments.fuzz_api --probe-pack PATH --max-examples 30 --max-time 120
+
+Starts `python app.py` on a free loopback port (HATCAT_MAX_TOKENS=8 keeps generations short),
+runs `st run` against it with every check, then reads the server's own request counter
+(`/metrics`, by route and status) for the ground truth on status codes. Writes
+`results/fuzz_api.json`: cases run, responses by status, 5xx found (expected 0), and the
+schemathesis checks that failed (non-5xx findings, kept for the record).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections import Counter
+from importlib.metadata import version
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
+
+
+def train_small_pack(out: Path) -> Path:
+    from hatcat.concepts import load_pack
+    from hatcat.config import Settings
+    from hatcat.engine import SAFETY_MELD
+    from hatcat.model import load_model
+    from hatcat.training.run import TrainSettings, train
+
+    settings = Settings.from_env()
+    loaded = load_model(settings.model_name, device=settings.device, dtype=settings.dtype, cache_dir=settings.cache_dir, offline=settings.hf_offline)
+    folder, _ = train(loaded, load_pack(melds=[SAFETY_MELD]), TrainSettings(concepts=SMALL_PACK), settings.cache_dir, out)
+    return folder
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(pack: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), "HATCAT_PROBE_PACK": str(pack), "HATCAT_MAX_TOKENS": "8", "HATCAT_API_KEY": ""}
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(f"app.py exited with {proc.returncode}; see {log}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.5)
+    proc.kill()
+    sys.exit("app.py did not answer /health within 600 s")
+
+
+def request_counts(base: str) -> Counter:
+    """(route, method, status) -> requests, from the server's own counter."""
+    counts: Counter = Counter()
+    for family in text_string_to_metric_families(httpx.get(f"{base}/metrics", timeout=10).text):
+        if family.name == "hatcat_requests":
+            for sample in family.samples:
+                if sample.name == "hatcat_requests_total":
+                    counts[(sample.labels["route"], sample.labels["method"], sample.labels["status"])] += int(sample.value)
+    return counts
+
+
+def junit_failures(path: Path) -> dict[str, list[str]]:
+    """Operation -> the failure messages schemathesis reported for it."""
+    failures: dict[str, list[str]] = {}
+    if not path.is_file():
+        return failures
+    for case in ET.parse(path).getroot().iter("testcase"):
+        for failure in list(case.iter("failure")) + list(case.iter("error")):
+            text = (failure.get("message") or failure.text or "").strip()
+            failures.setdefault(case.get("name", "?"), []).append(text.splitlines()[0][:200] if text else "?")
+    return failures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--probe-pack", type=Path, help="probe pack folder (default: train the 7-concept test pack)")
+    parser.add_argument("--max-examples", type=int, default=40, help="examples per operation and phase")
+    parser.add_argument("--max-time", type=int, default=300, help="time budget for the fuzzing, seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "fuzz_api.json")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hatcat-fuzz-"))
+    pack = args.probe_pack or train_small_pack(work / "pack")
+    proc, base = start_server(pack, work / "server.log")
+    try:
+        before = request_counts(base)
+        started = time.monotonic()
+        command = [
+            "st", "run", f"{base}/openapi.json",
+            "--include-path-regex", "^/v1/",
+            "--checks", "all",
+            "--max-examples", str(args.max_examples),
+            "--max-time", str(args.max_time),
+            "--seed", str(args.seed),
+            "--generation-database", "none",  # no .schemathesis/ folder in the work tree
+            "--workers", "1",
+            "--request-timeout", "120",
+            "--max-response-time", "120",  # 2 shared cores: a long prompt can take 10+ s
+
+            "--continue-on-failure",
+            "--report", "junit",
+            "--report-junit-path", str(work / "junit.xml"),
+            "--no-color",
+        ]
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        seconds = time.monotonic() - started
+        counts = request_counts(base) - before
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    v1 = Counter({key: n for key, n in counts.items() if key[0].startswith("/v1")})
+    by_status, by_operation = Counter(), Counter()
+    for (route, method, status), n in v1.items():
+        by_status[status] += n
+        by_operation[f"{method} {route}"] += n
+    server_errors = {f"{method} {route} -> {status}": n for (route, method, status), n in v1.items() if status.startswith("5")}
+    failures = junit_failures(work / "junit.xml")
+    result = {
+        "tool": f"schemathesis {version('schemathesis')}",
+        "command": "python -m experiments.fuzz_api " + " ".join(sys.argv[1:]),
+        "checks": "all",
+        "max_examples": args.max_examples,
+        "max_time_s": args.max_time,
+        "seed": args.seed,
+        "seconds": round(seconds, 1),
+        "cases_run": sum(v1.values()),
+        "responses_by_status": dict(sorted(by_status.items())),
+        "requests_by_operation": dict(sorted(by_operation.items())),
+        "server_errors_5xx": sum(server_errors.values()),
+        "server_error_operations": server_errors,
+        "schemathesis_exit_code": run.returncode,
+        "schemathesis_failures": failures,
+        "schemathesis_summary": run.stdout.strip().splitlines()[-12:],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("cases_run", "responses_by_status", "server_errors_5xx", "seconds")}, indent=2))
+    print(f"wrote {args.out}; schemathesis output and server log in {work}")
+    (work / "schemathesis.txt").write_text(run.stdout + run.stderr)
+    return 1 if result["server_errors_5xx"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
