@@ -1,98 +1,121 @@
-"""Plain HF `generate` vs our streaming decode loop (KV cache + tap hook) -> results/generation.json.
+"""Generation speed three ways, in one run -> results/bench_generation.json.
 
-Same loaded model, same prompt, greedy, the same number of new tokens; the two are interleaved
-(plain, ours, plain, ours, ...) after one warm-up each, so load from other processes hits both
-alike; the median of the repeats is reported. Our loop's tokens come out with their tap-layer
-hidden state; no probes are scored here (that is the monitored benchmark's job).
+1. plain: transformers' `generate` (greedy, KV cache), in the default dtype and in fp32;
+2. monitored: our stream with the full shipped probe pack — every concept, activation and
+   words-only side, hierarchy policy and top-k on every token (the default configuration);
+3. reference: a re-creation of the original's per-token loop: no KV cache (the whole sequence
+   again for every token), `output_hidden_states` for all layers, and 100 small MLP probes
+   (hidden -> 128 -> 64 -> 1) scored one at a time with a `.item()` each.
 
-    python -m experiments.bench_generation [--tokens 64] [--repeats 3] [--layer 9]
+Each way produces the same number of new tokens; the median of `--repeats` runs is reported.
+
+    python -m experiments.bench_generation [--tokens 128] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from hatcat.config import EMBEDDED_DEFAULT
-from hatcat.generation import GenerationSettings, collect, generate, stop_token_ids
+from hatcat.config import Settings
+from hatcat.engine import Engine
+from hatcat.generation import GenerationSettings
 from hatcat.model import load_model
+from hatcat.pipeline import MonitoredToken, monitored_generation
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "generation.json"
+OUT = Path(__file__).resolve().parents[1] / "results" / "bench_generation.json"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
+def timed(fn) -> tuple[float, int]:
+    start = time.perf_counter()
+    produced = fn()
+    return time.perf_counter() - start, produced
+
+
+@torch.inference_mode()
+def plain(model, tokenizer, tokens: int) -> int:
+    inputs = tokenizer(PROMPT, return_tensors="pt").to(model.device)
+    out = model.generate(**inputs, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+    return out.shape[1] - inputs.input_ids.shape[1]
+
+
+def monitored(engine: Engine, tokens: int) -> int:
+    settings = GenerationSettings(max_tokens=tokens, temperature=0)
+    with engine.exclusive():
+        events = monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, PROMPT, settings)
+        return sum(isinstance(e, MonitoredToken) for e in events)
+
+
+def reference_probes(hidden: int, n: int = 100) -> list[nn.Module]:
+    torch.manual_seed(0)
+    return [nn.Sequential(nn.Linear(hidden, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1)).eval() for _ in range(n)]
+
+
+@torch.inference_mode()
+def reference(model, tokenizer, probes: list[nn.Module], layer: int, tokens: int) -> int:
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids.to(model.device)
+    for _ in range(tokens):
+        out = model(input_ids=ids, output_hidden_states=True, use_cache=False)
+        state = out.hidden_states[layer + 1][0, -1].float()
+        _scores = [torch.sigmoid(probe(state)).item() for probe in probes]  # one probe at a time
+        ids = torch.cat([ids, out.logits[:, -1:].argmax(-1)], dim=1)
+    return tokens
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--layer", type=int, default=9, help="tap layer for our loop")
-    parser.add_argument("--model", default=EMBEDDED_DEFAULT)
-    args = parser.parse_args()
-
-    loaded = load_model(args.model)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    inputs = tokenizer(PROMPT, return_tensors="pt").to(loaded.device)
-    eos = sorted(stop_token_ids(model, tokenizer))
-    settings = GenerationSettings(max_tokens=args.tokens, temperature=0)
-
-    def plain() -> tuple[float, list[int]]:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=args.tokens, do_sample=False, eos_token_id=eos)
-        _sync(loaded.device)
-        ids = out[0, inputs.input_ids.shape[1] :].tolist()
-        return len(ids) / (time.perf_counter() - start), ids
-
-    def ours() -> tuple[float, list[int]]:
-        start = time.perf_counter()
-        _, steps, finished = collect(generate(model, tokenizer, PROMPT, settings, tap_layer=args.layer))
-        _sync(loaded.device)
-        return finished.completion_tokens / (time.perf_counter() - start), [s.token_id for s in steps]
-
-    load_before = os.getloadavg()[0]
-    plain(), ours()  # warm-up
-    plain_runs, our_runs = [], []
-    for _ in range(args.repeats):
-        plain_runs.append(plain())
-        our_runs.append(ours())
-    plain_ids, our_ids = plain_runs[0][1], our_runs[0][1]
-    plain_tok_s = statistics.median(r[0] for r in plain_runs)
-    ours_tok_s = statistics.median(r[0] for r in our_runs)
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=128, help="new tokens per generation")
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+    engine = Engine.from_settings(Settings.from_env())
+    if engine.monitor is None:
+        raise SystemExit("no probe pack loaded: train one (python -m hatcat.train) or set HATCAT_PROBE_PACK")
+    fp32 = load_model(engine.loaded.name, device=str(engine.loaded.device), dtype="float32", cache_dir=engine.settings.cache_dir)
+    probes = [p.to(engine.loaded.device) for p in reference_probes(engine.loaded.hidden_size)]
+    n = args.tokens
+    n = monitored(engine, n)  # warm-up; also fixes the token count (a stream may end at EOS)
+    ways = {
+        "plain": lambda: plain(engine.model, engine.tokenizer, n),
+        "plain_fp32": lambda: plain(fp32.model, fp32.tokenizer, n),
+        "monitored": lambda: monitored(engine, n),
+        "reference": lambda: reference(engine.model, engine.tokenizer, probes, engine.bank.tap_layer, n),
+    }
+    speed: dict[str, list[float]] = {name: [] for name in ways}
+    for _ in range(args.repeats):  # interleaved, so drift in machine speed hits every way alike
+        for name, fn in ways.items():
+            seconds, produced = timed(fn)
+            speed[name].append(produced / seconds)
+            print(f"{name}: {produced / seconds:.2f} tok/s", flush=True)
+    med = {name: statistics.median(values) for name, values in speed.items()}
     result = {
-        "model": args.model,
-        "device": str(loaded.device),
-        "dtype": str(loaded.dtype).removeprefix("torch."),
-        "prompt_tokens": int(inputs.input_ids.shape[1]),
-        "new_tokens": len(our_ids),
+        "model": engine.loaded.name,
+        "device": str(engine.loaded.device),
+        "dtype": str(engine.loaded.dtype).removeprefix("torch."),
+        "n_concepts": len(engine.bank),
+        "new_tokens": n,
         "repeats": args.repeats,
-        "tap_layer": args.layer,
-        "plain_generate_tok_s": round(plain_tok_s, 2),
-        "stream_loop_tok_s": round(ours_tok_s, 2),
-        "stream_over_plain": round(ours_tok_s / plain_tok_s, 3),
-        "plain_runs_tok_s": [round(r[0], 2) for r in plain_runs],
-        "stream_runs_tok_s": [round(r[0], 2) for r in our_runs],
-        "same_tokens_as_generate": plain_ids == our_ids,
-        "sample": tokenizer.decode(our_ids, skip_special_tokens=True)[:200],
-        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__},
-        # 1-minute load average before and after: above the thread count, other processes shared the CPU.
-        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+        "plain_tok_s": round(med["plain"], 2),
+        "plain_fp32_tok_s": round(med["plain_fp32"], 2),
+        "monitored_tok_s": round(med["monitored"], 2),
+        "reference_tok_s": round(med["reference"], 2),
+        "monitored_over_plain": round(med["monitored"] / med["plain"], 3),
+        "monitored_over_reference": round(med["monitored"] / med["reference"], 2),
+        "default_over_plain_fp32": round(med["monitored"] / med["plain_fp32"], 2),
+        "runs_tok_s": {name: [round(v, 2) for v in values] for name, values in speed.items()},
+        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    print(json.dumps({k: v for k, v in result.items() if k != "runs_tok_s"}, indent=2))
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from hatcat.training.run import TrainSettings, plan
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = ROOT / "data" / "eval" / "natural_scenes.yaml"
 OUT = ROOT / "results" / "tap_sweep.json"
+TOLERANCE = 0.01
 
 
 def scene_auroc(pack, concepts: list[str], probs: np.ndarray, owner: np.ndarray) -> float:
@@ -85,14 +86,19 @@ def main() -> None:
     scene_words = text_features(loaded.model, loaded.tokenizer, scene_texts)
     rows.append({"features": "words only (mean input embedding)", "layer": None, "pooling": "mean",
                  **evaluate(words["train"], words["val"], words["test"], scene_words)})
-    best = max((r for r in rows if r["layer"] is not None), key=lambda r: r["scene_auroc"])
+    blocks = [r for r in rows if r["layer"] is not None]
+    top = max(r["scene_auroc"] for r in blocks)
+    # Parsimony: the shallowest block within TOLERANCE of the best. Extraction stops at the tap,
+    # and steering at the tap keeps later blocks to act through.
+    best = min((r for r in blocks if r["scene_auroc"] >= top - TOLERANCE), key=lambda r: (r["layer"], -r["scene_auroc"]))
     result = {
         "model": loaded.name,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "concepts": len(concepts),
         "scenes": len(scene_texts),
         "prompts": len(work.texts),
-        "chosen": {"tap_layer": best["layer"], "pooling": best["pooling"], "scene_auroc": best["scene_auroc"]},
+        "chosen": {"tap_layer": best["layer"], "pooling": best["pooling"], "scene_auroc": best["scene_auroc"],
+                   "rule": f"shallowest block within {TOLERANCE} of the best scene AUROC ({top})"},
         "rows": rows,
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -26,7 +26,7 @@ class TrainSettings:
     layers: tuple[int, ...] = (0, 1, 2, 3, 4)
     concepts: tuple[str, ...] = ()  # empty: every concept of the chosen layers
     limit: int | None = None  # at most this many concepts (first in pack order), for quick runs
-    tap_layer: int = 12
+    tap_layer: int = 15  # results/tap_sweep.json
     pooling: str = "last"
     shrinkage: float = 0.2
     n_hard: int = 8
