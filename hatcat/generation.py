@@ -311,8 +311,9 @@ class _Sampler:
             probs = torch.softmax(values, dim=-1)
             if s.top_p < 1.0:
                 # Keep the smallest prefix (by descending probability) whose mass reaches top_p.
-                mass_before = probs.cumsum(-1) - probs
-                probs = probs.masked_fill(mass_before >= s.top_p, 0.0)
+                drop = probs.cumsum(-1) - probs >= s.top_p
+                drop[..., 0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in fp32)
+                probs = probs.masked_fill(drop, 0.0)
             choice = torch.multinomial(probs, 1, generator=self.generator)
             token = int((choice if indices is None else indices[choice]).item())
         self.last = token

@@ -153,10 +153,13 @@ class TextWindow:
         self.rows: deque[torch.Tensor] = deque(maxlen=size)
 
     def push(self, token_ids: list[int]) -> None:
-        ids = torch.tensor(token_ids[-self.rows.maxlen :], device=self.embed.weight.device)
-        self.rows.extend(self.embed(ids).float())
+        if token_ids:
+            ids = torch.tensor(token_ids[-self.rows.maxlen :], device=self.embed.weight.device)
+            self.rows.extend(self.embed(ids).float())
 
     def mean(self) -> torch.Tensor:
+        if not self.rows:  # nothing read yet: the zero vector (words say nothing)
+            return torch.zeros(self.embed.weight.shape[1], device=self.embed.weight.device)
         return torch.stack(tuple(self.rows)).mean(0)
 
 

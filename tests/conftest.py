@@ -65,17 +65,20 @@ def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
 
 
 @pytest.fixture(scope="session")
-def server(small_probe_pack: Path) -> Iterator[str]:
+def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python app.py` with the small probe pack, serving on a free loopback port; yields its base URL."""
     port = free_port()
     env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), "HATCAT_PROBE_PACK": str(small_probe_pack)}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # The log goes to a file: a pipe nobody reads would block the server once it fills.
+    log = (tmp_path_factory.mktemp("server") / "app.log").open("w+")
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{proc.stdout.read()}")
+                log.seek(0)
+                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read()}")
             try:
                 if httpx.get(f"{base}/health", timeout=2).status_code == 200:
                     break
@@ -90,3 +93,4 @@ def server(small_probe_pack: Path) -> Iterator[str]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
