@@ -228,3 +228,9 @@ def test_bad_tap_layer_and_overlong_prompt_are_refused_before_generation(engine:
     context = engine.model.config.max_position_embeddings
     with pytest.raises(ValueError, match="context"):
         generate(engine.model, engine.tokenizer, "a " * context, GREEDY, tap_layer=LAYER)
+
+
+def test_vanishing_top_p_keeps_the_most_likely_token(engine: Engine, greedy) -> None:
+    # 1e-46 rounds to 0 in float32: nucleus sampling must still keep the top token (greedy's choice).
+    text, _, _ = run(engine, GenerationSettings(max_tokens=4, temperature=1.0, top_p=1e-46, seed=1))
+    assert text == greedy[0][: len(text)] and text
