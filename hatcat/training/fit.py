@@ -6,7 +6,8 @@ over standardised features, where mu_neg weighs hard (sibling/cousin) and easy (
 negatives equally: class-balanced by construction. One covariance inverse serves every
 concept, so fitting thousands of concepts is a few matrix products. A per-concept Platt
 scaling fitted on the validation split turns scores into probabilities that are comparable
-between the activation and the text side; the threshold maximises validation F1.
+between the activation and the text side; the threshold maximises validation F1, raised where
+needed so that at most 1% of the concept's validation negatives fire.
 Held-out metrics come from the test split, which neither the fit nor the calibration saw.
 """
 
@@ -136,8 +137,10 @@ def fit_probes(x_train: torch.Tensor, train: Rows, x_val: torch.Tensor, val: Row
     return probes
 
 
-def best_thresholds(probs: torch.Tensor, rows: Rows) -> torch.Tensor:
-    """Per concept, the probability threshold with the best F1 on these rows (0.5 if undecidable)."""
+def best_thresholds(probs: torch.Tensor, rows: Rows, max_fpr: float = 0.01) -> torch.Tensor:
+    """Per concept: the threshold with the best F1 on its balanced rows, raised where needed so at
+    most `max_fpr` of all its negatives fire. A monitor scores thousands of concepts on every
+    token, so a false-positive rate that looks small for one concept floods the report."""
     out = torch.full((probs.shape[1],), 0.5)
     p = probs.numpy()
     for c in range(probs.shape[1]):
@@ -151,7 +154,9 @@ def best_thresholds(probs: torch.Tensor, rows: Rows) -> torch.Tensor:
         k = int(np.argmax(f1))
         # midway between the last accepted and the next score: robust to small shifts
         nxt = s[order][k + 1] if k + 1 < len(s) else s[order][k] - 1e-3
-        out[c] = float((s[order][k] + nxt) / 2)
+        all_r, all_y = rows.labelled(c)
+        negatives = p[all_r[all_y == 0], c]
+        out[c] = float(max((s[order][k] + nxt) / 2, np.quantile(negatives, 1 - max_fpr)))
     return out
 
 
