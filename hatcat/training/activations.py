@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from hatcat.monitor import window_means
 from hatcat.tap import hidden_at
 
 POOLINGS = ("last", "mean")
@@ -118,3 +119,26 @@ def text_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: l
         mask = batch["attention_mask"].unsqueeze(-1).float()
         rows.append(((vectors * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
     return torch.cat(rows)
+
+
+@torch.no_grad()
+def inner_token_features(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], layer: int, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Background rows: at every position inside each text (after BOS, before its last token), the
+    tap-layer state and the words-only window the monitor would read there. Probes are fitted on
+    whole prompts (last token) but read mid-sentence states while a model writes; these rows
+    teach them what an ordinary mid-sentence state looks like. Returns (hidden, words), float32 on the CPU."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    tokenizer.padding_side = "left"
+    hidden_rows, word_rows = [], []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True).to(device)
+        hidden = hidden_at(model, dict(batch), [layer])[layer].float()
+        vectors = embed(batch["input_ids"]).float()
+        for i, mask in enumerate(batch["attention_mask"].bool()):
+            h, e = hidden[i][mask], vectors[i][mask]
+            hidden_rows.append(h[1:-1].cpu())
+            word_rows.append(window_means(e[1:])[:-1].cpu())
+    return torch.cat(hidden_rows), torch.cat(word_rows)

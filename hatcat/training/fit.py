@@ -7,13 +7,15 @@ negatives equally: class-balanced by construction. One covariance inverse serves
 concept, so fitting thousands of concepts is a few matrix products. A per-concept Platt
 scaling fitted on the validation split turns scores into probabilities that are comparable
 between the activation and the text side; the threshold maximises validation F1, raised where
-needed so that at most 1% of the concept's validation negatives fire.
+needed so that at most 1% of the concept's validation negatives fire. Background rows (mid-sentence
+token states of other prompts, where a monitor reads while a model writes) are negatives for
+every concept: a third negative mean in the fit, and part of calibration and the 1% cap.
 Held-out metrics come from the test split, which neither the fit nor the calibration saw.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -26,6 +28,13 @@ class Rows:
     pos: list[np.ndarray]
     hard: list[np.ndarray]  # siblings/cousins and a meld's own negative examples
     easy: list[np.ndarray]
+    background: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # mid-sentence states, negative for all
+
+    def background_sample(self, c: int, k: int = 32) -> np.ndarray:
+        """A fixed draw of k background rows for concept c (its share in calibration)."""
+        if not len(self.background):
+            return self.background
+        return np.random.default_rng(10_000 + c).choice(self.background, min(k, len(self.background)), replace=False)
 
     def labelled(self, c: int, balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Rows and 0/1 labels for concept c (negatives deduplicated, positives win).
@@ -77,7 +86,10 @@ def fit_lda(x: torch.Tensor, rows: Rows, shrinkage: float = 0.2) -> tuple[torch.
     has_hard = torch.tensor([len(g) > 0 for g in rows.hard], dtype=torch.float32)[:, None]
     has_easy = torch.tensor([len(g) > 0 for g in rows.easy], dtype=torch.float32)[:, None]
     mu_hard, mu_easy = _mean_matrix(rows.hard, len(z)) @ z, _mean_matrix(rows.easy, len(z)) @ z
-    mu_neg = (has_hard * mu_hard + has_easy * mu_easy) / (has_hard + has_easy).clamp(min=1)
+    has_bg = float(len(rows.background) > 0)
+    mu_bg = z[rows.background].mean(0) if has_bg else torch.zeros(z.shape[1])
+    # hard, easy and background negatives weigh equally, whichever are present
+    mu_neg = (has_hard * mu_hard + has_easy * mu_easy + has_bg * mu_bg) / (has_hard + has_easy + has_bg).clamp(min=1)
     weight = torch.linalg.solve(cov, (mu_pos - mu_neg).T).T  # [N, d]
     bias = -(weight * (mu_pos + mu_neg) / 2).sum(1)
     return weight, bias, mean, std
@@ -93,6 +105,8 @@ def calibrate(scores_of, rows: Rows, n_concepts: int, steps: int = 50) -> tuple[
         r, y = rows.labelled(c)
         if y.sum() == 0 or y.sum() == len(y):
             continue
+        extra = rows.background_sample(c)
+        r, y = np.concatenate([r, extra]), np.concatenate([y, np.zeros(len(extra))])
         concept.append(np.full(len(r), c))
         row.append(r)
         label.append(y)
@@ -155,7 +169,7 @@ def best_thresholds(probs: torch.Tensor, rows: Rows, max_fpr: float = 0.01) -> t
         # midway between the last accepted and the next score: robust to small shifts
         nxt = s[order][k + 1] if k + 1 < len(s) else s[order][k] - 1e-3
         all_r, all_y = rows.labelled(c)
-        negatives = p[all_r[all_y == 0], c]
+        negatives = np.concatenate([p[all_r[all_y == 0], c], p[rows.background, c]])
         out[c] = float(max((s[order][k] + nxt) / 2, np.quantile(negatives, 1 - max_fpr)))
     return out
 
@@ -182,6 +196,7 @@ def metrics(probs: torch.Tensor, threshold: torch.Tensor, rows: Rows) -> list[di
                 "f1": round(f1, 4),
                 "auroc": round(auroc(s, y), 4),
                 "fpr_all_negatives": round(float((all_neg >= t[c]).mean()), 4) if len(all_neg) else float("nan"),
+                "fpr_background": round(float((p[rows.background, c] >= t[c]).mean()), 4) if len(rows.background) else float("nan"),
                 "threshold": round(float(t[c]), 4),
                 "n_pos": int(y.sum()),
                 "n_neg": int(len(y) - y.sum()),

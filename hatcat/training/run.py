@@ -14,9 +14,12 @@ import torch
 from hatcat.concepts import ConceptPack
 from hatcat.model import LoadedModel
 from hatcat.probes import PROBES_ROOT, model_slug, save_pack
-from hatcat.training.activations import ActivationCache, extract, text_features
+from hatcat.training.activations import ActivationCache, extract, inner_token_features, text_features
 from hatcat.training.fit import LinearProbes, Rows, fit_probes, metrics
 from hatcat.training.prompts import SPLITS, Prompt, build_prompts, negatives
+
+
+BACKGROUND_PROMPTS = 1200  # per split, at most a quarter of its prompts
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,15 @@ def train(loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache
         "activation": {s: cache.stack(split_texts[s], settings.pooling) for s in SPLITS},
         "text": {s: text_features(loaded.model, loaded.tokenizer, split_texts[s]) for s in SPLITS},
     }
+    for split in SPLITS:  # background rows: inner-token states of a sample of this split's prompts
+        rng = np.random.default_rng(settings.seed)
+        texts = split_texts[split]
+        sample = [texts[i] for i in rng.choice(len(texts), min(BACKGROUND_PROMPTS, len(texts) // 4), replace=False)]
+        hidden, words = inner_token_features(loaded.model, loaded.tokenizer, sample, settings.tap_layer, settings.batch_size)
+        first = len(features["activation"][split])
+        features["activation"][split] = torch.cat([features["activation"][split], hidden])
+        features["text"][split] = torch.cat([features["text"][split], words])
+        split_rows[split].background = np.arange(first, first + len(hidden))
     probes: dict[str, LinearProbes] = {}
     side_metrics: dict[str, Any] = {}
     for side, x in features.items():
@@ -139,6 +151,7 @@ def train(loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache
         "tap_layer": settings.tap_layer,
         "pooling": settings.pooling,
         "text_features": "mean input embedding of the text's tokens",
+        "background": f"inner-token states of up to {BACKGROUND_PROMPTS} prompts per split, negative for every concept",
         "concept_pack": {"id": pack.id, "checksum": pack.checksum},
         "concepts": trained,
         "training": {**asdict(settings), "prompts": len(prompts), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
