@@ -33,9 +33,38 @@ def _target(ok: bool | None) -> str:
     return "" if ok is None else (" ✅" if ok else " ❌ missed")
 
 
+def speed_rows() -> list[tuple[str, str, str, str]]:
+    """Loading, generation and probe-scoring speed, each as measured in one run."""
+    out: list[tuple[str, str, str, str]] = []
+    load = _load("model_load.json")
+    if load:
+        out.append(("Embedded model load: cold / cached (s)", f"{load['cold_load_s']} / {load['cached_load_s']}", "", "`python -m experiments.bench_model_load`"))
+    sweep = _load("tap_sweep.json")
+    if sweep:
+        chosen = sweep["chosen"]
+        words = next(r for r in sweep["rows"] if r["layer"] is None)
+        out.append((f"Tap sweep on natural scenes: chosen block / pooling ({sweep['concepts']} concepts)", f"{chosen['tap_layer']} / {chosen['pooling']}: AUROC {_f(chosen['scene_auroc'])} (words only {_f(words['scene_auroc'])})", "", "`python -m experiments.tap_sweep`"))
+    cmd = "`python -m experiments.bench_generation`"
+    for name, where in (("bench_generation.json", "this CPU"), ("bench_generation_h200.json", "H200")):
+        gen = _load(name)
+        if gen:
+            out += [
+                (f"Monitored / plain generate, {gen['new_tokens']} tokens, {gen['n_concepts']} concepts ({where}, {gen['dtype']})", f"{gen['monitored_over_plain']:.3f} ({gen['monitored_tok_s']} vs {gen['plain_tok_s']} tok/s)", "≥ 0.90" + _target(gen["monitored_over_plain"] >= 0.90), cmd),
+                (f"Monitored / original-style loop ({where})", f"{gen['monitored_over_reference']:.2f} (loop {gen['reference_tok_s']} tok/s)", "≥ 4" + _target(gen["monitored_over_reference"] >= 4), cmd),
+                (f"Default config / plain fp32 generate ({where})", f"{gen['default_over_plain_fp32']:.2f} (fp32 {gen['plain_fp32_tok_s']} tok/s)", "≥ 1.5" + _target(gen["default_over_plain_fp32"] >= 1.5), cmd),
+            ]
+    cmd = "`python -m experiments.bench_probes`"
+    for name, where in (("bench_probes.json", "this CPU"), ("bench_probes_h200.json", "H200")):
+        bench = _load(name)
+        if bench:
+            big = max(bench["sizes"], key=lambda r: r["n_concepts"])
+            out.append((f"Probe scoring, {big['n_concepts']:,} concepts per token ({where}): ms / memory bound", f"{big['ms_per_token']} / {big['bound_ms']} ms ({big['ratio']}×)", "≤ 2×" + _target(big["ratio"] <= 2), cmd))
+    return out
+
+
 def rows() -> list[tuple[str, str, str, str]]:
     """(measure, value, target, source command)."""
-    out: list[tuple[str, str, str, str]] = []
+    out: list[tuple[str, str, str, str]] = speed_rows()
     dec = _load("deception.json")
     cmd = "`python -m experiments.deception`"
     if dec is None:
