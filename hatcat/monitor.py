@@ -92,7 +92,8 @@ class Monitor:
         self.bank = bank
         self.keep_top_k = keep_top_k
         device = bank.act_weight.device
-        self.layers = torch.tensor([pack[c].layer for c in bank.concepts], device=device)
+        self.layer_of = [pack[c].layer for c in bank.concepts]  # host copy: records read it per token
+        self.layers = torch.tensor(self.layer_of, device=device)
         parents = [[bank.index[p] for p in pack.parents(c) if p in bank.index] for c in bank.concepts]
         children = [[bank.index[k] for k in pack.children(c) if k in bank.index] for c in bank.concepts]
         self.parent_idx = _padded(parents, device)  # [N, max parents], -1 = none
@@ -119,15 +120,14 @@ class Monitor:
         ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
         top_act, top_idx = ranked.topk(k, dim=1)
         rows = torch.stack([top_act, text.gather(1, top_idx)], dim=-1)
-        # one copy to the host for the whole batch
-        rows_host, idx_host, valid = rows.cpu().tolist(), top_idx.cpu().tolist(), (top_act >= 0).cpu().tolist()
-        layers = self.layers.tolist()
+        # two small copies to the host for the whole batch: the k reported rows and their indices
+        rows_host, idx_host = rows.cpu().tolist(), top_idx.cpu().tolist()
         records = []
         for t, token in enumerate(tokens):
             concepts = tuple(
-                ConceptScore(self.bank.concepts[i], layers[i], round(a, 4), round(s, 4), round(a - s, 4))
-                for i, (a, s), ok in zip(idx_host[t], rows_host[t], valid[t])
-                if ok
+                ConceptScore(self.bank.concepts[i], self.layer_of[i], round(a, 4), round(s, 4), round(a - s, 4))
+                for i, (a, s) in zip(idx_host[t], rows_host[t])
+                if a >= 0  # -1 marks a concept that was not a candidate
             )
             top = max((c.divergence for c in concepts), default=0.0)
             records.append(TokenRecord(start + t, token, concepts, top, divergence_colour(top)))

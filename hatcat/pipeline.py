@@ -46,16 +46,19 @@ def monitored_generation(
 ) -> Iterator[MonitoredToken | MonitoredFinish]:
     """Generate with steering applied and every token monitored; the caller holds the engine lock."""
     window = TextWindow(model.get_input_embeddings())
-    window.push([i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id])  # words only, as in training
+    with torch.inference_mode():
+        window.push([i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id])  # words only, as in training
     records: list[TokenRecord] = []
-    with torch.inference_mode(), steered(model, vectors, list(steerings)):
+    with steered(model, vectors, list(steerings)):
         for event in generate(model, tokenizer, prompt, settings, monitor.bank.tap_layer):
             if isinstance(event, Finished):
                 yield MonitoredFinish(event, summarise(records))
                 return
-            record = monitor.score(event.hidden[None], window.mean()[None], [event.text], start=event.index)[0]
+            # inference mode per token, never across a yield (as in generate): the consumer's code stays outside it
+            with torch.inference_mode():
+                record = monitor.score(event.hidden[None], window.mean()[None], [event.text], start=event.index)[0]
+                window.push([event.token_id])
             records.append(record)
-            window.push([event.token_id])
             yield MonitoredToken(event, record)
 
 
