@@ -1,6 +1,6 @@
 """Entry point: settings -> Engine -> FastAPI (+ Gradio mounted at /) -> uvicorn.
 
-    python app.py            # serves on HATCAT_HOST:HATCAT_PORT (default 127.0.0.1:8765)
+python app.py            # serves on HATCAT_HOST:HATCAT_PORT (default 127.0.0.1:8765)
 """
 
 from __future__ import annotations

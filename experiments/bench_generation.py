@@ -56,7 +56,10 @@ def monitored(engine: Engine, tokens: int) -> int:
 
 def reference_probes(hidden: int, n: int = 100) -> list[nn.Module]:
     torch.manual_seed(0)
-    return [nn.Sequential(nn.Linear(hidden, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1)).eval() for _ in range(n)]
+    return [
+        nn.Sequential(nn.Linear(hidden, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1)).eval()
+        for _ in range(n)
+    ]
 
 
 @torch.inference_mode()
@@ -78,7 +81,9 @@ def main() -> None:
     engine = Engine.from_settings(Settings.from_env())
     if engine.monitor is None:
         raise SystemExit("no probe pack loaded: train one (python -m hatcat.train) or set HATCAT_PROBE_PACK")
-    fp32 = load_model(engine.loaded.name, device=str(engine.loaded.device), dtype="float32", cache_dir=engine.settings.cache_dir)
+    fp32 = load_model(
+        engine.loaded.name, device=str(engine.loaded.device), dtype="float32", cache_dir=engine.settings.cache_dir
+    )
     probes = [p.to(engine.loaded.device) for p in reference_probes(engine.loaded.hidden_size)]
     n = args.tokens
     n = monitored(engine, n)  # warm-up; also fixes the token count (a stream may end at EOS)
@@ -110,8 +115,12 @@ def main() -> None:
         "monitored_over_reference": round(med["monitored"] / med["reference"], 2),
         "default_over_plain_fp32": round(med["monitored"] / med["plain_fp32"], 2),
         "runs_tok_s": {name: [round(v, 2) for v in values] for name, values in speed.items()},
-        "machine": {"threads": torch.get_num_threads(), "platform": platform.platform(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+        "machine": {
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")

@@ -71,7 +71,14 @@ def main() -> None:
 
         seconds = median_seconds(step, 50)
         bound = n * args.hidden * 4 / bandwidth
-        rows.append({"n_concepts": n, "ms_per_token": round(seconds * 1e3, 4), "bound_ms": round(bound * 1e3, 4), "ratio": round(seconds / bound, 2)})
+        rows.append(
+            {
+                "n_concepts": n,
+                "ms_per_token": round(seconds * 1e3, 4),
+                "bound_ms": round(bound * 1e3, 4),
+                "ratio": round(seconds / bound, 2),
+            }
+        )
         print(rows[-1], flush=True)
     result = {
         "device": str(device),

@@ -103,16 +103,21 @@ def study(args: argparse.Namespace) -> dict:
     computed = d.fill_cache(loaded.model, loaded.tokenizer, items, list(caches.values()), progress=progress)
     extraction = time.perf_counter() - t0
 
-    group = lambda name: [it for it in items if it.group == name]  # noqa: E731
+    group = lambda name: [it for it in items if it.group == name]
     train_b, val_b = group("train"), group("val")
     recipes = {
         "A": ([it for it in train_b if it.truth == 1], [it for it in val_b if it.truth == 1]),
         "B": (train_b, val_b),
     }
-    seen, unseen, truefalse, rp = group("heldout_seen"), group("heldout_unseen"), group("honest_truefalse"), group("roleplay")
+    seen, unseen, truefalse, rp = (
+        group("heldout_seen"),
+        group("heldout_unseen"),
+        group("honest_truefalse"),
+        group("roleplay"),
+    )
     kwfree = [it for it in unseen if d.keyword_free(it.wording)]
     kwful = [it for it in unseen if not d.keyword_free(it.wording)]
-    labels = lambda xs: np.array([it.label for it in xs], dtype=float)  # noqa: E731
+    labels = lambda xs: np.array([it.label for it in xs], dtype=float)
 
     results: dict = {}
     fitted: dict = {}
@@ -121,7 +126,7 @@ def study(args: argparse.Namespace) -> dict:
         for layer in layers:
             probe = d.fit_deception(caches[layer], train, val)
             fitted[name, layer] = probe
-            score = lambda xs: d.item_scores(probe, caches[layer], xs)[0]  # noqa: E731
+            score = lambda xs: d.item_scores(probe, caches[layer], xs)[0]
             rp_items, rp_tok, rp_owner = d.item_scores(probe, caches[layer], rp)
             un_items, un_tok, un_owner = d.item_scores(probe, caches[layer], unseen)
             rp_pairs = rp_items.reshape(-1, 2)  # (deceptive, honest) per pair
@@ -158,7 +163,10 @@ def study(args: argparse.Namespace) -> dict:
     domains: dict[str, list[int]] = {}
     for i, it in enumerate(rp):
         domains.setdefault(roleplay[i // 2].get("domain", "other"), []).append(i)
-    per_domain = {k: {"auroc": round(auroc(rp_scores[v], labels(rp)[v]), 4), "pairs": len(v) // 2} for k, v in sorted(domains.items())}
+    per_domain = {
+        k: {"auroc": round(auroc(rp_scores[v], labels(rp)[v]), 4), "pairs": len(v) // 2}
+        for k, v in sorted(domains.items())
+    }
 
     control = results[SHIPPED]["0"]["auroc_roleplay"]
     doc = {
@@ -189,7 +197,7 @@ def study(args: argparse.Namespace) -> dict:
             "features": "decoder block output at each statement/answer token; a text's score is the mean token probability",
             "fit": "per-token LDA (shrinkage 0.2) on train facts x train wordings; Platt scaling on val facts; threshold at 5% of val honest tokens firing",
             "text_layout": "'{instruction}\\nStatement:' + ' {fact}'; role-play: '{context}\\n{question}\\nReply:' + ' {answer}'",
-            "splits": {k: int(len(v)) for k, v in splits.items()},
+            "splits": {k: len(v) for k, v in splits.items()},
             "items": {g: sum(it.group == g for it in items) for g in dict.fromkeys(it.group for it in items)},
             "train_tokens": int(sum(len(caches[args.layer].rows[it.key]) for it in train_b)),
             "wordings_train": d.N_TRAIN_WORDINGS,
@@ -197,7 +205,11 @@ def study(args: argparse.Namespace) -> dict:
             "keyword_free_unseen": [w for w in per_wording if per_wording[w]["keyword_free"]],
             "layer0_control": "recipe B fitted on decoder block 0 output (same data, same fit), scored on the role-play set",
         },
-        "timing": {"texts_computed": computed, "extraction_seconds": round(extraction, 1), "wall_seconds": round(time.perf_counter() - start, 1)},
+        "timing": {
+            "texts_computed": computed,
+            "extraction_seconds": round(extraction, 1),
+            "wall_seconds": round(time.perf_counter() - start, 1),
+        },
         "command": "python -m experiments.deception",
     }
     d.save_probe(
@@ -216,12 +228,20 @@ def plot(doc: dict, rp_scores: np.ndarray, rp_labels: np.ndarray, path: Path) ->
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    keys = ["auroc_heldout_facts", "auroc_unseen_wordings", "auroc_unseen_wordings_keyword_free", "auroc_honest_true_vs_false", "auroc_roleplay"]
+    keys = [
+        "auroc_heldout_facts",
+        "auroc_unseen_wordings",
+        "auroc_unseen_wordings_keyword_free",
+        "auroc_honest_true_vs_false",
+        "auroc_roleplay",
+    ]
     for ax, name in zip(axes[:2], ("A", "B")):
         table = doc["by_recipe_and_layer"][name]
         layers = sorted(table, key=int)
         for key in keys:
-            ax.plot([int(l) for l in layers], [table[l][key] for l in layers], marker="o", label=key.removeprefix("auroc_"))
+            ax.plot(
+                [int(l) for l in layers], [table[l][key] for l in layers], marker="o", label=key.removeprefix("auroc_")
+            )
         ax.axhline(0.5, color="grey", lw=0.8, ls=":")
         ax.axvline(doc["tap_layer"], color="black", lw=0.8, ls="--")
         ax.set_title(f"recipe {name}" + (" (shipped)" if name == doc["shipped_recipe"] else ""))
@@ -232,7 +252,9 @@ def plot(doc: dict, rp_scores: np.ndarray, rp_labels: np.ndarray, path: Path) ->
     bins = np.linspace(0, 1, 21)
     axes[2].hist(rp_scores[rp_labels == 1], bins, alpha=0.6, label="deceptive answer")
     axes[2].hist(rp_scores[rp_labels == 0], bins, alpha=0.6, label="honest answer")
-    axes[2].set_title(f"role-play, block {doc['tap_layer']}: AUROC {doc['auroc_roleplay']:.2f} (block 0: {doc['auroc_layer0_control']:.2f})")
+    axes[2].set_title(
+        f"role-play, block {doc['tap_layer']}: AUROC {doc['auroc_roleplay']:.2f} (block 0: {doc['auroc_layer0_control']:.2f})"
+    )
     axes[2].set_xlabel("mean token P(deception)")
     axes[2].legend(fontsize=8)
     fig.tight_layout()
@@ -254,9 +276,19 @@ def score_pack_row(folder: Path, manifest: dict, layer: int) -> dict:
     probe = LinearProbes(t["weight"][row : row + 1].float(), t["bias"][row : row + 1].float(), torch.tensor([0.5]))
     cache = d.TokenStateCache(Settings.from_env().cache_dir, manifest["model"], layer)
     facts = d.load_facts()
-    items = d.build_items(facts, d.split_facts(facts, seed=0), seed=0) + d.roleplay_items(yaml.safe_load(ROLEPLAY.read_text())["pairs"])
-    out = {"source": f"{folder.name} activation row {row}, as trained by the pack's run", "threshold": manifest["thresholds"]["activation"][row]}
-    for group, key in (("heldout_seen", "auroc_heldout_facts"), ("heldout_unseen", "auroc_unseen_wordings"), ("honest_truefalse", "auroc_honest_true_vs_false"), ("roleplay", "auroc_roleplay")):
+    items = d.build_items(facts, d.split_facts(facts, seed=0), seed=0) + d.roleplay_items(
+        yaml.safe_load(ROLEPLAY.read_text())["pairs"]
+    )
+    out = {
+        "source": f"{folder.name} activation row {row}, as trained by the pack's run",
+        "threshold": manifest["thresholds"]["activation"][row],
+    }
+    for group, key in (
+        ("heldout_seen", "auroc_heldout_facts"),
+        ("heldout_unseen", "auroc_unseen_wordings"),
+        ("honest_truefalse", "auroc_honest_true_vs_false"),
+        ("roleplay", "auroc_roleplay"),
+    ):
         sel = [it for it in items if it.group == group]
         if any(it.key not in cache.rows for it in sel):
             return {"error": "token states not cached: run `python -m experiments.deception` first"}
@@ -269,7 +301,10 @@ def inject_into(folder: Path) -> int:
     from hatcat.training import deception as d
 
     if not OUT.is_file() or not PROBE_FILE.is_file():
-        print(f"error: run `python -m experiments.deception` first ({OUT.name} or {PROBE_FILE.name} is missing)", file=sys.stderr)
+        print(
+            f"error: run `python -m experiments.deception` first ({OUT.name} or {PROBE_FILE.name} is missing)",
+            file=sys.stderr,
+        )
         return 2
     try:
         manifest = json.loads((folder / "manifest.json").read_text())
@@ -280,7 +315,10 @@ def inject_into(folder: Path) -> int:
         return 2
     doc = json.loads(OUT.read_text())
     if meta["model"] != manifest["model"]:
-        print(f"error: the deception probe was fitted on {meta['model']}, the pack is for {manifest['model']}", file=sys.stderr)
+        print(
+            f"error: the deception probe was fitted on {meta['model']}, the pack is for {manifest['model']}",
+            file=sys.stderr,
+        )
         return 2
     metrics = doc["by_recipe_and_layer"][doc["shipped_recipe"]][str(layer)]
     if "deception_probe" not in manifest and "Deception" in manifest["concepts"]:
@@ -292,11 +330,19 @@ def inject_into(folder: Path) -> int:
         "source": "data/honesty/facts_true_false.csv (MIT, Representation Engineering) + 20 instruction wording pairs",
         "recipe": f"hatcat.training.deception recipe {doc['shipped_recipe']}: {doc['recipes'][doc['shipped_recipe']]}; {doc['method']['fit']}",
         "tap_layer": layer,
-        "metrics": {k: v for k, v in metrics.items() if k.startswith("auroc")} | {"auroc_layer0_control": doc["auroc_layer0_control"]},
+        "metrics": {k: v for k, v in metrics.items() if k.startswith("auroc")}
+        | {"auroc_layer0_control": doc["auroc_layer0_control"]},
         "command": "python -m experiments.deception && python -m experiments.deception --inject <pack>",
     }
-    pack_metrics = doc["pack_metrics"] if layer == doc["tap_layer"] else {"auroc": metrics["auroc_unseen_wordings"], "threshold": metrics["val_threshold"]}
-    pack_metrics = {**pack_metrics, "evaluated_on": "held-out facts x unseen wordings (mean token probability per statement)"}
+    pack_metrics = (
+        doc["pack_metrics"]
+        if layer == doc["tap_layer"]
+        else {"auroc": metrics["auroc_unseen_wordings"], "threshold": metrics["val_threshold"]}
+    )
+    pack_metrics = {
+        **pack_metrics,
+        "evaluated_on": "held-out facts x unseen wordings (mean token probability per statement)",
+    }
     try:
         row = d.inject(folder, probe, layer, note, pack_metrics)
         ProbePack.load(folder)  # still a valid pack
@@ -309,16 +355,43 @@ def inject_into(folder: Path) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layer", type=int, default=None, help="tap layer of the shipped probe (default: the shipped pack's, else the tap sweep's, else 12)")
-    ap.add_argument("--layers", type=int, nargs="*", default=[0, 3, 6, 9, 12], help="other decoder blocks to report (not used for choosing)")
-    ap.add_argument("--inject", type=Path, metavar="PACK", help="only write the already fitted probe into this probe pack")
+    ap.add_argument(
+        "--layer",
+        type=int,
+        default=None,
+        help="tap layer of the shipped probe (default: the shipped pack's, else the tap sweep's, else 12)",
+    )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="*",
+        default=[0, 3, 6, 9, 12],
+        help="other decoder blocks to report (not used for choosing)",
+    )
+    ap.add_argument(
+        "--inject", type=Path, metavar="PACK", help="only write the already fitted probe into this probe pack"
+    )
     args = ap.parse_args()
     if args.inject:
         sys.exit(inject_into(args.inject))
     args.layer = default_layer() if args.layer is None else args.layer
     doc = study(args)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps({k: doc[k] for k in ("auroc_heldout_facts", "auroc_unseen_wordings", "auroc_roleplay", "auroc_layer0_control", "targets")}, indent=1))
+    print(
+        json.dumps(
+            {
+                k: doc[k]
+                for k in (
+                    "auroc_heldout_facts",
+                    "auroc_unseen_wordings",
+                    "auroc_roleplay",
+                    "auroc_layer0_control",
+                    "targets",
+                )
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

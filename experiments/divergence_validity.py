@@ -79,7 +79,9 @@ def main() -> None:
             hidden, windows, _ = text_states(engine.model, engine.tokenizer, monitor, p[kind])
             act = bank.score(hidden)[:, c].cpu().numpy()
             text = bank.score_text(windows)[:, c].cpu().numpy()
-            row[kind] = {agg: {q: round(float(v), 4) for q, v in vals.items()} for agg, vals in aggregate(act, text).items()}
+            row[kind] = {
+                agg: {q: round(float(v), 4) for q, v in vals.items()} for agg, vals in aggregate(act, text).items()
+            }
             row[kind]["tokens"] = len(act)
         rows.append(row)
 
@@ -103,7 +105,8 @@ def main() -> None:
     for concept in dict.fromkeys(r["concept"] for r in rows):
         sel = [r for r in rows if r["concept"] == concept]
         per_concept[concept] = {
-            kind: {q: round(float(np.mean([r[kind]["mean"][q] for r in sel])), 4) for q in QUANTITIES} for kind in ("implied", "named")
+            kind: {q: round(float(np.mean([r[kind]["mean"][q] for r in sel])), 4) for q in QUANTITIES}
+            for kind in ("implied", "named")
         } | {"pairs": len(sel)}
     primary = summary["mean"]["divergence"]
     doc = {
@@ -123,7 +126,12 @@ def main() -> None:
     }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     plot(doc, ROOT / "results" / "divergence_validity.png")
-    print(json.dumps({k: doc[k] for k in ("pairs", "auroc_implied_vs_named", "cohens_d_divergence")} | {"mean": summary["mean"]}, indent=1))
+    print(
+        json.dumps(
+            {k: doc[k] for k in ("pairs", "auroc_implied_vs_named", "cohens_d_divergence")} | {"mean": summary["mean"]},
+            indent=1,
+        )
+    )
 
 
 def plot(doc: dict, path: Path) -> None:

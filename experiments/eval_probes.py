@@ -37,8 +37,11 @@ def summarise(per_concept: dict[str, dict]) -> dict:
     for m in per_concept.values():
         if m.get("n_pos") and m.get("n_neg"):
             by_layer[str(m["layer"])].append(m)
-    mean = lambda ms, k: round(float(np.nanmean([np.nan if m.get(k) is None else m[k] for m in ms])), 4)  # noqa: E731
-    out = {layer: {**{k: mean(ms, k) for k in KEYS}, "n": len(ms)} for layer, ms in sorted(by_layer.items(), key=lambda kv: int(kv[0]))}
+    mean = lambda ms, k: round(float(np.nanmean([np.nan if m.get(k) is None else m[k] for m in ms])), 4)
+    out = {
+        layer: {**{k: mean(ms, k) for k in KEYS}, "n": len(ms)}
+        for layer, ms in sorted(by_layer.items(), key=lambda kv: int(kv[0]))
+    }
     every = [m for ms in by_layer.values() for m in ms]
     out["all"] = {**{k: mean(every, k) for k in KEYS}, "n": len(every)}
     return out
@@ -58,15 +61,24 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
                 "frac_positive": round(float(labels[sel].mean()), 4) if sel.any() else None,
             }
         )
-    ece = float(sum(abs(probs[which == b].mean() - labels[which == b].mean()) * (which == b).sum() for b in range(bins) if (which == b).any()) / len(probs))
+    ece = float(
+        sum(
+            abs(probs[which == b].mean() - labels[which == b].mean()) * (which == b).sum()
+            for b in range(bins)
+            if (which == b).any()
+        )
+        / len(probs)
+    )
     brier = float(((probs - labels) ** 2).mean())
-    return {"bins": table, "ece": round(ece, 4), "brier": round(brier, 4), "n": int(len(probs))}
+    return {"bins": table, "ece": round(ece, 4), "brier": round(brier, 4), "n": len(probs)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pack", type=Path, default=PACK, help="probe pack folder")
-    ap.add_argument("--sample", type=int, default=300, help="random concepts whose test prompts are re-scored for calibration")
+    ap.add_argument(
+        "--sample", type=int, default=300, help="random concepts whose test prompts are re-scored for calibration"
+    )
     ap.add_argument("--worst", type=int, default=20)
     args = ap.parse_args()
     if not (args.pack / "manifest.json").is_file():
@@ -106,7 +118,12 @@ def main() -> None:
     rng = np.random.default_rng(0)
     sample = sorted(rng.choice(scored, min(args.sample, len(scored)), replace=False).tolist())
     run = pack.manifest.get("training", {})
-    ts = TrainSettings(concepts=tuple(sorted(set(sample) | set(worst))), n_hard=run.get("n_hard", 8), n_easy=run.get("n_easy", 8), seed=run.get("seed", 0))
+    ts = TrainSettings(
+        concepts=tuple(sorted(set(sample) | set(worst))),
+        n_hard=run.get("n_hard", 8),
+        n_easy=run.get("n_easy", 8),
+        seed=run.get("seed", 0),
+    )
     work = plan(concept_pack, ts)
     texts, rows = work.split("test")
     train_rows = work.split("train")[1]
@@ -147,7 +164,9 @@ def main() -> None:
         misses = int(((p < t) & (y == 1)).sum())
         reasons = []
         if m["n_pos"] <= 5:
-            reasons.append(f"few positives ({m['n_pos']} test, {len(train_rows.pos[j])} train): one prompt moves F1 by 0.2")
+            reasons.append(
+                f"few positives ({m['n_pos']} test, {len(train_rows.pos[j])} train): one prompt moves F1 by 0.2"
+            )
         own = x[r[y == 1]]
         if len(own):
             every = bank.score(own)  # all concepts on this concept's positive test prompts
@@ -159,19 +178,26 @@ def main() -> None:
                 if n:
                     beaten[s] = n
             if beaten:
-                reasons.append("confusable siblings outrank it on its own test prompts: " + ", ".join(f"{k} ({n}/{len(own)})" for k, n in beaten.most_common(3)))
+                reasons.append(
+                    "confusable siblings outrank it on its own test prompts: "
+                    + ", ".join(f"{k} ({n}/{len(own)})" for k, n in beaten.most_common(3))
+                )
         if confusers:
             reasons.append("hard negatives above its threshold: " + ", ".join(f"{k} ({n})" for k, n in confusers[:3]))
         easy_fp = sum(n for k, n in false_pos.items() if k not in hard_set)
         if easy_fp:
             reasons.append(f"{easy_fp} distant-concept prompts above threshold")
         if misses:
-            reasons.append(f"misses {misses}/{int(y.sum())} positives at threshold {t:.2f} (best positive scores {p[y == 1].max():.2f})")
+            reasons.append(
+                f"misses {misses}/{int(y.sum())} positives at threshold {t:.2f} (best positive scores {p[y == 1].max():.2f})"
+            )
         if (m.get("auroc") or 0) >= 0.9 and m["f1"] < 0.8:
             reasons.append("ranks well (AUROC >= 0.9) but the val threshold does not carry over to test")
         if m.get("source") == "deception_probe":
-            reasons = ["the injected deception probe: its metrics come from results/deception.json (held-out facts x unseen "
-                       "instruction wordings, mean token probability vs a per-token threshold at 5% val false positives), not from template prompts"]
+            reasons = [
+                "the injected deception probe: its metrics come from results/deception.json (held-out facts x unseen "
+                "instruction wordings, mean token probability vs a per-token threshold at 5% val false positives), not from template prompts"
+            ]
         if concept_pack[c].has_placeholder_definition:
             reasons.append("placeholder definition in the pack")
         worst_rows.append(
@@ -185,11 +211,19 @@ def main() -> None:
             }
         )
     doc["worst"] = worst_rows
-    doc["timing"] = {"prompts_rescored": len(texts), "prompts_computed": missing, "wall_seconds": round(time.perf_counter() - start, 1)}
+    doc["timing"] = {
+        "prompts_rescored": len(texts),
+        "prompts_computed": missing,
+        "wall_seconds": round(time.perf_counter() - start, 1),
+    }
     doc["command"] = "python -m experiments.eval_probes"
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     plot(doc, ROOT / "results" / "eval_probes.png")
-    print(json.dumps({"activation": doc["activation"], "text": doc["text"]["all"], "ece": doc["calibration"]["ece"]}, indent=1))
+    print(
+        json.dumps(
+            {"activation": doc["activation"], "text": doc["text"]["all"], "ece": doc["calibration"]["ece"]}, indent=1
+        )
+    )
 
 
 def plot(doc: dict, path: Path) -> None:
@@ -203,7 +237,9 @@ def plot(doc: dict, path: Path) -> None:
     a.plot([0, 1], [0, 1], color="grey", ls=":", lw=1)
     a.plot([x["mean_prob"] for x in bins], [x["frac_positive"] for x in bins], marker="o")
     for x in bins:
-        a.annotate(str(x["n"]), (x["mean_prob"], x["frac_positive"]), fontsize=7, xytext=(3, -9), textcoords="offset points")
+        a.annotate(
+            str(x["n"]), (x["mean_prob"], x["frac_positive"]), fontsize=7, xytext=(3, -9), textcoords="offset points"
+        )
     a.set_xlabel("predicted probability (activation probe)")
     a.set_ylabel("fraction positive (held-out test prompts)")
     cal = doc["calibration"]
@@ -211,7 +247,12 @@ def plot(doc: dict, path: Path) -> None:
     layers = [k for k in doc["activation"] if k != "all"]
     width = 0.2
     for i, (side, key) in enumerate([("activation", "f1"), ("activation", "auroc"), ("text", "f1"), ("text", "auroc")]):
-        b.bar(np.arange(len(layers)) + (i - 1.5) * width, [doc[side][l][key] for l in layers], width, label=f"{side} {key}")
+        b.bar(
+            np.arange(len(layers)) + (i - 1.5) * width,
+            [doc[side][l][key] for l in layers],
+            width,
+            label=f"{side} {key}",
+        )
     b.set_xticks(range(len(layers)), [f"layer {l}\n(n={doc['activation'][l]['n']})" for l in layers], fontsize=8)
     b.set_ylim(0.5, 1.0)
     b.set_title("held-out F1 / AUROC per concept layer")

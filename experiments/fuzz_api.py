@@ -40,8 +40,16 @@ def train_small_pack(out: Path) -> Path:
     from hatcat.training.run import TrainSettings, train
 
     settings = Settings.from_env()
-    loaded = load_model(settings.model_name, device=settings.device, dtype=settings.dtype, cache_dir=settings.cache_dir, offline=settings.hf_offline)
-    folder, _ = train(loaded, load_pack(melds=[SAFETY_MELD]), TrainSettings(concepts=SMALL_PACK), settings.cache_dir, out)
+    loaded = load_model(
+        settings.model_name,
+        device=settings.device,
+        dtype=settings.dtype,
+        cache_dir=settings.cache_dir,
+        offline=settings.hf_offline,
+    )
+    folder, _ = train(
+        loaded, load_pack(melds=[SAFETY_MELD]), TrainSettings(concepts=SMALL_PACK), settings.cache_dir, out
+    )
     return folder
 
 
@@ -53,8 +61,17 @@ def free_port() -> int:
 
 def start_server(pack: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), "HATCAT_PROBE_PACK": str(pack), "HATCAT_MAX_TOKENS": "8", "HATCAT_API_KEY": ""}
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    env = {
+        **os.environ,
+        "HATCAT_HOST": "127.0.0.1",
+        "HATCAT_PORT": str(port),
+        "HATCAT_PROBE_PACK": str(pack),
+        "HATCAT_MAX_TOKENS": "8",
+        "HATCAT_API_KEY": "",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -76,7 +93,9 @@ def request_counts(base: str) -> Counter:
         if family.name == "hatcat_requests":
             for sample in family.samples:
                 if sample.name == "hatcat_requests_total":
-                    counts[(sample.labels["route"], sample.labels["method"], sample.labels["status"])] += int(sample.value)
+                    counts[(sample.labels["route"], sample.labels["method"], sample.labels["status"])] += int(
+                        sample.value
+                    )
     return counts
 
 
@@ -108,20 +127,32 @@ def main() -> int:
         before = request_counts(base)
         started = time.monotonic()
         command = [
-            "st", "run", f"{base}/openapi.json",
-            "--include-path-regex", "^/v1/",
-            "--checks", "all",
-            "--max-examples", str(args.max_examples),
-            "--max-time", str(args.max_time),
-            "--seed", str(args.seed),
-            "--generation-database", "none",  # no .schemathesis/ folder in the work tree
-            "--workers", "1",
-            "--request-timeout", "120",
-            "--max-response-time", "120",  # 2 shared cores: a long prompt can take 10+ s
-
+            "st",
+            "run",
+            f"{base}/openapi.json",
+            "--include-path-regex",
+            "^/v1/",
+            "--checks",
+            "all",
+            "--max-examples",
+            str(args.max_examples),
+            "--max-time",
+            str(args.max_time),
+            "--seed",
+            str(args.seed),
+            "--generation-database",
+            "none",  # no .schemathesis/ folder in the work tree
+            "--workers",
+            "1",
+            "--request-timeout",
+            "120",
+            "--max-response-time",
+            "120",  # 2 shared cores: a long prompt can take 10+ s
             "--continue-on-failure",
-            "--report", "junit",
-            "--report-junit-path", str(work / "junit.xml"),
+            "--report",
+            "junit",
+            "--report-junit-path",
+            str(work / "junit.xml"),
             "--no-color",
         ]
         run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
@@ -136,7 +167,9 @@ def main() -> int:
     for (route, method, status), n in v1.items():
         by_status[status] += n
         by_operation[f"{method} {route}"] += n
-    server_errors = {f"{method} {route} -> {status}": n for (route, method, status), n in v1.items() if status.startswith("5")}
+    server_errors = {
+        f"{method} {route} -> {status}": n for (route, method, status), n in v1.items() if status.startswith("5")
+    }
     failures = junit_failures(work / "junit.xml")
     result = {
         "tool": f"schemathesis {version('schemathesis')}",
@@ -157,7 +190,11 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("cases_run", "responses_by_status", "server_errors_5xx", "seconds")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("cases_run", "responses_by_status", "server_errors_5xx", "seconds")}, indent=2
+        )
+    )
     print(f"wrote {args.out}; schemathesis output and server log in {work}")
     (work / "schemathesis.txt").write_text(run.stdout + run.stderr)
     return 1 if result["server_errors_5xx"] else 0

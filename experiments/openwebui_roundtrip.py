@@ -39,9 +39,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -111,9 +112,9 @@ def rss_mib(pid: int) -> float | None:
             status = (proc / "status").read_text()
         except OSError:
             continue
-        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.M).group(1))
+        ppid = int(re.search(r"^PPid:\s+(\d+)", status, re.MULTILINE).group(1))
         if int(proc.name) == pid or ppid == pid:
-            match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
+            match = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
             if match:
                 total, found = total + int(match.group(1)), True
     return round(total / 1024, 1) if found else None
@@ -152,7 +153,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hatcat-url", help="a running HatCat server (default: start one)")
     parser.add_argument("--hatcat-key", default=None, help="its HATCAT_API_KEY (with --hatcat-url)")
-    parser.add_argument("--probe-pack", type=Path, default=None, help="probe pack for the server started here (default: probes/, else train a small one)")
+    parser.add_argument(
+        "--probe-pack",
+        type=Path,
+        default=None,
+        help="probe pack for the server started here (default: probes/, else train a small one)",
+    )
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="OpenWebUI's venv (created if absent)")
     parser.add_argument("--openwebui-version", default="0.12.4", help="open-webui version to install if absent")
     parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for each server to start")
@@ -164,9 +170,15 @@ def main() -> int:
         {
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()} {platform.release()}",
-            "hatcat_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+            "hatcat_commit": subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),
             # other work in progress in the checkout (modified tracked files) at the time of the run
-            "hatcat_tree_modified": bool(subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True).stdout.strip()),
+            "hatcat_tree_modified": bool(
+                subprocess.run(
+                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True
+                ).stdout.strip()
+            ),
             "prompt": PROMPT,
             "max_tokens": MAX_TOKENS,
         }
@@ -186,15 +198,24 @@ def main() -> int:
         installed_now = False
         if not (args.venv / "bin" / "open-webui").exists():
             installed_now = True
-            subprocess.run([sys.executable if sys.version_info[:2] == (3, 11) else "python3.11", "-m", "venv", str(args.venv)], check=True)
+            subprocess.run(
+                [sys.executable if sys.version_info[:2] == (3, 11) else "python3.11", "-m", "venv", str(args.venv)],
+                check=True,
+            )
             pip = [str(ow_python), "-m", "pip", "install", "-q"]
             # CPU torch first (on these machines a local wheel); otherwise pip would take a CUDA build of several GB
             subprocess.run([*pip, "torch==2.13.0"], check=True)
             subprocess.run([*pip, f"open-webui=={args.openwebui_version}"], check=True)
         versions = subprocess.run(
-            [str(ow_python), "-c", "import importlib.metadata as m, sys, json; "
-             "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))"],
-            capture_output=True, text=True, check=True,
+            [
+                str(ow_python),
+                "-c",
+                "import importlib.metadata as m, sys, json; "
+                "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         run.info["openwebui"] = json.loads(versions)
         return {"installed_now": installed_now, "venv": str(args.venv), **json.loads(versions)}
@@ -209,19 +230,31 @@ def main() -> int:
             pack = args.probe_pack
             if pack is None and not any((ROOT / "probes").glob("*/*/manifest.json")):
                 pack, start = workdir / "probe-pack", time.perf_counter()
-                subprocess.run([sys.executable, "-m", "hatcat.train", "--concepts", *SMALL_PACK, "--out", str(pack)],
-                               cwd=ROOT, check=True, stdout=hatcat_log.open("w"), stderr=subprocess.STDOUT)
+                subprocess.run(
+                    [sys.executable, "-m", "hatcat.train", "--concepts", *SMALL_PACK, "--out", str(pack)],
+                    cwd=ROOT,
+                    check=True,
+                    stdout=hatcat_log.open("w"),
+                    stderr=subprocess.STDOUT,
+                )
                 trained = {"concepts": list(SMALL_PACK), "seconds": round(time.perf_counter() - start, 1)}
             if pack is not None:
                 env["HATCAT_PROBE_PACK"] = str(pack)
             hatcat_proc = subprocess.Popen(
-                [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=hatcat_log.open("a"), stderr=subprocess.STDOUT, start_new_session=True
+                [sys.executable, "app.py"],
+                cwd=ROOT,
+                env=env,
+                stdout=hatcat_log.open("a"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         waited = wait_http(f"{hatcat_url}/health", args.timeout, hatcat_proc, hatcat_log)
         health = httpx.get(f"{hatcat_url}/health", timeout=10).json()
         models = httpx.get(f"{hatcat_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=10)
         unauthenticated = httpx.get(f"{hatcat_url}/v1/models", timeout=10).status_code
-        run.info["hatcat"] = {k: health.get(k) for k in ("model", "device", "dtype", "probe_pack", "monitoring") if k in health}
+        run.info["hatcat"] = {
+            k: health.get(k) for k in ("model", "device", "dtype", "probe_pack", "monitoring") if k in health
+        }
         return {
             "ok": models.status_code == 200 and unauthenticated == 401,
             "started_here": hatcat_proc is not None,
@@ -272,20 +305,37 @@ def main() -> int:
         env["PATH"] = f"{args.venv / 'bin'}:{env.get('PATH', '')}"
         webui_proc = subprocess.Popen(
             [str(args.venv / "bin" / "open-webui"), "serve", "--host", "127.0.0.1", "--port", str(webui_port)],
-            cwd=workdir, env=env, stdout=webui_log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=workdir,
+            env=env,
+            stdout=webui_log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         waited = wait_http(f"{webui}/health", args.timeout, webui_proc, webui_log)
         config = httpx.get(f"{webui}/api/config", timeout=10).json()
-        return {"ready_after_s": round(waited, 1), "url": webui, "name": config.get("name"), "version": config.get("version"),
-                "rss_mib": rss_mib(webui_proc.pid)}
+        return {
+            "ready_after_s": round(waited, 1),
+            "url": webui,
+            "name": config.get("name"),
+            "version": config.get("version"),
+            "rss_mib": rss_mib(webui_proc.pid),
+        }
 
     def signup() -> dict[str, Any]:
-        body = {"name": "HatCat admin", "email": "admin@hatcat.example.org", "password": secrets.token_urlsafe(16) + "Aa1!"}
+        body = {
+            "name": "HatCat admin",
+            "email": "admin@hatcat.example.org",
+            "password": secrets.token_urlsafe(16) + "Aa1!",
+        }
         r = httpx.post(f"{webui}/api/v1/auths/signup", json=body, timeout=30)
         r.raise_for_status()
         user = r.json()
         state["token"] = user["token"]
-        return {"ok": bool(user.get("token")) and user.get("role") == "admin", "status": r.status_code, "role": user.get("role")}
+        return {
+            "ok": bool(user.get("token")) and user.get("role") == "admin",
+            "status": r.status_code,
+            "role": user.get("role"),
+        }
 
     def models() -> dict[str, Any]:
         r = httpx.get(f"{webui}/api/models", headers={"Authorization": f"Bearer {state['token']}"}, timeout=60)
@@ -294,8 +344,14 @@ def main() -> int:
         return {"ok": MODEL_ID in listed, "status": r.status_code, "models": listed}
 
     def chat_body(stream: bool) -> dict[str, Any]:
-        return {"model": MODEL_ID, "messages": [{"role": "user", "content": PROMPT}], "stream": stream,
-                "max_tokens": MAX_TOKENS, "temperature": 0, "seed": 7}
+        return {
+            "model": MODEL_ID,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "stream": stream,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+            "seed": 7,
+        }
 
     def our_metrics() -> str:
         return httpx.get(f"{hatcat_url}/metrics", timeout=10).text
@@ -303,14 +359,25 @@ def main() -> int:
     def chat() -> dict[str, Any]:
         before = our_metrics()
         start = time.perf_counter()
-        r = httpx.post(f"{webui}/api/chat/completions", json=chat_body(False), headers={"Authorization": f"Bearer {state['token']}"}, timeout=600)
+        r = httpx.post(
+            f"{webui}/api/chat/completions",
+            json=chat_body(False),
+            headers={"Authorization": f"Bearer {state['token']}"},
+            timeout=600,
+        )
         seconds = time.perf_counter() - start
         r.raise_for_status()
         answer = r.json()
         state.update(before=before, after=our_metrics(), answer=answer)
         text = answer["choices"][0]["message"]["content"]
-        return {"ok": isinstance(text, str) and bool(text), "status": r.status_code, "latency_s": round(seconds, 2),
-                "text": text, "usage": answer.get("usage"), "finish_reason": answer["choices"][0].get("finish_reason")}
+        return {
+            "ok": isinstance(text, str) and bool(text),
+            "status": r.status_code,
+            "latency_s": round(seconds, 2),
+            "text": text,
+            "usage": answer.get("usage"),
+            "finish_reason": answer["choices"][0].get("finish_reason"),
+        }
 
     def provenance() -> dict[str, Any]:
         answer, before, after = state["answer"], state["before"], state["after"]
@@ -318,27 +385,46 @@ def main() -> int:
         route = {"route": "/v1/chat/completions", "method": "POST", "status": "200"}
         chats = metric(after, "hatcat_requests_total", route) - metric(before, "hatcat_requests_total", route)
         tokens = metric(after, "hatcat_tokens_generated_total") - metric(before, "hatcat_tokens_generated_total")
-        direct = httpx.post(f"{hatcat_url}/v1/chat/completions", json=chat_body(False), headers={"Authorization": f"Bearer {key}"}, timeout=600)
+        direct = httpx.post(
+            f"{hatcat_url}/v1/chat/completions",
+            json=chat_body(False),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=600,
+        )
         direct.raise_for_status()
         direct_text = direct.json()["choices"][0]["message"]["content"]
         report = answer.get("hatcat") or {}
         completion_tokens = (answer.get("usage") or {}).get("completion_tokens")
         checks = {
             # HatCat's own extra field survived the proxy, with a per-token report when monitoring
-            "hatcat_report_in_openwebui_answer": "monitoring" in report and (bool(report.get("tokens")) or not report["monitoring"]),
+            "hatcat_report_in_openwebui_answer": "monitoring" in report
+            and (bool(report.get("tokens")) or not report["monitoring"]),
             "backend_counted_one_chat": chats == 1,
             "backend_tokens_match_usage": completion_tokens is not None and tokens == completion_tokens,
             "same_text_direct": direct_text == text,
         }
-        return {"ok": all(checks.values()), **checks, "monitoring": report.get("monitoring"), "probe_pack": report.get("probe_pack"), "backend_chat_requests_delta": chats, "backend_tokens_delta": tokens,
-                "direct_text": direct_text, "report_tokens": len(report.get("tokens") or []),
-                "report_first_token": (report.get("tokens") or [None])[0]}
+        return {
+            "ok": all(checks.values()),
+            **checks,
+            "monitoring": report.get("monitoring"),
+            "probe_pack": report.get("probe_pack"),
+            "backend_chat_requests_delta": chats,
+            "backend_tokens_delta": tokens,
+            "direct_text": direct_text,
+            "report_tokens": len(report.get("tokens") or []),
+            "report_first_token": (report.get("tokens") or [None])[0],
+        }
 
     def stream() -> dict[str, Any]:
         chunks, divergences, text = 0, 0, ""
         start, first = time.perf_counter(), None
-        with httpx.stream("POST", f"{webui}/api/chat/completions", json=chat_body(True),
-                          headers={"Authorization": f"Bearer {state['token']}"}, timeout=600) as r:
+        with httpx.stream(
+            "POST",
+            f"{webui}/api/chat/completions",
+            json=chat_body(True),
+            headers={"Authorization": f"Bearer {state['token']}"},
+            timeout=600,
+        ) as r:
             r.raise_for_status()
             for line in r.iter_lines():
                 if not line.startswith("data:") or line.strip() == "data: [DONE]":
@@ -353,8 +439,13 @@ def main() -> int:
                     divergences += 1
                     first = first or time.perf_counter() - start
                 text += delta.get("content") or ""
-        return {"ok": divergences > 0, "chunks": chunks, "chunks_with_divergence": divergences,
-                "first_divergence_after_s": round(first, 2) if first else None, "text": text}
+        return {
+            "ok": divergences > 0,
+            "chunks": chunks,
+            "chunks_with_divergence": divergences,
+            "first_divergence_after_s": round(first, 2) if first else None,
+            "text": text,
+        }
 
     passed = False
     try:
@@ -375,7 +466,11 @@ def main() -> int:
         stop(webui_proc)
         stop(hatcat_proc)
         logs = {"open-webui": webui_log, "hatcat": hatcat_log}
-        run.info["log_tails"] = {n: p.read_text(errors="replace")[-1500:].splitlines()[-12:] for n, p in logs.items() if p.exists() and not passed}
+        run.info["log_tails"] = {
+            n: p.read_text(errors="replace")[-1500:].splitlines()[-12:]
+            for n, p in logs.items()
+            if p.exists() and not passed
+        }
         if passed:
             run.info.pop("log_tails")
     result = {"passed": passed, **run.info, "steps": run.steps}

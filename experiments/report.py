@@ -38,27 +38,63 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     load = _load("model_load.json")
     if load:
-        out.append(("Embedded model load: cold / cached (s)", f"{load['cold_load_s']} / {load['cached_load_s']}", "", "`python -m experiments.bench_model_load`"))
+        out.append(
+            (
+                "Embedded model load: cold / cached (s)",
+                f"{load['cold_load_s']} / {load['cached_load_s']}",
+                "",
+                "`python -m experiments.bench_model_load`",
+            )
+        )
     sweep = _load("tap_sweep.json")
     if sweep:
         chosen = sweep["chosen"]
         words = next(r for r in sweep["rows"] if r["layer"] is None)
-        out.append((f"Tap sweep on natural scenes: chosen block / pooling ({sweep['concepts']} concepts)", f"{chosen['tap_layer']} / {chosen['pooling']}: AUROC {_f(chosen['scene_auroc'])} (words only {_f(words['scene_auroc'])})", "", "`python -m experiments.tap_sweep`"))
+        out.append(
+            (
+                f"Tap sweep on natural scenes: chosen block / pooling ({sweep['concepts']} concepts)",
+                f"{chosen['tap_layer']} / {chosen['pooling']}: AUROC {_f(chosen['scene_auroc'])} (words only {_f(words['scene_auroc'])})",
+                "",
+                "`python -m experiments.tap_sweep`",
+            )
+        )
     cmd = "`python -m experiments.bench_generation`"
     for name, where in (("bench_generation.json", "this CPU"), ("bench_generation_h200.json", "H200")):
         gen = _load(name)
         if gen:
             out += [
-                (f"Monitored / plain generate, {gen['new_tokens']} tokens, {gen['n_concepts']} concepts ({where}, {gen['dtype']})", f"{gen['monitored_over_plain']:.3f} ({gen['monitored_tok_s']} vs {gen['plain_tok_s']} tok/s)", "≥ 0.90" + _target(gen["monitored_over_plain"] >= 0.90), cmd),
-                (f"Monitored / original-style loop ({where})", f"{gen['monitored_over_reference']:.2f} (loop {gen['reference_tok_s']} tok/s)", "≥ 4" + _target(gen["monitored_over_reference"] >= 4), cmd),
-                (f"Default config / plain fp32 generate ({where})", f"{gen['default_over_plain_fp32']:.2f} (fp32 {gen['plain_fp32_tok_s']} tok/s)", "≥ 1.5" + _target(gen["default_over_plain_fp32"] >= 1.5), cmd),
+                (
+                    f"Monitored / plain generate, {gen['new_tokens']} tokens, {gen['n_concepts']} concepts ({where}, {gen['dtype']})",
+                    f"{gen['monitored_over_plain']:.3f} ({gen['monitored_tok_s']} vs {gen['plain_tok_s']} tok/s)",
+                    "≥ 0.90" + _target(gen["monitored_over_plain"] >= 0.90),
+                    cmd,
+                ),
+                (
+                    f"Monitored / original-style loop ({where})",
+                    f"{gen['monitored_over_reference']:.2f} (loop {gen['reference_tok_s']} tok/s)",
+                    "≥ 4" + _target(gen["monitored_over_reference"] >= 4),
+                    cmd,
+                ),
+                (
+                    f"Default config / plain fp32 generate ({where})",
+                    f"{gen['default_over_plain_fp32']:.2f} (fp32 {gen['plain_fp32_tok_s']} tok/s)",
+                    "≥ 1.5" + _target(gen["default_over_plain_fp32"] >= 1.5),
+                    cmd,
+                ),
             ]
     cmd = "`python -m experiments.bench_probes`"
     for name, where in (("bench_probes.json", "this CPU"), ("bench_probes_h200.json", "H200")):
         bench = _load(name)
         if bench:
             big = max(bench["sizes"], key=lambda r: r["n_concepts"])
-            out.append((f"Probe scoring, {big['n_concepts']:,} concepts per token ({where}): ms / memory bound", f"{big['ms_per_token']} / {big['bound_ms']} ms ({big['ratio']}×)", "≤ 2×" + _target(big["ratio"] <= 2), cmd))
+            out.append(
+                (
+                    f"Probe scoring, {big['n_concepts']:,} concepts per token ({where}): ms / memory bound",
+                    f"{big['ms_per_token']} / {big['bound_ms']} ms ({big['ratio']}×)",
+                    "≤ 2×" + _target(big["ratio"] <= 2),
+                    cmd,
+                )
+            )
     return out
 
 
@@ -74,7 +110,12 @@ def rows() -> list[tuple[str, str, str, str]]:
         layer = f"block {dec['tap_layer']}"
         out += [
             (f"Deception AUROC, held-out facts, seen wordings ({layer})", _f(dec["auroc_heldout_facts"]), "", cmd),
-            (f"Deception AUROC, held-out facts + unseen wordings ({layer})", _f(dec["auroc_unseen_wordings"]), "≥ 0.90" + _target(dec["auroc_unseen_wordings"] >= 0.90), cmd),
+            (
+                f"Deception AUROC, held-out facts + unseen wordings ({layer})",
+                _f(dec["auroc_unseen_wordings"]),
+                "≥ 0.90" + _target(dec["auroc_unseen_wordings"] >= 0.90),
+                cmd,
+            ),
             ("… unseen wordings without honesty words", _f(dec["auroc_unseen_wordings_keyword_free"]), "", cmd),
             ("… true vs false fact under the same honest instruction", _f(dec["auroc_honest_true_vs_false"]), "", cmd),
             (f"Deception AUROC, role-play set ({layer})", _f(dec["auroc_roleplay"]), "", cmd),
@@ -87,7 +128,12 @@ def rows() -> list[tuple[str, str, str, str]]:
         out.append(("Divergence validity", "not run", "", cmd))
     else:
         out += [
-            (f"Divergence AUROC, implied vs named ({div['pairs']} pairs, token mean)", _f(div["auroc_implied_vs_named"]), "> 0.5", cmd),
+            (
+                f"Divergence AUROC, implied vs named ({div['pairs']} pairs, token mean)",
+                _f(div["auroc_implied_vs_named"]),
+                "> 0.5",
+                cmd,
+            ),
             ("Divergence effect size (Cohen's d, implied − named)", _f(div["cohens_d_divergence"], 2), "> 0", cmd),
         ]
     ev = _load("eval_probes.json")
@@ -97,18 +143,37 @@ def rows() -> list[tuple[str, str, str, str]]:
     else:
         act, text = ev["activation"], ev["text"]
         for layer in [k for k in act if k != "all"]:
-            target = "≥ 0.90 (layers 0–2 mean)" if int(layer) <= 2 else ("≥ 0.85 (layers 3–4 mean)" if int(layer) <= 4 else "")
+            target = (
+                "≥ 0.90 (layers 0–2 mean)"
+                if int(layer) <= 2
+                else ("≥ 0.85 (layers 3–4 mean)" if int(layer) <= 4 else "")
+            )
             out.append(
                 (
                     f"Probes, concept layer {layer} (n={act[layer]['n']}): P / R / F1 / AUROC",
-                    " / ".join(_f(act[layer][k]) for k in ("precision", "recall", "f1", "auroc")) + f" (text F1 {_f(text.get(layer, {}).get('f1'))})",
+                    " / ".join(_f(act[layer][k]) for k in ("precision", "recall", "f1", "auroc"))
+                    + f" (text F1 {_f(text.get(layer, {}).get('f1'))})",
                     target,
                     cmd,
                 )
             )
         a = act["all"]
-        out.append((f"Probes, all {a['n']} concepts: P / R / F1 / AUROC", " / ".join(_f(a[k]) for k in ("precision", "recall", "f1", "auroc")), "", cmd))
-        out.append((f"Calibration on {ev['calibration']['concepts']} concepts' test prompts: ECE / Brier", f"{_f(ev['calibration']['ece'])} / {_f(ev['calibration']['brier'])}", "", cmd))
+        out.append(
+            (
+                f"Probes, all {a['n']} concepts: P / R / F1 / AUROC",
+                " / ".join(_f(a[k]) for k in ("precision", "recall", "f1", "auroc")),
+                "",
+                cmd,
+            )
+        )
+        out.append(
+            (
+                f"Calibration on {ev['calibration']['concepts']} concepts' test prompts: ECE / Brier",
+                f"{_f(ev['calibration']['ece'])} / {_f(ev['calibration']['brier'])}",
+                "",
+                cmd,
+            )
+        )
     return out
 
 

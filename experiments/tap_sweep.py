@@ -84,21 +84,33 @@ def main() -> None:
             print(rows[-1], flush=True)
     words = {s: text_features(loaded.model, loaded.tokenizer, splits[s][0]) for s in splits}
     scene_words = text_features(loaded.model, loaded.tokenizer, scene_texts)
-    rows.append({"features": "words only (mean input embedding)", "layer": None, "pooling": "mean",
-                 **evaluate(words["train"], words["val"], words["test"], scene_words)})
+    rows.append(
+        {
+            "features": "words only (mean input embedding)",
+            "layer": None,
+            "pooling": "mean",
+            **evaluate(words["train"], words["val"], words["test"], scene_words),
+        }
+    )
     blocks = [r for r in rows if r["layer"] is not None]
     top = max(r["scene_auroc"] for r in blocks)
     # Parsimony: the shallowest block within TOLERANCE of the best. Extraction stops at the tap,
     # and steering at the tap keeps later blocks to act through.
-    best = min((r for r in blocks if r["scene_auroc"] >= top - TOLERANCE), key=lambda r: (r["layer"], -r["scene_auroc"]))
+    best = min(
+        (r for r in blocks if r["scene_auroc"] >= top - TOLERANCE), key=lambda r: (r["layer"], -r["scene_auroc"])
+    )
     result = {
         "model": loaded.name,
         "dtype": str(loaded.dtype).removeprefix("torch."),
         "concepts": len(concepts),
         "scenes": len(scene_texts),
         "prompts": len(work.texts),
-        "chosen": {"tap_layer": best["layer"], "pooling": best["pooling"], "scene_auroc": best["scene_auroc"],
-                   "rule": f"shallowest block within {TOLERANCE} of the best scene AUROC ({top})"},
+        "chosen": {
+            "tap_layer": best["layer"],
+            "pooling": best["pooling"],
+            "scene_auroc": best["scene_auroc"],
+            "rule": f"shallowest block within {TOLERANCE} of the best scene AUROC ({top})",
+        },
         "rows": rows,
         "seconds": round(time.perf_counter() - start, 1),
     }
@@ -116,8 +128,20 @@ def plot(rows: list[dict], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for pooling, colour in (("last", "tab:blue"), ("mean", "tab:orange")):
         sel = [r for r in rows if r["pooling"] == pooling and r["layer"] is not None]
-        ax.plot([r["layer"] for r in sel], [r["scene_auroc"] for r in sel], "o-", color=colour, label=f"natural scenes, {pooling}")
-        ax.plot([r["layer"] for r in sel], [r["template_auroc"] for r in sel], ":", color=colour, label=f"held-out templates, {pooling}")
+        ax.plot(
+            [r["layer"] for r in sel],
+            [r["scene_auroc"] for r in sel],
+            "o-",
+            color=colour,
+            label=f"natural scenes, {pooling}",
+        )
+        ax.plot(
+            [r["layer"] for r in sel],
+            [r["template_auroc"] for r in sel],
+            ":",
+            color=colour,
+            label=f"held-out templates, {pooling}",
+        )
     words = next(r for r in rows if r["layer"] is None)
     ax.axhline(words["scene_auroc"], color="grey", linestyle="--", label="words only, natural scenes")
     ax.set(xlabel="decoder block (tap layer)", ylabel="mean AUROC", title="Tap layer sweep")

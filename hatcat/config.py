@@ -8,9 +8,9 @@ is allowed; `app.py` prints it and exits with status 2.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 EMBEDDED_DEFAULT = "embedded:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -40,10 +40,10 @@ class Settings:
     hf_offline: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse settings from `environ` (default: the process environment)."""
         env = os.environ if environ is None else environ
-        get = lambda name: (env.get(name) or "").strip()  # noqa: E731 - unset and empty mean default
+        get = lambda name: (env.get(name) or "").strip()
         defaults = cls()
         # Hugging Face Spaces (and other hosts) give the port as GRADIO_SERVER_PORT or PORT
         port_var = next((n for n in ("HATCAT_PORT", "GRADIO_SERVER_PORT", "PORT") if get(n)), "HATCAT_PORT")
@@ -92,9 +92,13 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
     """Comma-separated origins (`scheme://host[:port]`), or `*` alone for any origin."""
     origins = tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
     if "*" in origins and len(origins) > 1:
-        raise ConfigError(f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org")
+        raise ConfigError(
+            f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org"
+        )
     if any(o != "*" and not (o.startswith(("http://", "https://")) and o.split("://", 1)[1]) for o in origins):
-        raise ConfigError(f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org")
+        raise ConfigError(
+            f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org"
+        )
     return origins
 
 

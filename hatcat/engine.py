@@ -9,9 +9,9 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from hatcat.concepts import ConceptPack, load_pack
 from hatcat.config import Settings
@@ -55,7 +55,7 @@ class FairLock:
             self._held = False
             self._cond.notify_all()
 
-    def __enter__(self) -> "FairLock":
+    def __enter__(self) -> FairLock:
         self.acquire()
         return self
 
@@ -88,7 +88,7 @@ class Engine:
         self._lock = FairLock()
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Engine":
+    def from_settings(cls, settings: Settings) -> Engine:
         """Load the configured model, the concept pack (+ safety meld) and the probe pack if one fits."""
         loaded = load_model(
             settings.model_name,
@@ -131,7 +131,12 @@ class Engine:
         if self.bank is None or concept not in self.bank.index:
             raise KeyError(f"no probe for {concept!r} in the loaded pack")
         run = self.probes.manifest.get("training", {})
-        work = plan(self.concepts, TrainSettings(concepts=(concept,), n_hard=run.get("n_hard", 8), n_easy=run.get("n_easy", 8), seed=run.get("seed", 0)))
+        work = plan(
+            self.concepts,
+            TrainSettings(
+                concepts=(concept,), n_hard=run.get("n_hard", 8), n_easy=run.get("n_easy", 8), seed=run.get("seed", 0)
+            ),
+        )
         texts, rows = work.split(split)
         cache = ActivationCache(self.settings.cache_dir, self.loaded.name, self.bank.tap_layer)
         with self._lock:

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -62,13 +63,17 @@ class GenerationSettings:
         if not _is_int(self.max_tokens) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
         if not _is_number(self.temperature) or not 0.0 <= self.temperature <= MAX_TEMPERATURE:
-            raise ValueError(f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}")
+            raise ValueError(
+                f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}"
+            )
         if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
         if not _is_int(self.top_k) or self.top_k < 0:
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not _is_number(self.repetition_penalty) or not 0.0 < self.repetition_penalty <= 10.0:
-            raise ValueError(f"repetition_penalty must be a number in (0, 10] (1 = off), got {self.repetition_penalty!r}")
+            raise ValueError(
+                f"repetition_penalty must be a number in (0, 10] (1 = off), got {self.repetition_penalty!r}"
+            )
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
@@ -138,7 +143,9 @@ def _content_text(content: object) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
     raise ValueError(f"message content must be a string or a list of content parts, got {type(content).__name__}")
 
 
@@ -255,7 +262,9 @@ def _decode_loop(
             input_ids = torch.tensor([[token]], dtype=torch.long, device=device)
 
 
-def _finish(reason: Literal["stop", "length"], prompt_ids: list[int], generated: int, stops: "_StopHoldback") -> Finished:
+def _finish(
+    reason: Literal["stop", "length"], prompt_ids: list[int], generated: int, stops: _StopHoldback
+) -> Finished:
     return Finished(reason, len(prompt_ids), generated, stops.emitted_text)
 
 
@@ -366,7 +375,7 @@ class _Detokenizer:
         prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
         text = self._decode(self.ids[self.prefix_offset :])
         self.prefix_offset = self.read_offset = len(self.ids)
-        return text[len(prefix) :] if text.startswith(prefix) else text
+        return text.removeprefix(prefix)
 
 
 class _StopHoldback:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import shutil
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,6 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
-
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,9 @@ def _embedded_gguf(name: str, cache_dir: Path) -> tuple[Path, str]:
     """Locate (or assemble) an embedded GGUF; return its path and pinned sha256."""
     key = name.removeprefix("embedded:")
     if key not in EMBEDDED_MODELS:
-        raise ModelLoadError(f"unknown embedded model {name}; known: {', '.join('embedded:' + k for k in EMBEDDED_MODELS)}")
+        raise ModelLoadError(
+            f"unknown embedded model {name}; known: {', '.join('embedded:' + k for k in EMBEDDED_MODELS)}"
+        )
     entry = EMBEDDED_MODELS[key]
     spec = importlib.util.find_spec(entry.package)
     if spec is None or not spec.submodule_search_locations:

@@ -88,7 +88,9 @@ def divergence_colour(value: float) -> str:
 class Monitor:
     """Turns per-token hidden states into TokenRecords for one probe bank and concept pack."""
 
-    def __init__(self, bank: ProbeBank, pack: ConceptPack, base_layers: tuple[int, ...] = (0,), keep_top_k: int = 100) -> None:
+    def __init__(
+        self, bank: ProbeBank, pack: ConceptPack, base_layers: tuple[int, ...] = (0,), keep_top_k: int = 100
+    ) -> None:
         self.bank = bank
         self.keep_top_k = keep_top_k
         device = bank.act_weight.device
@@ -184,4 +186,6 @@ def summarise(records: list[TokenRecord], top: int = 10) -> ResponseSummary:
         (ConceptSummary(c, len(v), round(sum(v) / len(v), 4), round(sum(v), 4)) for c, v in seen.items()),
         key=lambda s: -s.score,
     )
-    return ResponseSummary(len(records), round(sum(per_token) / len(per_token), 4), round(max(per_token), 4), tuple(ranked[:top]))
+    return ResponseSummary(
+        len(records), round(sum(per_token) / len(per_token), 4), round(max(per_token), 4), tuple(ranked[:top])
+    )

@@ -12,8 +12,8 @@ uses the state at t itself (after reading t) and the words up to t.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -47,7 +47,9 @@ def monitored_generation(
     """Generate with steering applied and every token monitored; the caller holds the engine lock."""
     window = TextWindow(model.get_input_embeddings())
     with torch.inference_mode():
-        window.push([i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id])  # words only, as in training
+        window.push(
+            [i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id]
+        )  # words only, as in training
     records: list[TokenRecord] = []
     with steered(model, vectors, list(steerings)):
         for event in generate(model, tokenizer, prompt, settings, monitor.bank.tap_layer):
@@ -69,7 +71,9 @@ def analyze_text(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str)
 
 
 @torch.inference_mode()
-def text_states(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def text_states(
+    model: torch.nn.Module, tokenizer, monitor: Monitor, text: str
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """For every token of `text` (BOS skipped): tap states [T, d], words-only windows [T, d], token texts."""
     ids = tokenizer(text, return_tensors="pt").input_ids.to(monitor.bank.act_weight.device)
     layer = monitor.bank.tap_layer

@@ -99,7 +99,7 @@ class ProbePack:
         return f"{model_slug(self.manifest['model'])}_{self.manifest['concept_pack']['id']}"
 
     @classmethod
-    def load(cls, folder: str | Path, model_id: str | None = None, hidden_size: int | None = None) -> "ProbePack":
+    def load(cls, folder: str | Path, model_id: str | None = None, hidden_size: int | None = None) -> ProbePack:
         """Read and verify a pack; with `model_id`/`hidden_size`, refuse one made for another model."""
         folder = Path(folder)
         try:
@@ -127,7 +127,9 @@ class ProbePack:
         n = len(manifest["concepts"])
         for side, t in tensors.items():
             if t["weight"].shape != (n, manifest["hidden_size"]) or t["bias"].shape != (n,):
-                raise ProbePackError(f"{folder}: {side} weights have shape {tuple(t['weight'].shape)}, expected ({n}, {manifest['hidden_size']})")
+                raise ProbePackError(
+                    f"{folder}: {side} weights have shape {tuple(t['weight'].shape)}, expected ({n}, {manifest['hidden_size']})"
+                )
         metrics = json.loads((folder / "metrics.json").read_text())
         return cls(folder, manifest, tensors, metrics)
 

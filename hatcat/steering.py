@@ -13,9 +13,9 @@ session's steerings (add, update, remove, list, clear).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -65,7 +65,11 @@ class SteeringRegistry:
             current = self._sessions.get(session, {}).get(concept)
             if current is None:
                 raise UnknownConcept(concept)
-            changed = replace(current, strength=current.strength if strength is None else strength, layer=current.layer if layer is None else layer)
+            changed = replace(
+                current,
+                strength=current.strength if strength is None else strength,
+                layer=current.layer if layer is None else layer,
+            )
             self._sessions[session][concept] = changed
         return changed
 

@@ -1,7 +1,7 @@
 """CLI: train activation probes and words-only detectors for concepts and write a probe pack.
 
-    python -m hatcat.train --layers 0 1 2 3 4 --train-text-probes
-    python -m hatcat.train --concepts Anger Fear --limit 5 --out /tmp/pack
+python -m hatcat.train --layers 0 1 2 3 4 --train-text-probes
+python -m hatcat.train --concepts Anger Fear --limit 5 --out /tmp/pack
 """
 
 from __future__ import annotations
@@ -22,17 +22,57 @@ DEFAULT_MELDS = [str(Path(__file__).resolve().parents[1] / "data" / "concept_pac
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     defaults = TrainSettings()
     ap = argparse.ArgumentParser(prog="python -m hatcat.train", description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, nargs="+", default=list(defaults.layers), help="concept-pack layers (0-5) to train (default: 0 1 2 3 4)")
-    ap.add_argument("--train-text-probes", action="store_true", help="accepted for compatibility: words-only detectors are always trained, every pack needs them for divergence")
-    ap.add_argument("--concepts", nargs="+", default=[], metavar="ID", help="train only these concept ids (overrides --layers)")
-    ap.add_argument("--concept-pack", default=None, metavar="PATH", help="concept pack folder (default: data/concept_packs/sumo-wordnet-v1)")
-    ap.add_argument("--meld", nargs="*", default=DEFAULT_MELDS, metavar="PATH", help="custom concept packs merged over the base (default: the safety meld); give --meld alone for none")
-    ap.add_argument("--model", default=None, metavar="NAME", help="model to probe (default: HATCAT_MODEL_NAME, else the embedded Gemma 3 270M)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=list(defaults.layers),
+        help="concept-pack layers (0-5) to train (default: 0 1 2 3 4)",
+    )
+    ap.add_argument(
+        "--train-text-probes",
+        action="store_true",
+        help="accepted for compatibility: words-only detectors are always trained, every pack needs them for divergence",
+    )
+    ap.add_argument(
+        "--concepts", nargs="+", default=[], metavar="ID", help="train only these concept ids (overrides --layers)"
+    )
+    ap.add_argument(
+        "--concept-pack",
+        default=None,
+        metavar="PATH",
+        help="concept pack folder (default: data/concept_packs/sumo-wordnet-v1)",
+    )
+    ap.add_argument(
+        "--meld",
+        nargs="*",
+        default=DEFAULT_MELDS,
+        metavar="PATH",
+        help="custom concept packs merged over the base (default: the safety meld); give --meld alone for none",
+    )
+    ap.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="model to probe (default: HATCAT_MODEL_NAME, else the embedded Gemma 3 270M)",
+    )
     ap.add_argument("--limit", type=int, default=None, metavar="N", help="train at most N concepts (quick runs)")
-    ap.add_argument("--tap-layer", type=int, default=defaults.tap_layer, help=f"decoder block whose output is probed (default {defaults.tap_layer}, from the sweep in results/tap_sweep.json)")
-    ap.add_argument("--pooling", choices=("last", "mean"), default=defaults.pooling, help="how a prompt's token states are pooled (default last)")
+    ap.add_argument(
+        "--tap-layer",
+        type=int,
+        default=defaults.tap_layer,
+        help=f"decoder block whose output is probed (default {defaults.tap_layer}, from the sweep in results/tap_sweep.json)",
+    )
+    ap.add_argument(
+        "--pooling",
+        choices=("last", "mean"),
+        default=defaults.pooling,
+        help="how a prompt's token states are pooled (default last)",
+    )
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per forward pass")
-    ap.add_argument("--out", default=None, metavar="DIR", help="probe pack folder (default: probes/<model>/<concept-pack>)")
+    ap.add_argument(
+        "--out", default=None, metavar="DIR", help="probe pack folder (default: probes/<model>/<concept-pack>)"
+    )
     ap.add_argument("--report", default=None, metavar="FILE", help="also write the run's timings as JSON here")
     return ap.parse_args(argv)
 
@@ -43,11 +83,17 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         pack = load_pack(args.concept_pack, melds=args.meld)
         run = TrainSettings(
-            layers=tuple(args.layers), concepts=tuple(args.concepts), limit=args.limit,
-            tap_layer=args.tap_layer, pooling=args.pooling, batch_size=args.batch_size,
+            layers=tuple(args.layers),
+            concepts=tuple(args.concepts),
+            limit=args.limit,
+            tap_layer=args.tap_layer,
+            pooling=args.pooling,
+            batch_size=args.batch_size,
         )
         select_concepts(pack, run)  # refuse unknown ids before the model loads
-        loaded = load_model(args.model or settings.model_name, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline)
+        loaded = load_model(
+            args.model or settings.model_name, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline
+        )
         folder, report = train(loaded, pack, run, settings.cache_dir, Path(args.out) if args.out else None)
     except (ConfigError, ConceptPackError, ModelLoadError, ValueError) as err:
         print(f"hatcat.train: {err}", file=sys.stderr)

@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -40,7 +40,13 @@ def small_probe_pack(engine: Engine, settings: Settings, tmp_path_factory: pytes
     from hatcat.concepts import load_pack
 
     pack = load_pack(melds=[SAFETY_MELD])
-    folder, _ = train(engine.loaded, pack, TrainSettings(concepts=SMALL_PACK_CONCEPTS), settings.cache_dir, tmp_path_factory.mktemp("pack"))
+    folder, _ = train(
+        engine.loaded,
+        pack,
+        TrainSettings(concepts=SMALL_PACK_CONCEPTS),
+        settings.cache_dir,
+        tmp_path_factory.mktemp("pack"),
+    )
     return folder
 
 
@@ -68,10 +74,17 @@ def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
 def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python app.py` with the small probe pack, serving on a free loopback port; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), "HATCAT_PROBE_PACK": str(small_probe_pack)}
+    env = {
+        **os.environ,
+        "HATCAT_HOST": "127.0.0.1",
+        "HATCAT_PORT": str(port),
+        "HATCAT_PROBE_PACK": str(small_probe_pack),
+    }
     # The log goes to a file: a pipe nobody reads would block the server once it fills.
     log = (tmp_path_factory.mktemp("server") / "app.log").open("w+")
-    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+    )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
     try:

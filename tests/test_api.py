@@ -22,12 +22,19 @@ def client(server: str) -> openai.OpenAI:
 
 
 def stream_chunks(client: openai.OpenAI, **kwargs) -> list[dict]:
-    return [chunk.to_dict() for chunk in client.chat.completions.create(model="hatcat-divergence", messages=PROMPT, stream=True, **kwargs)]
+    return [
+        chunk.to_dict()
+        for chunk in client.chat.completions.create(model="hatcat-divergence", messages=PROMPT, stream=True, **kwargs)
+    ]
 
 
 def token_text(chunks: list[dict]) -> str:
     """The generated text: the content of the per-token chunks (not the analysis line)."""
-    return "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"] and c["choices"][0]["delta"]["metadata"].get("token_index") is not None)
+    return "".join(
+        c["choices"][0]["delta"].get("content") or ""
+        for c in chunks
+        if c["choices"] and c["choices"][0]["delta"]["metadata"].get("token_index") is not None
+    )
 
 
 def assert_error(response: httpx.Response, status: int, *words: str) -> dict:
@@ -47,10 +54,15 @@ def test_models_list_hatcat_divergence_and_the_loaded_probe_pack(client: openai.
 
 
 def test_non_stream_answer_has_text_usage_and_per_token_divergence(client: openai.OpenAI) -> None:
-    answer = client.chat.completions.create(model="hatcat-divergence", messages=PROMPT, max_tokens=6, temperature=0, stream=False)
+    answer = client.chat.completions.create(
+        model="hatcat-divergence", messages=PROMPT, max_tokens=6, temperature=0, stream=False
+    )
     assert answer.object == "chat.completion" and abs(answer.created - time.time()) < 300
     assert answer.choices[0].message.content and answer.choices[0].finish_reason in {"stop", "length"}
-    assert answer.usage.completion_tokens <= 6 and answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    assert (
+        answer.usage.completion_tokens <= 6
+        and answer.usage.total_tokens == answer.usage.prompt_tokens + answer.usage.completion_tokens
+    )
     report = answer.to_dict()["hatcat"]
     assert report["monitoring"] is True and report["analysis_line"].startswith("**Analysis**")
     assert 1 <= len(report["tokens"]) <= 6
@@ -101,9 +113,20 @@ def test_stream_ends_with_done_on_the_wire(server: str) -> None:
         ({"messages": PROMPT, "model": "gpt-4"}, 404, "model", ["unknown model: gpt-4"]),
         ({"messages": [{"role": "user"}]}, 400, "messages", ["prompt is empty"]),
     ],
-    ids=["empty-messages", "unknown-role", "zero-max-tokens", "max-tokens-above-limit", "negative-temperature", "zero-top-p", "unknown-model", "empty-prompt"],
+    ids=[
+        "empty-messages",
+        "unknown-role",
+        "zero-max-tokens",
+        "max-tokens-above-limit",
+        "negative-temperature",
+        "zero-top-p",
+        "unknown-model",
+        "empty-prompt",
+    ],
 )
-def test_bad_chat_requests_get_an_openai_error(server: str, body: dict, status: int, param: str, words: list[str]) -> None:
+def test_bad_chat_requests_get_an_openai_error(
+    server: str, body: dict, status: int, param: str, words: list[str]
+) -> None:
     error = assert_error(httpx.post(f"{server}/v1/chat/completions", json=body, timeout=30), status, *words)
     assert error["param"] == param
 
@@ -123,8 +146,20 @@ def test_prompt_longer_than_the_context_is_a_400(server: str) -> None:
 
 def test_malformed_json_and_wrong_content_type_are_400s(server: str) -> None:
     url = f"{server}/v1/chat/completions"
-    assert assert_error(httpx.post(url, content=b'{"messages": [', headers={"Content-Type": "application/json"}), 400, "not valid JSON")["code"] == "json_invalid"
-    assert assert_error(httpx.post(url, content=b"hello", headers={"Content-Type": "text/plain"}), 400, "must be JSON")["code"] == "unsupported_content_type"
+    assert (
+        assert_error(
+            httpx.post(url, content=b'{"messages": [', headers={"Content-Type": "application/json"}),
+            400,
+            "not valid JSON",
+        )["code"]
+        == "json_invalid"
+    )
+    assert (
+        assert_error(httpx.post(url, content=b"hello", headers={"Content-Type": "text/plain"}), 400, "must be JSON")[
+            "code"
+        ]
+        == "unsupported_content_type"
+    )
 
 
 def test_unknown_routes_and_methods_answer_in_the_error_shape(server: str) -> None:
@@ -149,8 +184,17 @@ def test_eight_concurrent_seeded_streams_each_match_their_solo_run(client: opena
     assert len(set(solo.values())) > 1  # the seeds do differ
 
 
-def test_health_answers_during_a_generation_and_a_disconnect_frees_the_model_at_once(server: str, client: openai.OpenAI) -> None:
-    body = {"model": "hatcat-divergence", "messages": PROMPT, "stream": True, "max_tokens": 2048, "temperature": 1.0, "seed": 3}
+def test_health_answers_during_a_generation_and_a_disconnect_frees_the_model_at_once(
+    server: str, client: openai.OpenAI
+) -> None:
+    body = {
+        "model": "hatcat-divergence",
+        "messages": PROMPT,
+        "stream": True,
+        "max_tokens": 2048,
+        "temperature": 1.0,
+        "seed": 3,
+    }
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=120) as response:
         lines = response.iter_lines()
         for _ in range(6):
@@ -195,13 +239,17 @@ def test_analyze_scores_a_given_text(server: str) -> None:
     answer = httpx.post(f"{server}/v1/analyze", json={"text": text, "top_k": 3}, timeout=60)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert len(body["tokens"]) >= 8 and all(set(t["divergence"]) == {"max_divergence", "top_divergences"} for t in body["tokens"])
+    assert len(body["tokens"]) >= 8 and all(
+        set(t["divergence"]) == {"max_divergence", "top_divergences"} for t in body["tokens"]
+    )
     assert len(body["concepts"]) == 3 and body["summary_line"].startswith("Analysis")
     asked = httpx.post(f"{server}/v1/analyze", json={"text": text, "concepts": ["Fear", "Music"]}, timeout=60).json()
     stats = {c["concept"]: c for c in asked["concepts"]}
     assert set(stats) == {"Fear", "Music"}
     assert all(c["max_activation"] >= c["mean_activation"] for c in stats.values())
-    assert_error(httpx.post(f"{server}/v1/analyze", json={"text": text, "concepts": ["NoSuchConcept"]}), 404, "NoSuchConcept")
+    assert_error(
+        httpx.post(f"{server}/v1/analyze", json={"text": text, "concepts": ["NoSuchConcept"]}), 404, "NoSuchConcept"
+    )
     assert_error(httpx.post(f"{server}/v1/analyze", json={"text": ""}), 400)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
-from typing import Iterator
 
 import httpx
 import openai
@@ -46,13 +46,21 @@ def test_v1_needs_the_bearer_key_and_health_stays_open(bare_server: str) -> None
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{bare_server}/v1", api_key="wrong", max_retries=0).models.list()
     # auth comes before parsing: an unauthenticated malformed body is still a 401
-    assert httpx.post(f"{bare_server}/v1/chat/completions", content=b"{", headers={"Content-Type": "application/json"}).status_code == 401
+    assert (
+        httpx.post(
+            f"{bare_server}/v1/chat/completions", content=b"{", headers={"Content-Type": "application/json"}
+        ).status_code
+        == 401
+    )
     ids = [m.id for m in openai.OpenAI(base_url=f"{bare_server}/v1", api_key=KEY, max_retries=0).models.list()]
     assert ids[0] == "hatcat-divergence"
 
 
 def test_cors_allows_the_configured_origin_only(bare_server: str) -> None:
-    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+    }
     allowed = httpx.options(f"{bare_server}/v1/chat/completions", headers={"Origin": ORIGIN, **preflight})
     assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == ORIGIN
     other = httpx.options(f"{bare_server}/v1/chat/completions", headers={"Origin": "http://evil.example", **preflight})
@@ -65,7 +73,12 @@ def test_without_a_probe_pack_chat_works_and_says_monitoring_is_off(bare_server:
     answer = client.chat.completions.create(model="hatcat-divergence", messages=prompt, max_tokens=4, temperature=0)
     assert answer.choices[0].message.content
     assert answer.to_dict()["hatcat"]["monitoring"] is False
-    chunks = [c.to_dict() for c in client.chat.completions.create(model="hatcat-divergence", messages=prompt, max_tokens=4, temperature=0, stream=True)]
+    chunks = [
+        c.to_dict()
+        for c in client.chat.completions.create(
+            model="hatcat-divergence", messages=prompt, max_tokens=4, temperature=0, stream=True
+        )
+    ]
     metadata = [c["choices"][0]["delta"]["metadata"] for c in chunks if c["choices"]]
     assert metadata and all(m["monitoring"] is False and m["divergence"] is None for m in metadata)
     headers = {"Authorization": f"Bearer {KEY}"}

@@ -41,10 +41,19 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 def write_small_sources(folder: Path) -> Path:
     """Six tiny layer files and two KIF files exercising every repair the builder does."""
+
     def record(term: str, layer: int, children: tuple[str, ...] = (), definition: str = "", depth: int = 5) -> dict:
-        return {"sumo_term": term, "layer": layer, "sumo_depth": depth, "category_children": list(children),
-                "synsets": [], "lemmas": [term.lower()], "pos": None, "canonical_synset": None,
-                "definition": definition or f"SUMO category: {term}"}
+        return {
+            "sumo_term": term,
+            "layer": layer,
+            "sumo_depth": depth,
+            "category_children": list(children),
+            "synsets": [],
+            "lemmas": [term.lower()],
+            "pos": None,
+            "canonical_synset": None,
+            "definition": definition or f"SUMO category: {term}",
+        }
 
     layers = {
         0: [record("Entity", 0, ("Physical",), "the top", depth=0), record("Physical", 0, ("Process",), "things")],
@@ -58,9 +67,9 @@ def write_small_sources(folder: Path) -> Path:
     for n, records in layers.items():
         (folder / f"layer{n}.json").write_text(json.dumps({"metadata": {"layer": n}, "concepts": records}))
     (folder / "Merge.kif").write_text(
-        ';; comment (subclass Nope Entity)\n(subclass Motion Process)\n'
+        ";; comment (subclass Nope Entity)\n(subclass Motion Process)\n"
         '(documentation Motion EnglishLanguage "Any &%Process of\n movement.")\n'
-        '(=> (instance ?X Walking) (attribute ?X Slow))\n'
+        "(=> (instance ?X Walking) (attribute ?X Slow))\n"
     )
     (folder / "Domain.kif").write_text("(subclass Walking Locomotion)\n(subclass Locomotion Motion)\n")
     return folder
@@ -177,9 +186,16 @@ def test_safety_meld_merges_with_parents_in_base(pack: ConceptPack, merged: Conc
 
 def test_meld_with_existing_id_enriches_concept(tmp_path: Path, pack: ConceptPack) -> None:
     meld = tmp_path / "extra.json"
-    meld.write_text(json.dumps({"id": "extra", "concepts": [
-        {"id": "Anger", "parents": ["StateOfMind"], "positive_examples": ["I am furious."]},
-    ]}))
+    meld.write_text(
+        json.dumps(
+            {
+                "id": "extra",
+                "concepts": [
+                    {"id": "Anger", "parents": ["StateOfMind"], "positive_examples": ["I am furious."]},
+                ],
+            }
+        )
+    )
     anger = pack.merge(load_meld(meld))["Anger"]
     assert anger.parents == ("EmotionalState", "StateOfMind") and anger.layer == pack["Anger"].layer
     assert anger.definition == pack["Anger"].definition and anger.positive_examples == ("I am furious.",)

@@ -20,7 +20,9 @@ def test_splits_are_disjoint_by_fact_and_wording() -> None:
     assert not sets["train"] & sets["heldout"] and not sets["val"] & sets["heldout"] and not sets["train"] & sets["val"]
     assert sum(map(len, sets.values())) == len(facts)
     items = d.build_items(facts, splits)
-    assert {it.fact for it in items if it.group in ("train", "val")}.isdisjoint({it.fact for it in items if it.group.startswith(("heldout", "honest"))})
+    assert {it.fact for it in items if it.group in ("train", "val")}.isdisjoint(
+        {it.fact for it in items if it.group.startswith(("heldout", "honest"))}
+    )
     assert all(it.wording >= d.N_TRAIN_WORDINGS for it in items if it.group == "heldout_unseen")
     assert all(it.wording < d.N_TRAIN_WORDINGS for it in items if it.group != "heldout_unseen" and it.wording >= 0)
     assert sum(d.keyword_free(w) for w in range(d.N_TRAIN_WORDINGS, len(d.WORDINGS))) >= 4
@@ -53,10 +55,36 @@ def test_probe_separates_instructions_on_training_data(engine, tmp_path) -> None
 def _tiny_pack(folder, hidden: int = 8, layer: int = 3):
     concepts = ["Music", "Deception", "Fear"]
     gen = torch.Generator().manual_seed(0)
-    weights = {side: (torch.randn(3, hidden, generator=gen), torch.randn(3, generator=gen), torch.tensor([0.4, 0.5, 0.6])) for side in ("activation", "text")}
-    per = {c: {"layer": 1, "f1": 0.8, "auroc": 0.9, "precision": 0.8, "recall": 0.8, "threshold": 0.5, "n_pos": 4, "n_neg": 4} for c in concepts}
-    metrics = {"per_concept": per, "per_layer": {"1": {"mean_f1": 0.8, "mean_auroc": 0.9, "n": 3}}, "text": {"per_concept": per, "per_layer": {}}}
-    manifest = {"model": "m", "hidden_size": hidden, "tap_layer": layer, "pooling": "last", "concept_pack": {"id": "p", "checksum": "x"}, "concepts": concepts}
+    weights = {
+        side: (torch.randn(3, hidden, generator=gen), torch.randn(3, generator=gen), torch.tensor([0.4, 0.5, 0.6]))
+        for side in ("activation", "text")
+    }
+    per = {
+        c: {
+            "layer": 1,
+            "f1": 0.8,
+            "auroc": 0.9,
+            "precision": 0.8,
+            "recall": 0.8,
+            "threshold": 0.5,
+            "n_pos": 4,
+            "n_neg": 4,
+        }
+        for c in concepts
+    }
+    metrics = {
+        "per_concept": per,
+        "per_layer": {"1": {"mean_f1": 0.8, "mean_auroc": 0.9, "n": 3}},
+        "text": {"per_concept": per, "per_layer": {}},
+    }
+    manifest = {
+        "model": "m",
+        "hidden_size": hidden,
+        "tap_layer": layer,
+        "pooling": "last",
+        "concept_pack": {"id": "p", "checksum": "x"},
+        "concepts": concepts,
+    }
     return save_pack(folder, manifest, weights, metrics)
 
 
@@ -69,13 +97,21 @@ def test_inject_changes_only_the_deception_row(tmp_path) -> None:
     after = ProbePack.load(folder)  # checksums updated: still loads
     assert row == 1
     w0, w1 = before.tensors["activation"]["weight"], after.tensors["activation"]["weight"]
-    assert torch.equal(w1[1], torch.full((8,), 0.25, dtype=w1.dtype)) and float(after.tensors["activation"]["bias"][1]) == -1.0
-    assert torch.equal(w0[[0, 2]], w1[[0, 2]]) and torch.equal(before.tensors["activation"]["bias"][[0, 2]], after.tensors["activation"]["bias"][[0, 2]])
+    assert (
+        torch.equal(w1[1], torch.full((8,), 0.25, dtype=w1.dtype))
+        and float(after.tensors["activation"]["bias"][1]) == -1.0
+    )
+    assert torch.equal(w0[[0, 2]], w1[[0, 2]]) and torch.equal(
+        before.tensors["activation"]["bias"][[0, 2]], after.tensors["activation"]["bias"][[0, 2]]
+    )
     assert torch.equal(before.tensors["text"]["weight"], after.tensors["text"]["weight"])
     assert after.manifest["thresholds"]["activation"] == [0.4, 0.7, 0.6]
     assert after.manifest["thresholds"]["text"] == before.manifest["thresholds"]["text"]
     assert after.manifest["deception_probe"] == {"source": "test"}
-    assert after.metrics["per_concept"]["Deception"]["auroc"] == 0.95 and after.metrics["per_concept"]["Deception"]["layer"] == 1
+    assert (
+        after.metrics["per_concept"]["Deception"]["auroc"] == 0.95
+        and after.metrics["per_concept"]["Deception"]["layer"] == 1
+    )
     assert after.metrics["per_concept"]["Music"] == before.metrics["per_concept"]["Music"]
     assert after.metrics["text"] == before.metrics["text"]
 

@@ -20,8 +20,11 @@ def variables_read_by_config() -> set[str]:
     tree = ast.parse((ROOT / "hatcat" / "config.py").read_text())
     from_env = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "from_env")
     return {
-        n.value for n in ast.walk(from_env)
-        if isinstance(n, ast.Constant) and isinstance(n.value, str) and re.fullmatch(r"[A-Z][A-Z0-9_]*_[A-Z0-9_]+|PORT", n.value)
+        n.value
+        for n in ast.walk(from_env)
+        if isinstance(n, ast.Constant)
+        and isinstance(n.value, str)
+        and re.fullmatch(r"[A-Z][A-Z0-9_]*_[A-Z0-9_]+|PORT", n.value)
     }
 
 
@@ -37,10 +40,20 @@ def test_config_reads_what_the_parser_finds() -> None:
     """The AST scan is not vacuous: each variable it finds changes Settings when set."""
     found = variables_read_by_config()
     assert {"HATCAT_MODEL_NAME", "HATCAT_PORT", "GRADIO_SERVER_PORT", "PORT", "HF_HUB_OFFLINE"} <= found
-    samples = {"HATCAT_PORT": "9001", "GRADIO_SERVER_PORT": "9001", "PORT": "9001", "HATCAT_HOST": "0.0.0.0",
-               "GRADIO_SERVER_NAME": "0.0.0.0", "HATCAT_BASE_LAYERS": "0,1", "HATCAT_KEEP_TOP_K": "7",
-               "HATCAT_DEVICE": "cpu", "HATCAT_DTYPE": "float32", "HATCAT_CORS_ORIGINS": "*", "HATCAT_MAX_TOKENS": "9",
-               "HF_HUB_OFFLINE": "1"}
+    samples = {
+        "HATCAT_PORT": "9001",
+        "GRADIO_SERVER_PORT": "9001",
+        "PORT": "9001",
+        "HATCAT_HOST": "0.0.0.0",
+        "GRADIO_SERVER_NAME": "0.0.0.0",
+        "HATCAT_BASE_LAYERS": "0,1",
+        "HATCAT_KEEP_TOP_K": "7",
+        "HATCAT_DEVICE": "cpu",
+        "HATCAT_DTYPE": "float32",
+        "HATCAT_CORS_ORIGINS": "*",
+        "HATCAT_MAX_TOKENS": "9",
+        "HF_HUB_OFFLINE": "1",
+    }
     for name in sorted(found):
         try:
             changed = Settings.from_env({name: samples.get(name, "/tmp/x")}) != Settings.from_env({})
@@ -63,7 +76,9 @@ def test_dockerfile_and_compose_set_only_real_hatcat_variables() -> None:
     set_in_image = set(re.findall(r"\b(HATCAT_[A-Z_]+)=", dockerfile))
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     set_in_compose = {
-        name for service in compose["services"].values() for name in (service.get("environment") or {})
+        name
+        for service in compose["services"].values()
+        for name in (service.get("environment") or {})
         if name.startswith("HATCAT_")
     }
     assert set_in_image and set_in_compose

@@ -25,7 +25,9 @@ LAYER = 9
 GREEDY = GenerationSettings(max_tokens=16, temperature=0)
 
 
-def run(engine: Engine, settings: GenerationSettings, prompt: str = PROMPT, **kwargs) -> tuple[str, list[TokenStep], Finished]:
+def run(
+    engine: Engine, settings: GenerationSettings, prompt: str = PROMPT, **kwargs
+) -> tuple[str, list[TokenStep], Finished]:
     return collect(generate(engine.model, engine.tokenizer, prompt, settings, tap_layer=LAYER, **kwargs))
 
 
@@ -159,7 +161,10 @@ def test_edit_function_steers_the_generated_text(engine: Engine, greedy) -> None
     text, steps, _ = run(engine, GREEDY, edit=push)
     assert text != greedy[0]
     # the reported state is the edited one
-    assert torch.dot(steps[0].hidden.float(), direction.float()) > torch.dot(greedy[1][0].hidden.float(), direction.float()) + 100
+    assert (
+        torch.dot(steps[0].hidden.float(), direction.float())
+        > torch.dot(greedy[1][0].hidden.float(), direction.float()) + 100
+    )
 
 
 def test_base_model_prompt_is_the_last_user_message(engine: Engine) -> None:
@@ -168,7 +173,10 @@ def test_base_model_prompt_is_the_last_user_message(engine: Engine) -> None:
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "first question"},
         {"role": "assistant", "content": "an answer"},
-        {"role": "user", "content": [{"type": "text", "text": "The capital"}, {"type": "text", "text": " of Italy is"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "The capital"}, {"type": "text", "text": " of Italy is"}],
+        },
     ]
     assert build_prompt(engine.tokenizer, messages) == "The capital of Italy is"
     with pytest.raises(ValueError, match="user message"):
@@ -183,7 +191,9 @@ def test_chat_template_is_used_when_the_tokenizer_has_one(settings) -> None:
     prompt = build_prompt(smol.tokenizer, messages)
     assert prompt.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nWhat is the capital of France?" in prompt
     assert encode_prompt(smol.tokenizer, prompt)[0] == smol.tokenizer.convert_tokens_to_ids("<|im_start|>")
-    text, steps, finished = collect(generate(smol.model, smol.tokenizer, prompt, GenerationSettings(max_tokens=12, temperature=0), 15))
+    text, steps, finished = collect(
+        generate(smol.model, smol.tokenizer, prompt, GenerationSettings(max_tokens=12, temperature=0), 15)
+    )
     assert "Paris" in text
     assert steps[0].hidden.shape == (smol.hidden_size,)
     assert "<|im_end|>" not in text and finished.completion_tokens >= len(steps)

@@ -47,10 +47,23 @@ def test_layer_accessor_reaches_gemma3_multimodal_language_model() -> None:
     # The 4B production class cannot be downloaded here; a tiny randomly initialised instance of
     # the same class has the same module tree, which is all the accessor depends on.
     config = Gemma3Config(
-        text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=2,
-                         num_key_value_heads=1, head_dim=32, vocab_size=512),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=28, patch_size=14),
+        text_config=dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=32,
+            vocab_size=512,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+        ),
         mm_tokens_per_image=4,
     )
     model = Gemma3ForConditionalGeneration(config)

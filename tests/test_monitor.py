@@ -41,10 +41,14 @@ def test_music_scene_makes_the_music_probe_fire_by_the_end(probed_engine: Engine
 def test_child_is_reported_only_when_its_parent_fires(probed_engine: Engine, monitor) -> None:
     # Anger (layer 4) hangs under EmotionalState (layer 3); neither is a base layer.
     monitor.set_thresholds({"EmotionalState": 1.01, "Anger": 0.0})  # parent can never fire
-    reported = {c.concept for r in analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT) for c in r.concepts}
+    reported = {
+        c.concept for r in analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT) for c in r.concepts
+    }
     assert "Anger" not in reported
     monitor.set_thresholds({"EmotionalState": 0.0, "Anger": 1.01})  # parent always fires, child never
-    reported = {c.concept for r in analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT) for c in r.concepts}
+    reported = {
+        c.concept for r in analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT) for c in r.concepts
+    }
     assert "Anger" in reported and "EmotionalState" in reported
 
 
@@ -67,8 +71,14 @@ def test_keep_top_k_caps_the_report(probed_engine: Engine, monitor) -> None:
 
 def test_monitored_generation_streams_records_then_a_summary(probed_engine: Engine, monitor) -> None:
     events = list(
-        monitored_generation(probed_engine.model, probed_engine.tokenizer, monitor, probed_engine.vectors,
-                             "My favourite kind of music is", GenerationSettings(max_tokens=8, temperature=0))
+        monitored_generation(
+            probed_engine.model,
+            probed_engine.tokenizer,
+            monitor,
+            probed_engine.vectors,
+            "My favourite kind of music is",
+            GenerationSettings(max_tokens=8, temperature=0),
+        )
     )
     tokens = [e for e in events if isinstance(e, MonitoredToken)]
     finish = events[-1]

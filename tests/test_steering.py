@@ -15,7 +15,15 @@ PROMPT = "Yesterday afternoon I went outside and"
 
 def steered_text(engine: Engine, steerings: list[Steering]) -> str:
     with steered(engine.model, engine.vectors, steerings):
-        text, _, _ = collect(generate(engine.model, engine.tokenizer, PROMPT, GenerationSettings(max_tokens=24, temperature=0), engine.bank.tap_layer))
+        text, _, _ = collect(
+            generate(
+                engine.model,
+                engine.tokenizer,
+                PROMPT,
+                GenerationSettings(max_tokens=24, temperature=0),
+                engine.bank.tap_layer,
+            )
+        )
     return text
 
 
@@ -23,7 +31,9 @@ def mean_activation(engine: Engine, text: str, concept: str) -> float:
     """The concept's probability read from the text afterwards, with no steering attached."""
     index = engine.bank.index[concept]
     ids = engine.tokenizer(PROMPT + text, return_tensors="pt").input_ids
-    hidden = hidden_at(engine.model, {"input_ids": ids}, [engine.bank.tap_layer])[engine.bank.tap_layer][0, -len(engine.tokenizer(text).input_ids):]
+    hidden = hidden_at(engine.model, {"input_ids": ids}, [engine.bank.tap_layer])[engine.bank.tap_layer][
+        0, -len(engine.tokenizer(text).input_ids) :
+    ]
     return float(engine.bank.score(hidden)[:, index].mean())
 
 

@@ -43,7 +43,10 @@ def test_training_writes_a_pack_with_metrics_for_both_sides(trained: tuple[Path,
     metrics = json.loads((folder / "metrics.json").read_text())
     for side in (metrics, metrics["text"]):
         assert set(side["per_concept"]) == set(CONCEPTS)
-        assert all({"precision", "recall", "f1", "auroc", "threshold", "n_pos", "n_neg"} <= set(m) for m in side["per_concept"].values())
+        assert all(
+            {"precision", "recall", "f1", "auroc", "threshold", "n_pos", "n_neg"} <= set(m)
+            for m in side["per_concept"].values()
+        )
     assert report["training"]["prompts"] > 1000  # negatives' prompts included
     assert metrics["per_concept"]["Music"]["auroc"] > 0.8
 
@@ -51,7 +54,10 @@ def test_training_writes_a_pack_with_metrics_for_both_sides(trained: tuple[Path,
 def test_trained_probe_separates_a_positive_from_a_clear_negative(engine: Engine, trained: tuple[Path, dict]) -> None:
     pack = ProbePack.load(trained[0], model_id=engine.loaded.name, hidden_size=engine.loaded.hidden_size)
     bank = ProbeBank(pack)
-    texts = ["The orchestra played a beautiful symphony and the audience sang along.", "The tax form lists the deductions for the year."]
+    texts = [
+        "The orchestra played a beautiful symphony and the audience sang along.",
+        "The tax form lists the deductions for the year.",
+    ]
     engine.tokenizer.padding_side = "left"
     inputs = engine.tokenizer(texts, return_tensors="pt", padding=True)
     hidden = hidden_at(engine.model, dict(inputs), [bank.tap_layer])[bank.tap_layer][:, -1]
@@ -85,9 +91,13 @@ def test_pack_for_another_concept_pack_is_refused(trained: tuple[Path, dict]) ->
 
 
 def test_cli_documents_every_option_and_refuses_unknown_concepts() -> None:
-    help_text = subprocess.run([sys.executable, "-m", "hatcat.train", "--help"], cwd=ROOT, capture_output=True, text=True).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "hatcat.train", "--help"], cwd=ROOT, capture_output=True, text=True
+    ).stdout
     for option in ("--layers", "--train-text-probes", "--concepts", "--concept-pack", "--model", "--limit", "--out"):
         assert option in help_text
-    bad = subprocess.run([sys.executable, "-m", "hatcat.train", "--concepts", "NoSuchConcept"], cwd=ROOT, capture_output=True, text=True)
+    bad = subprocess.run(
+        [sys.executable, "-m", "hatcat.train", "--concepts", "NoSuchConcept"], cwd=ROOT, capture_output=True, text=True
+    )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["hatcat.train: unknown concept(s): NoSuchConcept"]

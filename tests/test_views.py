@@ -21,7 +21,12 @@ def _trace(engine: Engine) -> list[dict]:
     from hatcat.pipeline import analyze_text
 
     with engine.exclusive():
-        return [r.to_dict() for r in analyze_text(engine.model, engine.tokenizer, engine.monitor, "She was <afraid> of the loud music & the car.")]
+        return [
+            r.to_dict()
+            for r in analyze_text(
+                engine.model, engine.tokenizer, engine.monitor, "She was <afraid> of the loud music & the car."
+            )
+        ]
 
 
 def test_heatmap_escapes_tokens_colours_each_and_outlines_hits(probed_engine: Engine) -> None:
@@ -52,13 +57,28 @@ def test_held_out_scores_separate_the_classes(probed_engine: Engine) -> None:
     assert at_threshold(scores, labels, 0.0)["recall"] == 1.0
 
 
-def test_custom_concept_trains_and_hot_loads_with_its_merged_concept_pack(probed_engine: Engine, small_probe_pack: Path, tmp_path: Path) -> None:
+def test_custom_concept_trains_and_hot_loads_with_its_merged_concept_pack(
+    probed_engine: Engine, small_probe_pack: Path, tmp_path: Path
+) -> None:
     base = probed_engine.concepts
-    pack = custom_pack(probed_engine, base, "CheerfulGreeting", ["EmotionalState"], "A warm, happy hello.",
-                       "Hello, so lovely to see you!\nGood morning, friend, what a joy!\nHi there, great to have you here!", "The invoice is overdue.")
+    pack = custom_pack(
+        probed_engine,
+        base,
+        "CheerfulGreeting",
+        ["EmotionalState"],
+        "A warm, happy hello.",
+        "Hello, so lovely to see you!\nGood morning, friend, what a joy!\nHi there, great to have you here!",
+        "The invoice is overdue.",
+    )
     try:
         with probed_engine.exclusive():
-            folder, _ = train(probed_engine.loaded, pack, TrainSettings(concepts=("CheerfulGreeting", "Music")), probed_engine.settings.cache_dir, tmp_path / "p")
+            folder, _ = train(
+                probed_engine.loaded,
+                pack,
+                TrainSettings(concepts=("CheerfulGreeting", "Music")),
+                probed_engine.settings.cache_dir,
+                tmp_path / "p",
+            )
         probed_engine.load_probes(folder, concepts=pack)
         assert "CheerfulGreeting" in probed_engine.bank.index and "CheerfulGreeting" in probed_engine.concepts
     finally:

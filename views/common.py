@@ -6,7 +6,7 @@ traces as plain dicts (`TokenRecord.to_dict()`), which Gradio state and JSON exp
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import gradio as gr
 
@@ -39,7 +39,9 @@ def probe_concepts(engine: Engine) -> list[str]:
 
 def settings_from(max_tokens: float, temperature: float, seed: float | None) -> GenerationSettings:
     try:
-        return GenerationSettings(max_tokens=int(max_tokens), temperature=float(temperature), seed=None if seed is None else int(seed))
+        return GenerationSettings(
+            max_tokens=int(max_tokens), temperature=float(temperature), seed=None if seed is None else int(seed)
+        )
     except ValueError as err:
         raise user_error(err) from None
 
@@ -55,9 +57,15 @@ def stream_trace(
     try:
         with engine.exclusive():
             text = build_prompt(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
-            for event in monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, text, settings, list(steerings)):
+            for event in monitored_generation(
+                engine.model, engine.tokenizer, engine.monitor, engine.vectors, text, settings, list(steerings)
+            ):
                 if isinstance(event, MonitoredFinish):
-                    summary = {**event.summary.to_dict(), "line": event.summary.line(), "finish_reason": event.finished.finish_reason}
+                    summary = {
+                        **event.summary.to_dict(),
+                        "line": event.summary.line(),
+                        "finish_reason": event.finished.finish_reason,
+                    }
                     yield records, summary
                     return
                 records = records + [event.record.to_dict()]
@@ -66,7 +74,9 @@ def stream_trace(
         raise user_error(err) from None
 
 
-def run_trace(engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> tuple[list[dict], dict]:
+def run_trace(
+    engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()
+) -> tuple[list[dict], dict]:
     """A whole generation at once (the steering panel's side-by-side)."""
     records, summary = [], {}
     for records, done in stream_trace(engine, prompt, settings, steerings):

@@ -33,7 +33,9 @@ def neighbourhood(pack: ConceptPack, centres: list[str]) -> nx.DiGraph:
     return pack.graph.subgraph(nodes).copy()
 
 
-def figure(pack: ConceptPack, graph: nx.DiGraph, scores: dict[str, tuple[float, float]], selected: str | None) -> go.Figure:
+def figure(
+    pack: ConceptPack, graph: nx.DiGraph, scores: dict[str, tuple[float, float]], selected: str | None
+) -> go.Figure:
     """Nodes in rows by concept layer; size = activation, colour = divergence (red: unsaid)."""
     for node in graph:
         graph.nodes[node]["layer"] = pack[node].layer
@@ -48,15 +50,27 @@ def figure(pack: ConceptPack, graph: nx.DiGraph, scores: dict[str, tuple[float, 
     fig = go.Figure()
     fig.add_scatter(x=ex, y=ey, mode="lines", line=dict(color="#bbb", width=1), hoverinfo="skip", showlegend=False)
     fig.add_scatter(
-        x=[pos[n][0] for n in nodes], y=[-pos[n][1] for n in nodes], mode="markers+text", text=nodes,
+        x=[pos[n][0] for n in nodes],
+        y=[-pos[n][1] for n in nodes],
+        mode="markers+text",
+        text=nodes,
         textposition=["top center" if i % 2 else "bottom center" for i in range(len(nodes))],
-        marker=dict(size=[10 + 40 * a for a in act], color=div, colorscale="RdBu_r", cmin=-1, cmax=1, colorbar=dict(title="divergence"),
-                    line=dict(width=[4 if n == selected else 1 for n in nodes], color="#222")),
+        marker=dict(
+            size=[10 + 40 * a for a in act],
+            color=div,
+            colorscale="RdBu_r",
+            cmin=-1,
+            cmax=1,
+            colorbar=dict(title="divergence"),
+            line=dict(width=[4 if n == selected else 1 for n in nodes], color="#222"),
+        ),
         customdata=[[pack[n].layer, a, d] for n, a, d in zip(nodes, act, div)],
         hovertemplate="%{text}<br>layer %{customdata[0]}<br>activation %{customdata[1]:.2f}<br>divergence %{customdata[2]:+.2f}<extra></extra>",
         showlegend=False,
     )
-    fig.update_layout(height=520, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(visible=False), yaxis=dict(visible=False))
+    fig.update_layout(
+        height=520, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(visible=False), yaxis=dict(visible=False)
+    )
     return fig
 
 
@@ -65,14 +79,24 @@ def details(engine: Engine, concept: str | None) -> str:
     if not concept or concept not in engine.concepts:
         return "Pick a concept."
     c = engine.concepts[concept]
-    lines = [f"### {c.id}", c.definition or "*(no definition)*", f"**layer** {c.layer} · **source** {c.source}",
-             f"**parents** {', '.join(c.parents) or '—'}", f"**children** {', '.join(c.children[:20]) or '—'}{' …' if len(c.children) > 20 else ''}"]
+    lines = [
+        f"### {c.id}",
+        c.definition or "*(no definition)*",
+        f"**layer** {c.layer} · **source** {c.source}",
+        f"**parents** {', '.join(c.parents) or '—'}",
+        f"**children** {', '.join(c.children[:20]) or '—'}{' …' if len(c.children) > 20 else ''}",
+    ]
     metrics = engine.probes.metrics if engine.probes else {}
-    for side, table in (("activation probe", metrics.get("per_concept", {})), ("text-side detector", metrics.get("text", {}).get("per_concept", {}))):
+    for side, table in (
+        ("activation probe", metrics.get("per_concept", {})),
+        ("text-side detector", metrics.get("text", {}).get("per_concept", {})),
+    ):
         m = table.get(concept)
         if m:
-            lines.append(f"**{side}** (held out): F1 {m['f1']}, precision {m['precision']}, recall {m['recall']}, AUROC {m['auroc']}, "
-                         f"threshold {m['threshold']}, {m['n_pos']} pos / {m['n_neg']} neg")
+            lines.append(
+                f"**{side}** (held out): F1 {m['f1']}, precision {m['precision']}, recall {m['recall']}, AUROC {m['auroc']}, "
+                f"threshold {m['threshold']}, {m['n_pos']} pos / {m['n_neg']} neg"
+            )
     if not metrics.get("per_concept", {}).get(concept):
         lines.append("*No probe for this concept in the loaded pack.*")
     return "\n\n".join(lines)
@@ -96,7 +120,11 @@ def build(engine: Engine, trace: gr.State) -> tuple:
             return None, gr.Dropdown(), "Nothing fired yet: run a prompt in *Monitor*, or search a concept."
         graph = neighbourhood(engine.concepts, centres)
         concept = concept or centres[0]  # the strongest concept of the trace
-        return figure(engine.concepts, graph, scores, concept), gr.Dropdown(choices=sorted(graph), value=concept), details(engine, concept)
+        return (
+            figure(engine.concepts, graph, scores, concept),
+            gr.Dropdown(choices=sorted(graph), value=concept),
+            details(engine, concept),
+        )
 
     def search(text: str, records: list[dict]):
         hits = [c.id for c in engine.concepts.search(text or "")][:50]

@@ -22,7 +22,9 @@ def rows(engine: Engine, session: str) -> list[list]:
 
 
 def build(engine: Engine) -> tuple:
-    gr.Markdown("Strength is in units of the block's typical hidden-state norm: useful values lie around 0.05–0.5; negative steers away.")
+    gr.Markdown(
+        "Strength is in units of the block's typical hidden-state norm: useful values lie around 0.05–0.5; negative steers away."
+    )
     with gr.Row():
         concept = gr.Dropdown([], label="concept", scale=3)
         strength = gr.Slider(-1, 1, value=0.15, step=0.05, label="strength", scale=3)
@@ -52,7 +54,9 @@ def build(engine: Engine) -> tuple:
         if c not in engine.bank.index:
             raise gr.Error("Pick a concept of the loaded probe pack.", print_exception=False)
         try:
-            engine.steering.add(session_of(request), Steering(c, float(s), None if block in (None, TAP) else int(block)))
+            engine.steering.add(
+                session_of(request), Steering(c, float(s), None if block in (None, TAP) else int(block))
+            )
         except ValueError as err:
             raise user_error(err) from None
         return rows(engine, session_of(request))
@@ -75,12 +79,19 @@ def build(engine: Engine) -> tuple:
         settings = settings_from(n, 0.7, 0 if seed_value is None else seed_value)  # sampled, same seed on both sides
         base, base_sum = run_trace(engine, text, settings)
         pushed, pushed_sum = run_trace(engine, text, settings, steerings)
-        return (tr.heatmap_html(base), tr.analysis_markdown(base_sum, base), tr.heatmap_html(pushed), tr.analysis_markdown(pushed_sum, pushed))
+        return (
+            tr.heatmap_html(base),
+            tr.analysis_markdown(base_sum, base),
+            tr.heatmap_html(pushed),
+            tr.analysis_markdown(pushed_sum, pushed),
+        )
 
     add.click(change, [concept, strength, layer], table, api_name=False)
     remove.click(drop, concept, table, api_name=False)
     clear.click(clear_all, None, table, api_name=False)
-    compare.click(side_by_side, [prompt, max_tokens, seed], [plain, plain_md, steered, steered_md], api_name="steer_compare")
+    compare.click(
+        side_by_side, [prompt, max_tokens, seed], [plain, plain_md, steered, steered_md], api_name="steer_compare"
+    )
 
     def refresh(request: gr.Request):
         choices = probe_concepts(engine)

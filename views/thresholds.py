@@ -38,14 +38,30 @@ def curves_figure(concept: str, scores: list[float], labels: list[int], threshol
     tp, fp = np.cumsum(y[order] == 1), np.cumsum(y[order] == 0)
     tpr, fpr, precision = tp / max(1, tp[-1]), fp / max(1, fp[-1]), tp / np.arange(1, len(s) + 1)
     point = at_threshold(scores, labels, threshold)
-    fig = make_subplots(1, 3, subplot_titles=("scores (val prompts)", f"ROC (AUROC {auroc(s, y):.3f})", "precision / recall"))
-    fig.add_histogram(x=s[y == 1], name="positives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05))
-    fig.add_histogram(x=s[y == 0], name="negatives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05))
+    fig = make_subplots(
+        1, 3, subplot_titles=("scores (val prompts)", f"ROC (AUROC {auroc(s, y):.3f})", "precision / recall")
+    )
+    fig.add_histogram(
+        x=s[y == 1], name="positives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05)
+    )
+    fig.add_histogram(
+        x=s[y == 0], name="negatives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05)
+    )
     fig.add_vline(x=threshold, line_dash="dot", row=1, col=1)
     fig.add_scatter(x=[0, *fpr], y=[0, *tpr], mode="lines", name="ROC", row=1, col=2)
-    fig.add_scatter(x=[point["fpr"]], y=[point["recall"]], mode="markers", marker=dict(size=12), name="threshold", row=1, col=2)
+    fig.add_scatter(
+        x=[point["fpr"]], y=[point["recall"]], mode="markers", marker=dict(size=12), name="threshold", row=1, col=2
+    )
     fig.add_scatter(x=tp / max(1, tp[-1]), y=precision, mode="lines", name="PR", row=1, col=3)
-    fig.add_scatter(x=[point["recall"]], y=[point["precision"]], mode="markers", marker=dict(size=12), name="threshold ", row=1, col=3)
+    fig.add_scatter(
+        x=[point["recall"]],
+        y=[point["precision"]],
+        mode="markers",
+        marker=dict(size=12),
+        name="threshold ",
+        row=1,
+        col=3,
+    )
     fig.update_layout(barmode="overlay", height=340, margin=dict(l=30, r=10, t=40, b=30), title=concept)
     return fig
 
@@ -89,7 +105,8 @@ def load_profile(engine: Engine, name: str) -> str:
     engine.monitor.set_thresholds(known)
     skipped = sorted(set(wanted) - set(known))
     return f"Loaded profile **{name}**: {len(known)} thresholds applied to the monitor (the API uses them too)." + (
-        f" Skipped (not in this pack): {', '.join(skipped)}." if skipped else "")
+        f" Skipped (not in this pack): {', '.join(skipped)}." if skipped else ""
+    )
 
 
 def build(engine: Engine, trace: gr.State) -> tuple:
@@ -115,8 +132,10 @@ def build(engine: Engine, trace: gr.State) -> tuple:
             return "", None, tr.heatmap_html(records or [], c or tr.BY_DIVERGENCE, t)
         s, y = cache[c]
         m = at_threshold(s, y, t)
-        md = (f"At **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
-              f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}")
+        md = (
+            f"At **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
+            f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}"
+        )
         return md, curves_figure(c, s, y, t), tr.heatmap_html(records or [], c, t)
 
     def compute(c: str, which: str, cache: dict, records: list[dict], progress=gr.Progress()):
@@ -142,12 +161,19 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     load.click(compute, [concept, split, scores, trace], [scores, threshold, stats, curves, highlights], api_name=False)
     threshold.change(show, [concept, threshold, scores, trace], [stats, curves, highlights], api_name=False)
     apply.click(apply_now, [concept, threshold], status, api_name=False)
-    save.click(lambda n: (save_profile(engine, n), gr.Dropdown(choices=saved_profiles(engine))), name, [status, profiles], api_name=False)
+    save.click(
+        lambda n: (save_profile(engine, n), gr.Dropdown(choices=saved_profiles(engine))),
+        name,
+        [status, profiles],
+        api_name=False,
+    )
     load_p.click(lambda n: load_profile(engine, n), profiles, status, api_name=False)
 
     def refresh(records: list[dict]):
         fired = [c["concept"] for r in records or [] for c in r["concepts"]]
         choices = list(dict.fromkeys(fired + probe_concepts(engine)))  # what fired in the trace first
-        return gr.Dropdown(choices=choices, value=choices[0] if choices else None), gr.Dropdown(choices=saved_profiles(engine))
+        return gr.Dropdown(choices=choices, value=choices[0] if choices else None), gr.Dropdown(
+            choices=saved_profiles(engine)
+        )
 
     return refresh, [concept, profiles], [trace]

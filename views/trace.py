@@ -38,8 +38,13 @@ def activation_colour(value: float) -> str:
 
 
 def hover_text(record: dict) -> str:
-    rows = [f"{c['concept']}: act {c['activation']:.2f}, text {c['text_similarity']:.2f}, div {c['divergence']:+.2f}" for c in record["concepts"][:TOP_SHOWN]]
-    return f"#{record['index']} {record['token']!r} max divergence {record['max_divergence']:+.2f}\n" + ("\n".join(rows) or "no concept reported")
+    rows = [
+        f"{c['concept']}: act {c['activation']:.2f}, text {c['text_similarity']:.2f}, div {c['divergence']:+.2f}"
+        for c in record["concepts"][:TOP_SHOWN]
+    ]
+    return f"#{record['index']} {record['token']!r} max divergence {record['max_divergence']:+.2f}\n" + (
+        "\n".join(rows) or "no concept reported"
+    )
 
 
 def heatmap_html(records: list[dict], colour_by: str = BY_DIVERGENCE, threshold: float | None = None) -> str:
@@ -64,7 +69,10 @@ def heatmap_html(records: list[dict], colour_by: str = BY_DIVERGENCE, threshold:
         if colour_by == BY_DIVERGENCE
         else f"colour: activation of {html.escape(colour_by)} (outlined: at or above its threshold)"
     )
-    return STYLE + f'<div class="hc-trace">{"".join(spans)}</div><div class="hc-legend">{legend}; hover a token for its top concepts</div>'
+    return (
+        STYLE
+        + f'<div class="hc-trace">{"".join(spans)}</div><div class="hc-legend">{legend}; hover a token for its top concepts</div>'
+    )
 
 
 def divergence_figure(records: list[dict], concept: str | None = None, threshold: float | None = None) -> go.Figure:
@@ -72,12 +80,26 @@ def divergence_figure(records: list[dict], concept: str | None = None, threshold
     fig = go.Figure()
     x = [r["index"] for r in records]
     labels = [r["token"] for r in records]
-    fig.add_scatter(x=x, y=[r["max_divergence"] for r in records], mode="lines+markers", name="max divergence", text=labels)
+    fig.add_scatter(
+        x=x, y=[r["max_divergence"] for r in records], mode="lines+markers", name="max divergence", text=labels
+    )
     if concept and concept != BY_DIVERGENCE:
-        fig.add_scatter(x=x, y=[activation_of(r, concept) for r in records], mode="lines+markers", name=f"{concept} activation", text=labels)
+        fig.add_scatter(
+            x=x,
+            y=[activation_of(r, concept) for r in records],
+            mode="lines+markers",
+            name=f"{concept} activation",
+            text=labels,
+        )
         if threshold is not None:
             fig.add_hline(y=threshold, line_dash="dot", annotation_text="threshold")
-    fig.update_layout(height=280, margin=dict(l=40, r=10, t=30, b=30), xaxis_title="token", yaxis_title="score", legend=dict(orientation="h", y=1.15))
+    fig.update_layout(
+        height=280,
+        margin=dict(l=40, r=10, t=30, b=30),
+        xaxis_title="token",
+        yaxis_title="score",
+        legend=dict(orientation="h", y=1.15),
+    )
     return fig
 
 
@@ -86,7 +108,9 @@ def token_rows(records: list[dict], index: float | None) -> list[list]:
     if not records or index is None:
         return []
     record = records[max(0, min(int(index), len(records) - 1))]
-    return [[c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]] for c in record["concepts"]]
+    return [
+        [c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]] for c in record["concepts"]
+    ]
 
 
 TOKEN_HEADERS = ["concept", "layer", "activation", "text-side", "divergence"]
@@ -95,7 +119,10 @@ TOKEN_HEADERS = ["concept", "layer", "activation", "text-side", "divergence"]
 def analysis_markdown(summary: dict | None, records: list[dict]) -> str:
     if summary is None:
         return f"Generating… {len(records)} tokens so far."
-    rows = "\n".join(f"| {c['concept']} | {c['tokens']} | {c['mean_divergence']:+.3f} | {c['score']:.3f} |" for c in summary["top_concepts"])
+    rows = "\n".join(
+        f"| {c['concept']} | {c['tokens']} | {c['mean_divergence']:+.3f} | {c['score']:.3f} |"
+        for c in summary["top_concepts"]
+    )
     table = f"\n\n| concept | tokens | mean divergence | score |\n|---|---|---|---|\n{rows}" if rows else ""
     return f"**{summary['line']}** (finish: {summary.get('finish_reason', '?')}){table}"
 
@@ -111,8 +138,23 @@ def export_files(records: list[dict], summary: dict | None) -> tuple[str, str]:
             out.write(json.dumps({"summary": summary}) + "\n")
     with table.open("w", newline="") as out:
         writer = csv.writer(out)
-        writer.writerow(["index", "token", "max_divergence", "concept", "layer", "activation", "text_similarity", "divergence"])
+        writer.writerow(
+            ["index", "token", "max_divergence", "concept", "layer", "activation", "text_similarity", "divergence"]
+        )
         for r in records:
-            for c in r["concepts"] or [{"concept": "", "layer": "", "activation": "", "text_similarity": "", "divergence": ""}]:
-                writer.writerow([r["index"], r["token"], r["max_divergence"], c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]])
+            for c in r["concepts"] or [
+                {"concept": "", "layer": "", "activation": "", "text_similarity": "", "divergence": ""}
+            ]:
+                writer.writerow(
+                    [
+                        r["index"],
+                        r["token"],
+                        r["max_divergence"],
+                        c["concept"],
+                        c["layer"],
+                        c["activation"],
+                        c["text_similarity"],
+                        c["divergence"],
+                    ]
+                )
     return str(jsonl), str(table)

@@ -23,14 +23,26 @@ def lines(text: str) -> list[str]:
     return [line.strip() for line in (text or "").splitlines() if line.strip()]
 
 
-def custom_pack(engine: Engine, base: ConceptPack, cid: str, parents: list[str], definition: str, pos: str, neg: str) -> ConceptPack:
+def custom_pack(
+    engine: Engine, base: ConceptPack, cid: str, parents: list[str], definition: str, pos: str, neg: str
+) -> ConceptPack:
     """`base` merged with a one-concept meld written under the cache dir (validated like any meld)."""
     if not ID.fullmatch(cid):
         raise gr.Error("A concept id is CamelCase letters and digits, e.g. FalseModesty.", print_exception=False)
     if len(lines(pos)) < 3:
         raise gr.Error("Give at least 3 positive examples, one per line.", print_exception=False)
-    meld = {"id": f"workbench-{cid.lower()}", "concepts": [{"id": cid, "parents": list(parents or []), "definition": (definition or "").strip(),
-                                                            "positive_examples": lines(pos), "negative_examples": lines(neg)}]}
+    meld = {
+        "id": f"workbench-{cid.lower()}",
+        "concepts": [
+            {
+                "id": cid,
+                "parents": list(parents or []),
+                "definition": (definition or "").strip(),
+                "positive_examples": lines(pos),
+                "negative_examples": lines(neg),
+            }
+        ],
+    }
     path = engine.settings.cache_dir / "melds" / f"{meld['id']}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(meld, indent=1))
@@ -44,8 +56,10 @@ def build(engine: Engine) -> tuple:
     base = engine.concepts
     known: dict[str, ConceptPack] = {base.id: base}  # concept packs a probe pack may have been trained on
     ids = list(base.ids)
-    gr.Markdown("Train activation and text-side probes on the running model. The result **replaces** the loaded probe pack "
-                "(use *load probe pack* below to go back to the default one).")
+    gr.Markdown(
+        "Train activation and text-side probes on the running model. The result **replaces** the loaded probe pack "
+        "(use *load probe pack* below to go back to the default one)."
+    )
     picked = gr.Dropdown(ids, multiselect=True, label="concepts to train", value=[])
     with gr.Accordion("custom concept", open=False):
         with gr.Row():
@@ -61,7 +75,15 @@ def build(engine: Engine) -> tuple:
         folder = gr.Textbox(label="probe pack folder", value=str(engine.default_probe_folder()), scale=4)
         load_btn = gr.Button("load probe pack", scale=1)
 
-    def run(concepts: list[str], custom: str, custom_parents: list[str], text: str, p: str, n: str, progress=gr.Progress(track_tqdm=True)):
+    def run(
+        concepts: list[str],
+        custom: str,
+        custom_parents: list[str],
+        text: str,
+        p: str,
+        n: str,
+        progress=gr.Progress(track_tqdm=True),
+    ):
         pack = base
         chosen = list(concepts or [])
         if custom and custom.strip():
@@ -74,7 +96,13 @@ def build(engine: Engine) -> tuple:
         progress(0.05, desc=f"training {len(chosen)} concept(s) at layer {tap}")
         try:
             with engine.exclusive():
-                trained, run_report = train(engine.loaded, pack, TrainSettings(concepts=tuple(chosen), tap_layer=tap), engine.settings.cache_dir, out)
+                trained, run_report = train(
+                    engine.loaded,
+                    pack,
+                    TrainSettings(concepts=tuple(chosen), tap_layer=tap),
+                    engine.settings.cache_dir,
+                    out,
+                )
             progress(0.95, desc="hot-loading")
             loaded = engine.load_probes(trained, concepts=pack)
         except (ValueError, ProbePackError) as err:
@@ -82,8 +110,10 @@ def build(engine: Engine) -> tuple:
         known[pack.id] = pack
         per = loaded.metrics["per_concept"]
         table = "\n".join(f"| {c} | {m['f1']} | {m['auroc']} | {m['threshold']} |" for c, m in per.items())
-        return (f"Trained {run_report.concepts} concept(s) on {run_report.prompts} prompts in {run_report.wall_seconds:.0f} s; "
-                f"hot-loaded `{trained}`.\n\n| concept | F1 | AUROC | threshold |\n|---|---|---|---|\n{table}"), str(trained)
+        return (
+            f"Trained {run_report.concepts} concept(s) on {run_report.prompts} prompts in {run_report.wall_seconds:.0f} s; "
+            f"hot-loaded `{trained}`.\n\n| concept | F1 | AUROC | threshold |\n|---|---|---|---|\n{table}"
+        ), str(trained)
 
     def load(path: str):
         try:

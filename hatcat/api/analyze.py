@@ -30,7 +30,12 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     require_monitor(engine, "analysis")
     unknown = [c for c in body.concepts or () if c not in engine.bank.index]
     if unknown:
-        raise APIError(404, f"unknown concept: {', '.join(unknown[:5])} (the loaded probe pack has no probe for it)", param="concepts", code="concept_not_found")
+        raise APIError(
+            404,
+            f"unknown concept: {', '.join(unknown[:5])} (the loaded probe pack has no probe for it)",
+            param="concepts",
+            code="concept_not_found",
+        )
     job = Job(engine, lambda: iter([_analyze(engine, body)]))
     try:
         while isinstance(item := await job.next_watching(request), Started):
@@ -52,7 +57,12 @@ def _analyze(engine: Engine, body: AnalyzeRequest) -> dict[str, Any]:
     context = getattr(engine.model.config.get_text_config(), "max_position_embeddings", None)
     n_tokens = len(engine.tokenizer(body.text).input_ids)
     if context is not None and n_tokens > context:
-        raise APIError(400, f"text is {n_tokens} tokens, the model's context is {context} tokens", param="text", code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"text is {n_tokens} tokens, the model's context is {context} tokens",
+            param="text",
+            code="context_length_exceeded",
+        )
     hidden, windows, tokens = text_states(engine.model, engine.tokenizer, monitor, body.text)
     if not tokens:
         raise APIError(400, "text encodes to no tokens", param="text", code="empty_text")
@@ -64,12 +74,34 @@ def _analyze(engine: Engine, body: AnalyzeRequest) -> dict[str, Any]:
             chosen = torch.tensor([bank.index[c] for c in body.concepts], device=act.device)
         else:
             chosen = div.max(0).values.topk(min(body.top_k, div.shape[1])).indices
-        stats = torch.stack([
-            act.max(0).values, act.mean(0), text.max(0).values, text.mean(0), div.max(0).values, div.mean(0),
-        ])[:, chosen].T.cpu().tolist()
-    names = ("max_activation", "mean_activation", "max_text_similarity", "mean_text_similarity", "max_divergence", "mean_divergence")
+        stats = (
+            torch.stack(
+                [
+                    act.max(0).values,
+                    act.mean(0),
+                    text.max(0).values,
+                    text.mean(0),
+                    div.max(0).values,
+                    div.mean(0),
+                ]
+            )[:, chosen]
+            .T.cpu()
+            .tolist()
+        )
+    names = (
+        "max_activation",
+        "mean_activation",
+        "max_text_similarity",
+        "mean_text_similarity",
+        "max_divergence",
+        "mean_divergence",
+    )
     concepts = [
-        {"concept": bank.concepts[i], "layer": engine.concepts[bank.concepts[i]].layer, **{n: round(v, 4) for n, v in zip(names, row)}}
+        {
+            "concept": bank.concepts[i],
+            "layer": engine.concepts[bank.concepts[i]].layer,
+            **{n: round(v, 4) for n, v in zip(names, row)},
+        }
         for i, row in zip(chosen.tolist(), stats)
     ]
     summary = summarise(records)

@@ -21,7 +21,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -45,15 +46,26 @@ DEFAULT_MAX_TOKENS = 512
 MIN_TOP_P = 1e-9  # keeps only the most likely token, as any smaller top_p does
 
 
-STREAM_RESPONSE = {200: {"description": "a chat.completion, or with `stream: true` SSE chat.completion.chunk events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}
+STREAM_RESPONSE = {
+    200: {
+        "description": "a chat.completion, or with `stream: true` SSE chat.completion.chunk events",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
 
 
-@router.post("/chat/completions", response_model=ChatCompletion, responses={**error_responses(400, 401, 404, 409), **STREAM_RESPONSE})
+@router.post(
+    "/chat/completions",
+    response_model=ChatCompletion,
+    responses={**error_responses(400, 401, 404, 409), **STREAM_RESPONSE},
+)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     engine: Engine = request.app.state.engine
     _check_model(engine, body.model)
     settings = _generation_settings(body, engine.settings.max_tokens)
-    prompt = await run_in_threadpool(_prompt, engine.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages])
+    prompt = await run_in_threadpool(
+        _prompt, engine.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages]
+    )
     steerings = engine.steering.list(body.session_id)
     job = Job(engine, lambda: _generation(engine, prompt, settings, steerings))
     run = _Run(request, body, steerings, engine)
@@ -62,7 +74,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     except ClientGone:
         return None  # nobody is listening
     if body.stream:
-        return _EventStream(run.stream(job, first), media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _EventStream(
+            run.stream(job, first),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
     try:
         return await run.collect(job, first)
     except ClientGone:
@@ -74,8 +90,13 @@ def _check_model(engine: Engine, model: str) -> None:
         return
     packs = installed_probe_packs(engine)
     if model in packs:
-        raise APIError(409, f"probe pack {model} is installed but not loaded (loaded: {engine.probes.id if engine.probes else 'none'}); "
-                       "load it in the workbench or set HATCAT_PROBE_PACK", param="model", code="model_not_loaded")
+        raise APIError(
+            409,
+            f"probe pack {model} is installed but not loaded (loaded: {engine.probes.id if engine.probes else 'none'}); "
+            "load it in the workbench or set HATCAT_PROBE_PACK",
+            param="model",
+            code="model_not_loaded",
+        )
     known = ", ".join([MONITOR_MODEL_ID, *packs])
     raise APIError(404, f"unknown model: {model} (available: {known})", param="model", code="model_not_found")
 
@@ -83,7 +104,12 @@ def _check_model(engine: Engine, model: str) -> None:
 def _generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationSettings:
     max_tokens = body.max_tokens or body.max_completion_tokens or min(DEFAULT_MAX_TOKENS, limit)
     if max_tokens > limit:
-        raise APIError(400, f"max_tokens {max_tokens} is above this server's limit of {limit} (HATCAT_MAX_TOKENS)", param="max_tokens", code="max_tokens_too_large")
+        raise APIError(
+            400,
+            f"max_tokens {max_tokens} is above this server's limit of {limit} (HATCAT_MAX_TOKENS)",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
     try:
         return GenerationSettings(
@@ -104,7 +130,9 @@ def _prompt(tokenizer, messages: list[dict]) -> str:
     try:
         prompt = build_prompt(tokenizer, messages)
     except (ValueError, TemplateError) as err:  # e.g. no user message; a template that wants alternating roles
-        raise APIError(400, f"messages cannot be turned into a prompt: {err}", param="messages", code="invalid_messages") from None
+        raise APIError(
+            400, f"messages cannot be turned into a prompt: {err}", param="messages", code="invalid_messages"
+        ) from None
     if not prompt.strip():
         raise APIError(400, "the prompt is empty: the user message has no text", param="messages", code="empty_prompt")
     return prompt
@@ -114,7 +142,9 @@ def _generation(engine: Engine, prompt: str, settings: GenerationSettings, steer
     """Runs in the job's thread, holding the model: monitored when a probe pack is loaded."""
     if engine.monitor is None:
         return generate(engine.model, engine.tokenizer, prompt, settings, tap_layer=0)
-    return monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, prompt, settings, steerings)
+    return monitored_generation(
+        engine.model, engine.tokenizer, engine.monitor, engine.vectors, prompt, settings, steerings
+    )
 
 
 def _token(item: Any) -> tuple[str, TokenRecord | None] | None:
@@ -140,7 +170,9 @@ def _analysis_line(summary: ResponseSummary) -> str:
 class _Run:
     """One request's answer being put together from its job's items."""
 
-    def __init__(self, request: Request, body: ChatCompletionRequest, steerings: list[Steering], engine: Engine) -> None:
+    def __init__(
+        self, request: Request, body: ChatCompletionRequest, steerings: list[Steering], engine: Engine
+    ) -> None:
         self.request, self.body, self.engine = request, body, engine
         self.metrics = request.app.state.metrics
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -197,7 +229,11 @@ class _Run:
                 if (token := _token(item)) is not None:
                     text, record = token
                     self._observe(record)
-                    extra = {"divergence": divergence(record), "color": record.colour, "token_index": record.index} if record else {}
+                    extra = (
+                        {"divergence": divergence(record), "color": record.colour, "token_index": record.index}
+                        if record
+                        else {}
+                    )
                     delta = {"role": "assistant", "content": text} if first else {"content": text}
                     first = False
                     yield self._chunk({**delta, "metadata": self._metadata(**extra)})
@@ -207,12 +243,33 @@ class _Run:
                     if summary is not None:
                         line = _analysis_line(summary)
                         content = ("\n\n" + line) if self.body.include_analysis else ""
-                        top = [{"concept": c.concept, "tokens": c.tokens, "mean_divergence": c.mean_divergence} for c in summary.top_concepts]
-                        overall = {"max_divergence": summary.max_divergence, "mean_divergence": summary.mean_divergence, "top_concepts": top}
-                        yield self._chunk({"content": content, "metadata": self._metadata(divergence=overall, analysis=summary.to_dict(), analysis_line=line)})
+                        top = [
+                            {"concept": c.concept, "tokens": c.tokens, "mean_divergence": c.mean_divergence}
+                            for c in summary.top_concepts
+                        ]
+                        overall = {
+                            "max_divergence": summary.max_divergence,
+                            "mean_divergence": summary.mean_divergence,
+                            "top_concepts": top,
+                        }
+                        yield self._chunk(
+                            {
+                                "content": content,
+                                "metadata": self._metadata(
+                                    divergence=overall, analysis=summary.to_dict(), analysis_line=line
+                                ),
+                            }
+                        )
                     yield self._chunk({"metadata": self._metadata()}, finished.finish_reason, usage)
                     if self.body.stream_options and self.body.stream_options.include_usage:
-                        chunk = {"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.body.model, "choices": [], "usage": usage}
+                        chunk = {
+                            "id": self.id,
+                            "object": "chat.completion.chunk",
+                            "created": self.created,
+                            "model": self.body.model,
+                            "choices": [],
+                            "usage": usage,
+                        }
                         yield f"data: {json.dumps(chunk)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
@@ -248,7 +305,14 @@ class _Run:
             "object": "chat.completion",
             "created": self.created,
             "model": self.body.model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": finished.text}, "logprobs": None, "finish_reason": finished.finish_reason}],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": finished.text},
+                    "logprobs": None,
+                    "finish_reason": finished.finish_reason,
+                }
+            ],
             "usage": usage,
             "hatcat": {
                 "monitoring": self.monitoring,

@@ -33,7 +33,15 @@ ERROR_TYPES = {
 class APIError(Exception):
     """An error a client can act on; becomes an HTTP response (or a stream's error event)."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
 
@@ -57,7 +65,9 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
-def error_response(status: int, message: str, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def error_response(
+    status: int, message: str, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     return JSONResponse(error_body(status, message, param, code), status_code=status, headers=headers)
 
 
@@ -75,18 +85,26 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     errors = exc.errors()
     content_type = request.headers.get("content-type", "")
     if any(e.get("loc", ())[:1] == ("body",) for e in errors) and not _is_json(content_type):
-        return error_response(400, f"the request body must be JSON (Content-Type: application/json), got {content_type or 'no Content-Type'}", code="unsupported_content_type")
+        return error_response(
+            400,
+            f"the request body must be JSON (Content-Type: application/json), got {content_type or 'no Content-Type'}",
+            code="unsupported_content_type",
+        )
     first = errors[0] if errors else {}
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")
-        return error_response(400, f"the request body is not valid JSON{': ' + str(detail) if detail else ''}", code="json_invalid")
+        return error_response(
+            400, f"the request body is not valid JSON{': ' + str(detail) if detail else ''}", code="json_invalid"
+        )
     if first.get("type") == "missing" and not loc:
         return error_response(400, "the request needs a JSON body", code="missing_body")
     message = first.get("msg", "invalid request")
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
-    return error_response(400, f"{param}: {message}{more}" if param else f"{message}{more}", param=param, code=first.get("type"))
+    return error_response(
+        400, f"{param}: {message}{more}" if param else f"{message}{more}", param=param, code=first.get("type")
+    )
 
 
 async def _api_error(request: Request, exc: APIError) -> JSONResponse:

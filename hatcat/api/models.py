@@ -19,7 +19,25 @@ def list_models(request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
     created = int(engine.loaded_at)
     loaded = engine.probes.id if engine.probes else None
-    data = [{"id": MONITOR_MODEL_ID, "object": "model", "created": created, "owned_by": "hatcat", "probe_pack": loaded, "loaded": True}]
+    data = [
+        {
+            "id": MONITOR_MODEL_ID,
+            "object": "model",
+            "created": created,
+            "owned_by": "hatcat",
+            "probe_pack": loaded,
+            "loaded": True,
+        }
+    ]
     for pack_id, pack in installed_probe_packs(engine).items():
-        data.append({"id": pack_id, "object": "model", "created": created, "owned_by": "hatcat", "probe_pack": pack_id, "loaded": pack["loaded"]})
+        data.append(
+            {
+                "id": pack_id,
+                "object": "model",
+                "created": created,
+                "owned_by": "hatcat",
+                "probe_pack": pack_id,
+                "loaded": pack["loaded"],
+            }
+        )
     return {"object": "list", "data": data}

@@ -72,14 +72,24 @@ def get_concept_pack(pack_id: str, request: Request) -> dict[str, Any]:
 def get_concept(pack_id: str, concept: str, request: Request) -> dict[str, Any]:
     pack = _concept_pack(request, pack_id).concepts
     if concept not in pack:
-        raise APIError(404, f"unknown concept: {concept} (not in concept pack {pack_id})", param="concept", code="concept_not_found")
+        raise APIError(
+            404,
+            f"unknown concept: {concept} (not in concept pack {pack_id})",
+            param="concept",
+            code="concept_not_found",
+        )
     return {**pack[concept].to_record(), "children": list(pack[concept].children)}
 
 
 def _concept_pack(request: Request, pack_id: str) -> Engine:
     engine = request.app.state.engine
     if pack_id != engine.concepts.id:
-        raise APIError(404, f"unknown concept pack: {pack_id} (loaded: {engine.concepts.id})", param="pack_id", code="concept_pack_not_found")
+        raise APIError(
+            404,
+            f"unknown concept pack: {pack_id} (loaded: {engine.concepts.id})",
+            param="pack_id",
+            code="concept_pack_not_found",
+        )
     return engine
 
 
@@ -107,12 +117,18 @@ def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
     packs = installed_probe_packs(engine)
     if pack_id not in packs:
         known = ", ".join(packs) or "none installed"
-        raise APIError(404, f"unknown probe pack: {pack_id} (available: {known})", param="pack_id", code="probe_pack_not_found")
+        raise APIError(
+            404, f"unknown probe pack: {pack_id} (available: {known})", param="pack_id", code="probe_pack_not_found"
+        )
     summary = packs[pack_id]
     if summary["loaded"]:
         manifest, metrics = engine.probes.manifest, engine.probes.metrics
     else:
-        path = next(p for p in PROBES_ROOT.glob(f"*/{summary['folder']}/manifest.json") if _pack_id(json.loads(p.read_text())) == pack_id)
+        path = next(
+            p
+            for p in PROBES_ROOT.glob(f"*/{summary['folder']}/manifest.json")
+            if _pack_id(json.loads(p.read_text())) == pack_id
+        )
         manifest = json.loads(path.read_text())
         metrics_path = path.parent / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -21,7 +21,9 @@ DEFAULT_SESSION = "default"
 MAX_ANALYZE_CHARS = 20_000
 MAX_STOP_SEQUENCES = 4
 
-SessionId = Annotated[str, Field(min_length=1, max_length=128, description="steering session; requests without one share `default`")]
+SessionId = Annotated[
+    str, Field(min_length=1, max_length=128, description="steering session; requests without one share `default`")
+]
 ConceptId = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -55,7 +57,9 @@ class ChatCompletionRequest(_Request):
     max_tokens: int | None = Field(None, ge=1, description="at most HATCAT_MAX_TOKENS")
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
     seed: int | None = Field(None, ge=-(2**53), le=2**53, description="same seed, same text")
-    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
+    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(
+        None, max_length=MAX_STOP_SEQUENCES
+    )
     stream: bool = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(None, ge=0.0, le=MAX_TEMPERATURE, description="0 = greedy; default 0.7")
@@ -65,7 +69,9 @@ class ChatCompletionRequest(_Request):
     top_k: int = Field(0, ge=0, le=1000, description="0 = off")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="1 = off")
     session_id: SessionId = DEFAULT_SESSION
-    include_analysis: bool = Field(True, description="stream the response-level analysis line as content after the last token")
+    include_analysis: bool = Field(
+        True, description="stream the response-level analysis line as content after the last token"
+    )
 
 
 class Usage(BaseModel):
@@ -161,7 +167,9 @@ class ModelList(BaseModel):
 
 class SteeringAdd(_Request):
     concept: ConceptId
-    strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH, description="in units of the layer's typical hidden-state norm")
+    strength: float = Field(
+        ge=-MAX_STRENGTH, le=MAX_STRENGTH, description="in units of the layer's typical hidden-state norm"
+    )
     layer: int | None = Field(None, ge=0, le=1000, description="decoder block; default: the probe pack's tap layer")
     session_id: SessionId = DEFAULT_SESSION
 
@@ -187,7 +195,9 @@ class SteeringCleared(BaseModel):
 
 class AnalyzeRequest(_Request):
     text: str = Field(min_length=1, max_length=MAX_ANALYZE_CHARS)
-    concepts: list[ConceptId] | None = Field(None, min_length=1, max_length=1000, description="concepts to summarise; default: the top_k by max divergence")
+    concepts: list[ConceptId] | None = Field(
+        None, min_length=1, max_length=1000, description="concepts to summarise; default: the top_k by max divergence"
+    )
     top_k: int = Field(10, ge=1, le=1000)
 
 

@@ -29,7 +29,12 @@ def steering_state(steerings: list[Steering], session_id: str) -> dict[str, Any]
 
 
 def steering_out(steering: Steering, session_id: str) -> dict[str, Any]:
-    return {"concept": steering.concept, "strength": steering.strength, "layer": steering.layer, "session_id": session_id}
+    return {
+        "concept": steering.concept,
+        "strength": steering.strength,
+        "layer": steering.layer,
+        "session_id": session_id,
+    }
 
 
 def require_monitor(engine: Engine, what: str) -> None:
@@ -46,8 +51,15 @@ def as_api_error(err: BaseException) -> APIError:
     if isinstance(err, APIError):
         return err
     if isinstance(err, UnknownConcept):
-        return APIError(404, f"{err}: the loaded probe pack has no probe for it", param="concept", code="concept_not_found")
+        return APIError(
+            404, f"{err}: the loaded probe pack has no probe for it", param="concept", code="concept_not_found"
+        )
     if isinstance(err, ValueError):
         context = "context" in str(err)
-        return APIError(400, str(err), param="messages" if context else None, code="context_length_exceeded" if context else "invalid_request")
+        return APIError(
+            400,
+            str(err),
+            param="messages" if context else None,
+            code="context_length_exceeded" if context else "invalid_request",
+        )
     return APIError(500, f"internal error: {type(err).__name__}: {err}", code="internal_error")

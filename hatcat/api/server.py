@@ -50,8 +50,16 @@ def create_api(engine: Engine) -> FastAPI:
 
 async def _unknown_route(request: Request, path: str) -> None:
     # the API's own routes: not this catch-all, not the workbench mounted at `/` (it takes any path)
-    routes = [r for r in request.app.router.routes if getattr(r, "endpoint", None) is not _unknown_route and not isinstance(r, Mount)]
-    allowed = [m for m in ALL_METHODS if any(r.matches({**request.scope, "path": request.url.path, "method": m})[0] == Match.FULL for r in routes)]
+    routes = [
+        r
+        for r in request.app.router.routes
+        if getattr(r, "endpoint", None) is not _unknown_route and not isinstance(r, Mount)
+    ]
+    allowed = [
+        m
+        for m in ALL_METHODS
+        if any(r.matches({**request.scope, "path": request.url.path, "method": m})[0] == Match.FULL for r in routes)
+    ]
     if allowed:
         message = f"{request.method} is not allowed on {request.url.path}; allowed: {', '.join(allowed)}"
         raise APIError(405, message, code="method_not_allowed", headers={"Allow": ", ".join(allowed)})

@@ -30,14 +30,26 @@ def _engine(request: Request) -> Engine:
 
 def _check(engine: Engine, concept: str, layer: int | None) -> None:
     if concept not in engine.bank.index:
-        raise APIError(404, f"unknown concept: {concept} (the loaded probe pack {engine.probes.id} has no probe for it)", param="concept", code="concept_not_found")
+        raise APIError(
+            404,
+            f"unknown concept: {concept} (the loaded probe pack {engine.probes.id} has no probe for it)",
+            param="concept",
+            code="concept_not_found",
+        )
     layers = len(engine.loaded.layers)
     if layer is not None and layer >= layers:
-        raise APIError(400, f"layer {layer} is out of range: the model has {layers} decoder layers (0..{layers - 1})", param="layer", code="invalid_value")
+        raise APIError(
+            400,
+            f"layer {layer} is out of range: the model has {layers} decoder layers (0..{layers - 1})",
+            param="layer",
+            code="invalid_value",
+        )
 
 
 def _not_steered(concept: str, session_id: str) -> APIError:
-    return APIError(404, f"concept {concept} is not steered in session {session_id}", param="concept", code="steering_not_found")
+    return APIError(
+        404, f"concept {concept} is not steered in session {session_id}", param="concept", code="steering_not_found"
+    )
 
 
 @router.post("/add", response_model=SteeringOut)
@@ -72,7 +84,10 @@ def remove(concept: str, request: Request, session_id: str = SessionQuery) -> di
 @router.get("/list", response_model=SteeringList)
 def list_steerings(request: Request, session_id: str = SessionQuery) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
-    return {"session_id": session_id, "steerings": [steering_out(s, session_id) for s in engine.steering.list(session_id)]}
+    return {
+        "session_id": session_id,
+        "steerings": [steering_out(s, session_id) for s in engine.steering.list(session_id)],
+    }
 
 
 @router.delete("/clear", response_model=SteeringCleared)

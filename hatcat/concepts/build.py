@@ -30,7 +30,7 @@ from typing import Any
 
 import networkx as nx
 
-from hatcat.concepts.kif import read_kif, nearest_in
+from hatcat.concepts.kif import nearest_in, read_kif
 from hatcat.concepts.pack import FORMAT_VERSION, PACK_FILE, PLACEHOLDER_PREFIX, Concept, ConceptPack
 from hatcat.concepts.wordnet import Synset, WordNet
 
@@ -85,12 +85,12 @@ class Builder:
         self.kif = read_kif(kif_files)
         merge = sources / DOCUMENTATION_FILE
         self.docs = read_kif([merge]).docs if merge.is_file() else {}
-        log(f"read {len(kif_files)} KIF files: {len(self.kif.supers)} terms with super-terms, "
-            f"{len(self.docs)} documented in {DOCUMENTATION_FILE}")
+        log(
+            f"read {len(kif_files)} KIF files: {len(self.kif.supers)} terms with super-terms, "
+            f"{len(self.docs)} documented in {DOCUMENTATION_FILE}"
+        )
         self.wordnet = wordnet
-        self.synsets: dict[str, list[Synset]] = {
-            r["sumo_term"]: self._synsets(r["synsets"]) for r in self.records
-        }
+        self.synsets: dict[str, list[Synset]] = {r["sumo_term"]: self._synsets(r["synsets"]) for r in self.records}
         self.owners = self._synset_owners()
 
     def _synsets(self, names: list[str]) -> list[Synset]:
@@ -129,8 +129,10 @@ class Builder:
                 graph.add_edge(parent, term)
                 parents[term].append(parent)
             restored[how] += bool(parents[term])
-        self.log(f"restored parents: {restored['kif']} from KIF, {restored['wordnet']} from WordNet "
-                 f"hypernyms, {restored['cycle']} cyclic links skipped")
+        self.log(
+            f"restored parents: {restored['kif']} from KIF, {restored['wordnet']} from WordNet "
+            f"hypernyms, {restored['cycle']} cyclic links skipped"
+        )
         return {term: sorted(set(ps)) for term, ps in parents.items()}
 
     def _synset_owners(self) -> dict[tuple[str, int], list[str]]:
@@ -155,8 +157,9 @@ class Builder:
                     if hyper.key not in seen:
                         seen.add(hyper.key)
                         following.append(hyper)
-            hits = sorted({t for s in following for t in self.owners.get(s.key, ())
-                           if t in allowed and t != record["sumo_term"]})
+            hits = sorted(
+                {t for s in following for t in self.owners.get(s.key, ()) if t in allowed and t != record["sumo_term"]}
+            )
             if hits:
                 return hits
             frontier = following
@@ -188,8 +191,9 @@ class Builder:
         lemma = "_".join(word.lower() for word in _WORDS.findall(term))
         senses = self.wordnet.senses(lemma, "n") or self.wordnet.senses(lemma, "v")
         for sense in senses:
-            if any(owner in ancestors for hyper in self._hypernym_closure(sense)
-                   for owner in self.owners.get(hyper, ())):
+            if any(
+                owner in ancestors for hyper in self._hypernym_closure(sense) for owner in self.owners.get(hyper, ())
+            ):
                 return sense
         return senses[0] if senses else None
 
@@ -198,8 +202,7 @@ class Builder:
         seen: set[tuple[str, int]] = set()
         frontier = [synset]
         while frontier:
-            frontier = [h for s in frontier for h in self.wordnet.related(s, HYPERNYM_POINTERS)
-                        if h.key not in seen]
+            frontier = [h for s in frontier for h in self.wordnet.related(s, HYPERNYM_POINTERS) if h.key not in seen]
             seen.update(h.key for h in frontier)
         return seen
 
@@ -208,8 +211,11 @@ class Builder:
         synsets = self.synsets[record["sumo_term"]]
         lemmas = tuple(record["lemmas"])
         own = set(lemmas)
-        hyponyms = [x for s in synsets for h in self.wordnet.related(s, HYPONYM_POINTERS)
-                    for x in h.lemmas] if self.wordnet else []
+        hyponyms = (
+            [x for s in synsets for h in self.wordnet.related(s, HYPONYM_POINTERS) for x in h.lemmas]
+            if self.wordnet
+            else []
+        )
         antonyms = [x for s in synsets for x in self.wordnet.antonyms(s)] if self.wordnet else []
         return Concept(
             id=record["sumo_term"],
@@ -229,10 +235,7 @@ class Builder:
         parents = self.parents()
         graph = nx.DiGraph((p, c) for c, ps in parents.items() for p in ps)
         graph.add_nodes_from(parents)
-        concepts = [
-            self.concept(r, parents[r["sumo_term"]], nx.ancestors(graph, r["sumo_term"]))
-            for r in self.records
-        ]
+        concepts = [self.concept(r, parents[r["sumo_term"]], nx.ancestors(graph, r["sumo_term"])) for r in self.records]
         return ConceptPack(PACK_ID, concepts)
 
 
@@ -249,8 +252,7 @@ def pack_json(pack: ConceptPack) -> str:
     return head + ', "concepts": [\n' + ",\n".join(lines) + "\n]}\n"
 
 
-def build_pack(sources: Path, out: Path, wordnet: WordNet | None,
-               log: Callable[[str], None] = print) -> ConceptPack:
+def build_pack(sources: Path, out: Path, wordnet: WordNet | None, log: Callable[[str], None] = print) -> ConceptPack:
     """Build the pack from ``sources`` into folder ``out`` and return it as loaded."""
     pack = Builder(sources, wordnet, log).build()
     out.mkdir(parents=True, exist_ok=True)

@@ -85,10 +85,7 @@ def read_kif(paths: Iterable[Path]) -> KifFacts:
                 if sup not in known:
                     known.append(sup)
             elif (
-                head == "documentation"
-                and len(form) == 4
-                and form[2] == "EnglishLanguage"
-                and form[3].startswith('"')
+                head == "documentation" and len(form) == 4 and form[2] == "EnglishLanguage" and form[3].startswith('"')
             ):
                 facts.docs.setdefault(form[1], clean_documentation(form[3]))
     return facts

@@ -36,9 +36,7 @@ import yaml
 
 from hatcat.concepts.pack import Concept, ConceptPack, ConceptPackError
 
-_ENTRY_KEYS = frozenset(
-    {"id", "parents", "definition", "lemmas", "layer", "positive_examples", "negative_examples"}
-)
+_ENTRY_KEYS = frozenset({"id", "parents", "definition", "lemmas", "layer", "positive_examples", "negative_examples"})
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,7 @@ class ConceptPack:
         self.ids = sorted(by_id, key=lambda cid: (by_id[cid].layer, cid))
         self._order = {cid: i for i, cid in enumerate(self.ids)}
         self._concepts = {
-            cid: replace(by_id[cid], children=tuple(self._sorted(graph.successors(cid))))
-            for cid in self.ids
+            cid: replace(by_id[cid], children=tuple(self._sorted(graph.successors(cid)))) for cid in self.ids
         }
 
     @classmethod

@@ -108,13 +108,17 @@ def extract(
 
 
 @torch.no_grad()
-def text_features(model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+def text_features(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 256
+) -> torch.Tensor:
     """Words-only features: the mean input embedding of each text's tokens (no context, no layers)."""
     embed = model.get_input_embeddings()
     device = embed.weight.device
     rows = []
     for start in range(0, len(texts), batch_size):
-        batch = tokenizer(texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        batch = tokenizer(
+            texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
         vectors = embed(batch["input_ids"]).float()
         mask = batch["attention_mask"].unsqueeze(-1).float()
         rows.append(((vectors * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())

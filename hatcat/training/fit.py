@@ -28,7 +28,9 @@ class Rows:
     pos: list[np.ndarray]
     hard: list[np.ndarray]  # siblings/cousins and a meld's own negative examples
     easy: list[np.ndarray]
-    background: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # mid-sentence states, negative for all
+    background: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )  # mid-sentence states, negative for all
 
     def background_sample(self, c: int, k: int = 32) -> np.ndarray:
         """A fixed draw of k background rows for concept c (its share in calibration)."""
@@ -72,10 +74,14 @@ def _mean_matrix(groups: list[np.ndarray], n_rows: int) -> torch.Tensor:
     cols = np.concatenate(groups) if groups else np.zeros(0, dtype=np.int64)
     rows = np.repeat(np.arange(len(groups)), [len(g) for g in groups])
     vals = np.concatenate([np.full(len(g), 1.0 / len(g)) for g in groups if len(g)]) if len(cols) else np.zeros(0)
-    return torch.sparse_coo_tensor(np.stack([rows, cols]), vals, (len(groups), n_rows), dtype=torch.float32, check_invariants=False)
+    return torch.sparse_coo_tensor(
+        np.stack([rows, cols]), vals, (len(groups), n_rows), dtype=torch.float32, check_invariants=False
+    )
 
 
-def fit_lda(x: torch.Tensor, rows: Rows, shrinkage: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def fit_lda(
+    x: torch.Tensor, rows: Rows, shrinkage: float = 0.2
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Raw LDA scores' parameters: (weight [N,d], bias [N]) plus the standardisation (mean, std)."""
     x = x.float()
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
@@ -139,7 +145,9 @@ def calibrate(scores_of, rows: Rows, n_concepts: int, steps: int = 50) -> tuple[
     return a / spread, beta - a * center / spread
 
 
-def fit_probes(x_train: torch.Tensor, train: Rows, x_val: torch.Tensor, val: Rows, shrinkage: float = 0.2) -> LinearProbes:
+def fit_probes(
+    x_train: torch.Tensor, train: Rows, x_val: torch.Tensor, val: Rows, shrinkage: float = 0.2
+) -> LinearProbes:
     """LDA on train, Platt scaling and F1-optimal thresholds on val, folded into one raw-space matrix."""
     weight, bias, mean, std = fit_lda(x_train, train, shrinkage)
     z_val = (x_val.float() - mean) / std
@@ -196,7 +204,9 @@ def metrics(probs: torch.Tensor, threshold: torch.Tensor, rows: Rows) -> list[di
                 "f1": round(f1, 4),
                 "auroc": round(auroc(s, y), 4),
                 "fpr_all_negatives": round(float((all_neg >= t[c]).mean()), 4) if len(all_neg) else float("nan"),
-                "fpr_background": round(float((p[rows.background, c] >= t[c]).mean()), 4) if len(rows.background) else float("nan"),
+                "fpr_background": round(float((p[rows.background, c] >= t[c]).mean()), 4)
+                if len(rows.background)
+                else float("nan"),
                 "threshold": round(float(t[c]), 4),
                 "n_pos": int(y.sum()),
                 "n_neg": int(len(y) - y.sum()),

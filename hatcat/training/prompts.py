@@ -49,7 +49,7 @@ _CONTEXT = {
     ),
 }
 _DEFINITION = {
-    "train": ("{W}: {d}.", "The word \"{w}\" means {d}."),
+    "train": ("{W}: {d}.", 'The word "{w}" means {d}.'),
     "val": ("By {w} we mean {d}.",),
     "test": ("In the dictionary, {w} is defined as {d}.",),
 }
@@ -139,14 +139,18 @@ def related(pack: ConceptPack, cid: str) -> set[str]:
     return {cid} | nx.ancestors(pack.graph, cid) | nx.descendants(pack.graph, cid)
 
 
-def negatives(pack: ConceptPack, cid: str, pool: list[str], n_hard: int = 8, n_easy: int = 8, seed: int = 0) -> tuple[list[str], list[str]]:
+def negatives(
+    pack: ConceptPack, cid: str, pool: list[str], n_hard: int = 8, n_easy: int = 8, seed: int = 0
+) -> tuple[list[str], list[str]]:
     """Hard (siblings, then cousins) and easy (distant) negative concepts for `cid`, drawn from `pool`."""
     rng = random.Random(zlib.crc32(f"neg:{seed}:{cid}".encode()))
     pool_set = set(pool)
     excluded = related(pack, cid)
     hard = [s for s in pack.siblings(cid) if s in pool_set and s not in excluded]
     if len(hard) < n_hard:
-        cousins = {c for p in pack.parents(cid) for gp in pack.parents(p) for u in pack.children(gp) for c in pack.children(u)}
+        cousins = {
+            c for p in pack.parents(cid) for gp in pack.parents(p) for u in pack.children(gp) for c in pack.children(u)
+        }
         hard += sorted(c for c in cousins if c in pool_set and c not in excluded and c not in hard)
     hard = rng.sample(hard, min(n_hard, len(hard)))
     easy: list[str] = []

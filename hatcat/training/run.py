@@ -18,7 +18,6 @@ from hatcat.training.activations import ActivationCache, extract, inner_token_fe
 from hatcat.training.fit import LinearProbes, Rows, fit_probes, metrics
 from hatcat.training.prompts import SPLITS, Prompt, build_prompts, negatives
 
-
 BACKGROUND_PROMPTS = 1200  # per split, at most a quarter of its prompts
 
 
@@ -62,7 +61,9 @@ def select_concepts(pack: ConceptPack, settings: TrainSettings) -> list[str]:
     return chosen[: settings.limit] if settings.limit else chosen
 
 
-def _rows(prompts: list[Prompt], trained: list[str], neg: dict[str, tuple[list[str], list[str]]], split: str) -> tuple[list[str], Rows]:
+def _rows(
+    prompts: list[Prompt], trained: list[str], neg: dict[str, tuple[list[str], list[str]]], split: str
+) -> tuple[list[str], Rows]:
     """Unique texts of one split and, per trained concept, which of them are positives / negatives."""
     texts: dict[str, int] = {}
     pos_of: dict[str, list[int]] = defaultdict(list)
@@ -71,7 +72,7 @@ def _rows(prompts: list[Prompt], trained: list[str], neg: dict[str, tuple[list[s
         if p.split == split:
             row = texts.setdefault(p.text, len(texts))
             (pos_of if p.positive else own_neg)[p.concept].append(row)
-    as_array = lambda ids: np.unique(np.array([r for c in ids for r in pos_of[c]], dtype=np.int64))  # noqa: E731
+    as_array = lambda ids: np.unique(np.array([r for c in ids for r in pos_of[c]], dtype=np.int64))
     rows = Rows(
         pos=[as_array([c]) for c in trained],
         hard=[np.union1d(as_array(neg[c][0]), np.array(own_neg[c], dtype=np.int64)) for c in trained],
@@ -105,7 +106,9 @@ def plan(pack: ConceptPack, settings: TrainSettings) -> Plan:
     return Plan(trained, neg, build_prompts(pack, needed, settings.seed))
 
 
-def train(loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache_dir: Path, out: Path | None = None) -> tuple[Path, RunReport]:
+def train(
+    loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache_dir: Path, out: Path | None = None
+) -> tuple[Path, RunReport]:
     """Train activation and text-side probes for the selected concepts and write a probe pack."""
     start = time.perf_counter()
     phases: dict[str, float] = {}
@@ -131,7 +134,9 @@ def train(loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache
         rng = np.random.default_rng(settings.seed)
         texts = split_texts[split]
         sample = [texts[i] for i in rng.choice(len(texts), min(BACKGROUND_PROMPTS, len(texts) // 4), replace=False)]
-        hidden, words = inner_token_features(loaded.model, loaded.tokenizer, sample, settings.tap_layer, settings.batch_size)
+        hidden, words = inner_token_features(
+            loaded.model, loaded.tokenizer, sample, settings.tap_layer, settings.batch_size
+        )
         first = len(features["activation"][split])
         features["activation"][split] = torch.cat([features["activation"][split], hidden])
         features["text"][split] = torch.cat([features["text"][split], words])
@@ -140,7 +145,9 @@ def train(loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache
     side_metrics: dict[str, Any] = {}
     for side, x in features.items():
         probes[side] = fit_probes(x["train"], split_rows["train"], x["val"], split_rows["val"], settings.shrinkage)
-        side_metrics[side] = _summarise(pack, trained, metrics(probes[side].probs(x["test"]), probes[side].threshold, split_rows["test"]))
+        side_metrics[side] = _summarise(
+            pack, trained, metrics(probes[side].probs(x["test"]), probes[side].threshold, split_rows["test"])
+        )
     phases["fit"] = time.perf_counter() - t0
 
     folder = out or PROBES_ROOT / model_slug(loaded.name) / pack.id
@@ -154,7 +161,11 @@ def train(loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache
         "background": f"inner-token states of up to {BACKGROUND_PROMPTS} prompts per split, negative for every concept",
         "concept_pack": {"id": pack.id, "checksum": pack.checksum},
         "concepts": trained,
-        "training": {**asdict(settings), "prompts": len(prompts), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        "training": {
+            **asdict(settings),
+            "prompts": len(prompts),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
     }
     metrics_doc = {**side_metrics["activation"], "text": side_metrics["text"]}
     save_pack(folder, manifest, {side: (p.weight, p.bias, p.threshold) for side, p in probes.items()}, metrics_doc)
