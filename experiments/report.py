@@ -98,6 +98,89 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def signal_rows() -> list[tuple[str, str, str, str]]:
+    """Signal validity of the shipped pack through /v1/analyze (test once, dev where marked), and
+    the recipe comparison it was chosen by."""
+    out: list[tuple[str, str, str, str]] = []
+    rc = _load("recipe_compare.json")
+    cmd = "`python -m experiments.recipe_compare`"
+    if rc:
+        chosen = rc["chosen"]
+        best = next(r for r in rc["recipes"] if all(r[k] == chosen[k] for k in chosen))
+        old = next((r for r in rc["recipes"] if r["method"].startswith("lda (shipped")), None)
+        a = best["activation"]["last"]
+        out.append(
+            (
+                f"Recipe chosen on dev scenes: {chosen['method']}, {chosen['pooling']} pooling, "
+                f"{chosen['k_texts']} texts/concept{', + continuations' if chosen['continuations'] else ''}",
+                f"AUROC {_f(a['mean_auroc'])}, top-1 {_f(a['top1'])} (42-way)"
+                + (
+                    f"; old LDA pack {_f(old['activation']['last']['mean_auroc'])} / {_f(old['activation']['last']['top1'])}"
+                    if old
+                    else ""
+                ),
+                "",
+                cmd,
+            )
+        )
+    ev = _load("signal_eval.json")
+    cmd = "`python -m experiments.signal_eval`"
+    if ev is None:
+        return [*out, ("Signal validity through /v1/analyze", "not run", "", cmd)]
+    wn, ctl = ev["test"]["wordnet_concepts"], ev["test"]["control"]
+    gap = wn["activation_minus_words_auroc"]
+    out += [
+        (
+            f"Test: WordNet examples, {wn['n_concepts']} concepts ({wn['n_texts']} texts): AUROC / top-1 of last_activation",
+            f"{_f(wn['activation']['mean_auroc'])} / {_f(wn['activation']['top1'])}",
+            "≥ 0.97 / ≥ 0.70" + _target(wn["activation"]["mean_auroc"] >= 0.97 and wn["activation"]["top1"] >= 0.70),
+            cmd,
+        ),
+        (
+            "Test: activation − words-only AUROC (words-only: last_text_similarity)",
+            f"{_f(gap)} (words only {_f(wn['words_only']['mean_auroc'])})",
+            "≥ 0.15" + _target(gap >= 0.15),
+            cmd,
+        ),
+        (
+            f"Test: control corpus held-out part ({ctl['tokens']} tokens): share coloured beyond the midpoint",
+            _f(ctl["share_beyond_colour_midpoint"]),
+            "≤ 0.05" + _target(ctl["share_beyond_colour_midpoint"] <= 0.05),
+            cmd,
+        ),
+        (
+            "Test: per-concept threshold FPR on held-out control tokens: mean / share of concepts ≤ 1%",
+            f"{_f(ctl['threshold_fpr_test_mean'], 4)} / {_f(ctl['concepts_within_0.01'])}",
+            "≤ 0.01" + _target(ctl["threshold_fpr_test_mean"] <= 0.01),
+            cmd,
+        ),
+    ]
+    dev = ev["dev"]
+    for key, label, target in (
+        ("natural_scenes", "Dev: natural scenes, 42 concepts", (0.97, 0.70)),
+        ("natural_scenes_emotions", "Dev: natural scenes, 6 emotions", (0.90, 0.65)),
+    ):
+        a = dev[key]["activation"]
+        out.append(
+            (
+                f"{label}: AUROC / top-1 (words only AUROC)",
+                f"{_f(a['mean_auroc'])} / {_f(a['top1'])} ({_f(dev[key]['words_only']['mean_auroc'])})",
+                f"≥ {target[0]} / ≥ {target[1]}" + _target(a["mean_auroc"] >= target[0] and a["top1"] >= target[1]),
+                cmd,
+            )
+        )
+    div = dev["divergence_pairs"]
+    out.append(
+        (
+            f"Dev: divergence AUROC implied vs named ({div['n_pairs']} pairs): last token / token mean",
+            f"{_f(div['auroc_implied_vs_named_last'])} / {_f(div['auroc_implied_vs_named_mean'])}",
+            "≥ 0.80" + _target(max(div["auroc_implied_vs_named_last"], div["auroc_implied_vs_named_mean"]) >= 0.80),
+            cmd,
+        )
+    )
+    return out
+
+
 def rows() -> list[tuple[str, str, str, str]]:
     """(measure, value, target, source command)."""
     out: list[tuple[str, str, str, str]] = speed_rows()
@@ -122,58 +205,7 @@ def rows() -> list[tuple[str, str, str, str]]:
             ("Deception AUROC, role-play set, block-0 control", _f(dec["auroc_layer0_control"]), "", cmd),
             ("role-play − block-0 control", _f(gap), "≥ 0.15" + _target(gap >= 0.15), cmd),
         ]
-    div = _load("divergence_validity.json")
-    cmd = "`python -m experiments.divergence_validity`"
-    if div is None:
-        out.append(("Divergence validity", "not run", "", cmd))
-    else:
-        out += [
-            (
-                f"Divergence AUROC, implied vs named ({div['pairs']} pairs, token mean)",
-                _f(div["auroc_implied_vs_named"]),
-                "> 0.5",
-                cmd,
-            ),
-            ("Divergence effect size (Cohen's d, implied − named)", _f(div["cohens_d_divergence"], 2), "> 0", cmd),
-        ]
-    ev = _load("eval_probes.json")
-    cmd = "`python -m experiments.eval_probes`"
-    if ev is None:
-        out.append(("Probe pack held-out quality", "not run", "", cmd))
-    else:
-        act, text = ev["activation"], ev["text"]
-        for layer in [k for k in act if k != "all"]:
-            target = (
-                "≥ 0.90 (layers 0–2 mean)"
-                if int(layer) <= 2
-                else ("≥ 0.85 (layers 3–4 mean)" if int(layer) <= 4 else "")
-            )
-            out.append(
-                (
-                    f"Probes, concept layer {layer} (n={act[layer]['n']}): P / R / F1 / AUROC",
-                    " / ".join(_f(act[layer][k]) for k in ("precision", "recall", "f1", "auroc"))
-                    + f" (text F1 {_f(text.get(layer, {}).get('f1'))})",
-                    target,
-                    cmd,
-                )
-            )
-        a = act["all"]
-        out.append(
-            (
-                f"Probes, all {a['n']} concepts: P / R / F1 / AUROC",
-                " / ".join(_f(a[k]) for k in ("precision", "recall", "f1", "auroc")),
-                "",
-                cmd,
-            )
-        )
-        out.append(
-            (
-                f"Calibration on {ev['calibration']['concepts']} concepts' test prompts: ECE / Brier",
-                f"{_f(ev['calibration']['ece'])} / {_f(ev['calibration']['brier'])}",
-                "",
-                cmd,
-            )
-        )
+    out += signal_rows()
     return out
 
 

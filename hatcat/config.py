@@ -38,6 +38,8 @@ class Settings:
     cors_origins: tuple[str, ...] = ()
     max_tokens: int = 2048
     hf_offline: bool = False
+    auto_train: bool = False  # no pack for the model: train the full pack in the background at start
+    auto_train_limit: int | None = None  # train at most this many concepts (a quick check of the path)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +63,10 @@ class Settings:
             cors_origins=_origins("HATCAT_CORS_ORIGINS", get("HATCAT_CORS_ORIGINS")),
             max_tokens=_int("HATCAT_MAX_TOKENS", get("HATCAT_MAX_TOKENS"), defaults.max_tokens, 1, 1_000_000),
             hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
+            auto_train=_bool("HATCAT_AUTO_TRAIN", get("HATCAT_AUTO_TRAIN"), defaults.auto_train),
+            auto_train_limit=_int("HATCAT_AUTO_TRAIN_LIMIT", get("HATCAT_AUTO_TRAIN_LIMIT"), 0, 1, 1_000_000)
+            if get("HATCAT_AUTO_TRAIN_LIMIT")
+            else None,
         )
 
 

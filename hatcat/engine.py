@@ -83,6 +83,7 @@ class Engine:
         self.monitor: Monitor | None = None
         self.vectors: SteeringVectors | None = None
         self.steering = SteeringRegistry()
+        self.auto_trainer = None  # hatcat.auto_train.AutoTrainer while a pack trains in the background
         # The model's forward hooks and KV state are not re-entrant: one generation at a time,
         # granted in arrival order.
         self._lock = FairLock()
@@ -101,6 +102,13 @@ class Engine:
         folder = settings.probe_pack or engine.default_probe_folder()
         if settings.probe_pack or folder.is_dir():
             engine.load_probes(folder)
+        elif settings.auto_train:
+            from hatcat.auto_train import AutoTrainer, auto_pack_folder
+
+            if (auto_pack_folder(engine) / "manifest.json").is_file():
+                engine.load_probes(auto_pack_folder(engine))
+            else:
+                engine.auto_trainer = AutoTrainer(engine, settings.auto_train_limit).start()
         return engine
 
     def default_probe_folder(self) -> Path:
@@ -178,4 +186,5 @@ class Engine:
             "probe_pack": self.probes.id if self.probes else None,
             "probes": len(self.bank) if self.bank else 0,
             "tap_layer": self.bank.tap_layer if self.bank else None,
+            **({"auto_train": self.auto_trainer.status()} if self.auto_trainer else {}),
         }

@@ -11,8 +11,11 @@ Hierarchy policy (as the original's dynamic loading, without loading anything):
 - a parent is dropped from the report when one of its eligible children fires (most specific wins);
 - at most `keep_top_k` concepts are reported, highest activation first.
 
-divergence = activation - text_similarity: high where the model represents a concept that its
-words do not say.
+divergence (hatcat/probes.py, `ProbeBank.scores`): the part of the activation evidence for a concept
+that the words alone do not predict, tanh((activation logit - words-only logit) / scale) in [-1, 1];
+high where the model represents a concept that its words do not say. A token's colour is the
+divergence of largest magnitude among the concepts that fire on it (activation >= threshold), 0
+when none fires: ordinary text, where nothing fires beyond its usual range, stays white.
 """
 
 from __future__ import annotations
@@ -111,8 +114,7 @@ class Monitor:
 
     def score(self, hidden: torch.Tensor, window: torch.Tensor, tokens: list[str], start: int = 0) -> list[TokenRecord]:
         """Records for T tokens at once: hidden [T, d] at the tap, window [T, d] mean input embeddings."""
-        act = self.bank.score(hidden)  # [T, N]
-        text = self.bank.score_text(window)
+        act, text, div = self.bank.scores(hidden, window)  # [T, N] each
         fired = act >= self.thresholds
         parent_fired = _any_at(fired, self.parent_idx)
         eligible = self.always_eligible | parent_fired
@@ -121,17 +123,19 @@ class Monitor:
         k = min(self.keep_top_k, act.shape[1])
         ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
         top_act, top_idx = ranked.topk(k, dim=1)
-        rows = torch.stack([top_act, text.gather(1, top_idx)], dim=-1)
+        rows = torch.stack([top_act, text.gather(1, top_idx), div.gather(1, top_idx)], dim=-1)
+        fired_div = torch.where(fired, div, torch.zeros_like(div))  # the colour: largest |divergence| that fired
+        colour_of = fired_div.gather(1, fired_div.abs().argmax(1, keepdim=True))[:, 0].cpu().tolist()
         # two small copies to the host for the whole batch: the k reported rows and their indices
         rows_host, idx_host = rows.cpu().tolist(), top_idx.cpu().tolist()
         records = []
         for t, token in enumerate(tokens):
             concepts = tuple(
-                ConceptScore(self.bank.concepts[i], self.layer_of[i], round(a, 4), round(s, 4), round(a - s, 4))
-                for i, (a, s) in zip(idx_host[t], rows_host[t])
+                ConceptScore(self.bank.concepts[i], self.layer_of[i], round(a, 4), round(s, 4), round(d, 4))
+                for i, (a, s, d) in zip(idx_host[t], rows_host[t])
                 if a >= 0  # -1 marks a concept that was not a candidate
             )
-            top = max((c.divergence for c in concepts), default=0.0)
+            top = round(colour_of[t], 4)
             records.append(TokenRecord(start + t, token, concepts, top, divergence_colour(top)))
         return records
 

@@ -5,8 +5,15 @@ A probe pack is a folder `probes/<model-slug>/<concept-pack-id>/`:
     manifest.json          model id, tap layer, hidden size, pooling, concept ids in row order
                            (`concepts`), thresholds, sha256 of every other file, training settings
     activation.safetensors weight [N, hidden] (fp16), bias [N]: p = sigmoid(h @ weight.T + bias) on the tap layer
-    text.safetensors       the same for the words-only detectors (mean input embedding of the text)
-    metrics.json           held-out metrics per concept and per layer, for both sides
+    text.safetensors       the same for the words-only side (mean input embedding of the recent tokens): its
+                           logit predicts the activation logit from the words alone
+    metrics.json           per concept: threshold, control-corpus FPR, natural recall, template metrics
+
+Divergence (one definition, used by the monitor, the API and the evaluations):
+    divergence = tanh((activation logit - words-only logit) / divergence_scale[c])
+the part of the activation evidence for a concept that the words alone do not predict, in [-1, 1];
+`divergence_scale` (manifest) puts 0.5 at three of the concept's residual standard deviations on
+ordinary text.
 
 Loading checks the files' checksums and the manifest against the running model and concept
 pack, and refuses a mismatch with the reason (`ProbePackError`). Never pickle.
@@ -26,7 +33,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-FORMAT = 1
+FORMAT = 2  # 2: divergence as a residual (divergence_scale), thresholds from control-corpus FPR
 SIDES = ("activation", "text")
 PROBES_ROOT = Path(__file__).resolve().parents[1] / "probes"
 
@@ -125,6 +132,8 @@ class ProbePack:
         except (SafetensorError, OSError) as err:
             raise ProbePackError(f"{folder}: cannot read weights: {err}") from None
         n = len(manifest["concepts"])
+        if len(manifest.get("divergence_scale", ())) != n:
+            raise ProbePackError(f"{folder}: manifest needs one divergence_scale per concept ({n})")
         for side, t in tensors.items():
             if t["weight"].shape != (n, manifest["hidden_size"]) or t["bias"].shape != (n,):
                 raise ProbePackError(
@@ -164,6 +173,7 @@ class ProbeBank:
         thresholds = pack.manifest["thresholds"]
         self.act_threshold = torch.tensor(thresholds["activation"], device=device)
         self.text_threshold = torch.tensor(thresholds["text"], device=device)
+        self.divergence_scale = torch.tensor(pack.manifest["divergence_scale"], device=device)
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -175,3 +185,9 @@ class ProbeBank:
     def score_text(self, embedding: torch.Tensor) -> torch.Tensor:
         """Words-only probabilities for mean input embeddings [..., d] -> [..., N]."""
         return torch.sigmoid(embedding.float() @ self.text_weight.T + self.text_bias)
+
+    def scores(self, hidden: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(activation, words-only, divergence), each [..., N]: one matmul per side."""
+        act = hidden.float() @ self.act_weight.T + self.act_bias
+        text = embedding.float() @ self.text_weight.T + self.text_bias
+        return torch.sigmoid(act), torch.sigmoid(text), torch.tanh((act - text) / self.divergence_scale)

@@ -15,6 +15,7 @@ from hatcat.concepts import ConceptPackError, load_pack
 from hatcat.config import ConfigError, Settings
 from hatcat.model import ModelLoadError, load_model
 from hatcat.training.run import TrainSettings, select_concepts, train
+from hatcat.training.signal import METHODS
 
 DEFAULT_MELDS = [str(Path(__file__).resolve().parents[1] / "data" / "concept_packs" / "safety-v1.yaml")]
 
@@ -32,7 +33,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--train-text-probes",
         action="store_true",
-        help="accepted for compatibility: words-only detectors are always trained, every pack needs them for divergence",
+        help="accepted for compatibility: the words-only side is always trained, every pack needs it for divergence",
     )
     ap.add_argument(
         "--concepts", nargs="+", default=[], metavar="ID", help="train only these concept ids (overrides --layers)"
@@ -65,11 +66,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument(
         "--pooling",
-        choices=("last", "mean"),
+        choices=("last", "mean", "all"),
         default=defaults.pooling,
-        help="how a prompt's token states are pooled (default last)",
+        help=f"how a training text's token states become rows (default {defaults.pooling}; all: every token)",
     )
-    ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per forward pass")
+    ap.add_argument(
+        "--method",
+        choices=METHODS,
+        default=defaults.method,
+        help=f"probe directions (default {defaults.method}, chosen in results/recipe_compare.json)",
+    )
+    ap.add_argument(
+        "--k-texts", type=int, default=defaults.k_texts, help=f"training texts per concept (default {defaults.k_texts})"
+    )
+    ap.add_argument(
+        "--target-fpr",
+        type=float,
+        default=defaults.target_fpr,
+        help=f"each threshold's false-positive rate on control-corpus tokens (default {defaults.target_fpr})",
+    )
+    ap.add_argument(
+        "--directions-from",
+        default=None,
+        metavar="PACK",
+        help="keep this pack's activation directions and only recalibrate them (control corpus, divergence)",
+    )
+    ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="texts per forward pass")
     ap.add_argument(
         "--out", default=None, metavar="DIR", help="probe pack folder (default: probes/<model>/<concept-pack>)"
     )
@@ -88,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             tap_layer=args.tap_layer,
             pooling=args.pooling,
+            method=args.method,
+            k_texts=args.k_texts,
+            target_fpr=args.target_fpr,
+            directions_from=args.directions_from,
             batch_size=args.batch_size,
         )
         select_concepts(pack, run)  # refuse unknown ids before the model loads

@@ -43,7 +43,7 @@ def small_probe_pack(engine: Engine, settings: Settings, tmp_path_factory: pytes
     folder, _ = train(
         engine.loaded,
         pack,
-        TrainSettings(concepts=SMALL_PACK_CONCEPTS),
+        TrainSettings(concepts=SMALL_PACK_CONCEPTS, control_per_split=200),
         settings.cache_dir,
         tmp_path_factory.mktemp("pack"),
     )

@@ -29,8 +29,11 @@ def test_values_are_parsed_from_environment() -> None:
             "HATCAT_DTYPE": "bfloat16",
             "HATCAT_API_KEY": "secret",
             "HF_HUB_OFFLINE": "1",
+            "HATCAT_AUTO_TRAIN": "1",
+            "HATCAT_AUTO_TRAIN_LIMIT": "3",
         }
     )
+    assert (settings.auto_train, settings.auto_train_limit) == (True, 3)
     assert settings.model_name == "google/gemma-3-4b-pt"
     assert settings.port == 9000
     assert settings.base_layers == (0, 1, 2)
@@ -52,6 +55,8 @@ def test_values_are_parsed_from_environment() -> None:
         ("HATCAT_DEVICE", "tpu"),
         ("HATCAT_DTYPE", "int3"),
         ("HF_HUB_OFFLINE", "maybe"),
+        ("HATCAT_AUTO_TRAIN", "sometimes"),
+        ("HATCAT_AUTO_TRAIN_LIMIT", "0"),
     ],
 )
 def test_bad_value_raises_one_line_naming_the_variable(name: str, value: str) -> None:

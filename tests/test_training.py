@@ -36,19 +36,19 @@ def test_held_out_prompts_never_repeat_a_training_string() -> None:
     assert not by_split["val"] & by_split["test"]
 
 
-def test_training_writes_a_pack_with_metrics_for_both_sides(trained: tuple[Path, dict]) -> None:
+def test_training_records_control_fpr_natural_recall_and_template_metrics(trained: tuple[Path, dict]) -> None:
     folder, report = trained
     manifest = json.loads((folder / "manifest.json").read_text())
     assert set(manifest["concepts"]) == set(CONCEPTS)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    for side in (metrics, metrics["text"]):
-        assert set(side["per_concept"]) == set(CONCEPTS)
-        assert all(
-            {"precision", "recall", "f1", "auroc", "threshold", "n_pos", "n_neg"} <= set(m)
-            for m in side["per_concept"].values()
-        )
-    assert report["training"]["prompts"] > 1000  # negatives' prompts included
-    assert metrics["per_concept"]["Music"]["auroc"] > 0.8
+    assert len(manifest["divergence_scale"]) == len(CONCEPTS)
+    metrics = json.loads((folder / "metrics.json").read_text())["per_concept"]
+    assert set(metrics) == set(CONCEPTS)
+    for m in metrics.values():
+        assert {"threshold", "control_fpr_dev", "control_fpr_test", "control_quantiles", "auroc", "f1"} <= set(m)
+        assert m["control_fpr_dev"] <= 0.011  # the threshold is the control tokens' 99th percentile
+    assert report["training"]["texts"] > 100  # negatives' texts included
+    assert metrics["Music"]["n_natural"] == 6  # the dev scenes: recall is reported, never fitted
+    assert metrics["Music"]["auroc"] > 0.8
 
 
 def test_trained_probe_separates_a_positive_from_a_clear_negative(engine: Engine, trained: tuple[Path, dict]) -> None:

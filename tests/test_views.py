@@ -75,7 +75,7 @@ def test_custom_concept_trains_and_hot_loads_with_its_merged_concept_pack(
             folder, _ = train(
                 probed_engine.loaded,
                 pack,
-                TrainSettings(concepts=("CheerfulGreeting", "Music")),
+                TrainSettings(concepts=("CheerfulGreeting", "Music"), control_per_split=200),
                 probed_engine.settings.cache_dir,
                 tmp_path / "p",
             )

@@ -87,16 +87,15 @@ def details(engine: Engine, concept: str | None) -> str:
         f"**children** {', '.join(c.children[:20]) or '—'}{' …' if len(c.children) > 20 else ''}",
     ]
     metrics = engine.probes.metrics if engine.probes else {}
-    for side, table in (
-        ("activation probe", metrics.get("per_concept", {})),
-        ("text-side detector", metrics.get("text", {}).get("per_concept", {})),
-    ):
-        m = table.get(concept)
-        if m:
-            lines.append(
-                f"**{side}** (held out): F1 {m['f1']}, precision {m['precision']}, recall {m['recall']}, AUROC {m['auroc']}, "
-                f"threshold {m['threshold']}, {m['n_pos']} pos / {m['n_neg']} neg"
-            )
+    m = metrics.get("per_concept", {}).get(concept)
+    if m:
+        natural = f", natural recall {m['natural_recall']} on {m['n_natural']} texts" if "natural_recall" in m else ""
+        lines.append(
+            f"**activation probe**: threshold {m['threshold']} (1% FPR on control-corpus tokens), "
+            f"held-out control FPR {m.get('control_fpr_test')}{natural}"
+        )
+        if "f1" in m:
+            lines.append(f"held-out templates: F1 {m['f1']}, AUROC {m['auroc']}, {m['n_pos']} pos / {m['n_neg']} neg")
     if not metrics.get("per_concept", {}).get(concept):
         lines.append("*No probe for this concept in the loaded pack.*")
     return "\n\n".join(lines)

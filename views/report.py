@@ -1,4 +1,5 @@
-"""Pack report panel: per-layer F1/AUROC of the loaded probe pack (both sides) from its metrics.json."""
+"""Pack report panel: per layer and per concept, the loaded pack's control-corpus FPR, natural recall and
+template metrics (a secondary view), from its metrics.json."""
 
 from __future__ import annotations
 
@@ -9,62 +10,55 @@ from plotly.subplots import make_subplots
 from hatcat.engine import Engine
 from views.common import NO_PACK
 
-SIDES = (("activation", lambda m: m), ("text", lambda m: m.get("text", {})))
-COLOURS = {"activation": "#3b6fd8", "text": "#2aa876"}
-LAYER_HEADERS = ["side", "layer", "concepts", "mean F1", "mean AUROC"]
+LAYER_HEADERS = ["layer", "concepts", "held-out control FPR (mean)", "template F1 (sample)", "template AUROC (sample)"]
 CONCEPT_HEADERS = [
     "concept",
     "layer",
-    "F1",
-    "AUROC",
-    "precision",
-    "recall",
-    "FPR (all negatives)",
     "threshold",
-    "text F1",
-    "text AUROC",
+    "control FPR (dev)",
+    "control FPR (held out)",
+    "natural recall",
+    "natural texts",
+    "template F1",
+    "template AUROC",
 ]
 
 
 def layer_rows(metrics: dict) -> list[list]:
     return [
-        [side, int(layer), v["n"], v["mean_f1"], v["mean_auroc"]]
-        for side, pick in SIDES
-        for layer, v in sorted(pick(metrics).get("per_layer", {}).items(), key=lambda kv: int(kv[0]))
+        [int(layer), v["n"], v.get("mean_control_fpr_test"), v.get("mean_f1"), v.get("mean_auroc")]
+        for layer, v in sorted(metrics.get("per_layer", {}).items(), key=lambda kv: int(kv[0]))
     ]
 
 
 def concept_rows(metrics: dict) -> list[list]:
-    text = metrics.get("text", {}).get("per_concept", {})
     rows = [
         [
             c,
             m["layer"],
-            m["f1"],
-            m["auroc"],
-            m["precision"],
-            m["recall"],
-            m["fpr_all_negatives"],
             m["threshold"],
-            text.get(c, {}).get("f1"),
-            text.get(c, {}).get("auroc"),
+            m.get("control_fpr_dev"),
+            m.get("control_fpr_test"),
+            m.get("natural_recall"),
+            m.get("n_natural"),
+            m.get("f1"),
+            m.get("auroc"),
         ]
         for c, m in metrics.get("per_concept", {}).items()
     ]
-    return sorted(rows, key=lambda r: (r[2] is None, r[2] or 0.0))  # weakest probes first
+    # concepts with natural texts first, weakest natural recall first; then the rest by held-out FPR, worst first
+    return sorted(rows, key=lambda r: (r[5] is None, r[5] if r[5] is not None else -(r[4] or 0.0)))
 
 
 def figure(metrics: dict) -> go.Figure:
-    fig = make_subplots(1, 2, subplot_titles=("mean F1 by concept layer", "mean AUROC by concept layer"))
-    for side, pick in SIDES:
-        layers = sorted(pick(metrics).get("per_layer", {}).items(), key=lambda kv: int(kv[0]))
-        x = [f"layer {k}" for k, _ in layers]
-        style = dict(name=f"{side} side", legendgroup=side, marker_color=COLOURS[side])
-        fig.add_bar(x=x, y=[v["mean_f1"] for _, v in layers], row=1, col=1, **style)
-        fig.add_bar(x=x, y=[v["mean_auroc"] for _, v in layers], row=1, col=2, showlegend=False, **style)
-    fig.update_layout(
-        height=360, margin=dict(l=30, r=10, t=40, b=30), yaxis=dict(range=[0, 1]), yaxis2=dict(range=[0, 1])
-    )
+    layers = sorted(metrics.get("per_layer", {}).items(), key=lambda kv: int(kv[0]))
+    x = [f"layer {k}" for k, _ in layers]
+    fig = make_subplots(1, 2, subplot_titles=("held-out control FPR (target 0.01)", "template F1 / AUROC (sample)"))
+    fig.add_bar(x=x, y=[v.get("mean_control_fpr_test") for _, v in layers], row=1, col=1, name="control FPR")
+    fig.add_hline(y=0.01, line_dash="dot", row=1, col=1)
+    fig.add_bar(x=x, y=[v.get("mean_f1") for _, v in layers], row=1, col=2, name="template F1")
+    fig.add_bar(x=x, y=[v.get("mean_auroc") for _, v in layers], row=1, col=2, name="template AUROC")
+    fig.update_layout(height=360, margin={"l": 30, "r": 10, "t": 40, "b": 30}, yaxis2={"range": [0, 1]})
     return fig
 
 
@@ -74,7 +68,7 @@ def build(engine: Engine) -> tuple:
     layers = gr.Dataframe(headers=LAYER_HEADERS, label="per layer", interactive=False)
     concepts = gr.Dataframe(
         headers=CONCEPT_HEADERS,
-        label="per concept (held-out test split, weakest first)",
+        label="per concept (weakest natural recall first)",
         interactive=False,
         max_height=400,
     )

@@ -1,4 +1,10 @@
-"""Thresholds panel: score distributions, ROC/PR, a threshold slider, and named threshold profiles.
+"""Thresholds panel: real-text numbers first, then template score distributions, ROC/PR, a threshold
+slider, and named threshold profiles.
+
+The primary view is what a threshold means on real text, from the pack's metrics.json: the
+false-positive rate on held-out control-corpus tokens (ordinary text) and the recall on natural
+positives, at the pack's threshold (set for 1% control FPR) and, interpolated from the stored
+control-score quantiles, at the slider's value. Template prompts are a secondary view.
 
 Applying a threshold changes the engine's one monitor, so the API serves with it too. Profiles
 are JSON files `{name, probe_pack, thresholds: {concept: value}}` under `<cache dir>/profiles/`.
@@ -29,6 +35,34 @@ def at_threshold(scores: list[float], labels: list[int], threshold: float) -> di
     recall = tp / y.sum() if y.sum() else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1, "fpr": fp / max(1, (y == 0).sum())}
+
+
+def control_fpr_at(metrics: dict, threshold: float) -> float | None:
+    """Control-corpus FPR at `threshold`, interpolated (log FPR) between the stored quantiles;
+    None below the lowest stored one (the FPR is then above the largest stored level)."""
+    levels = sorted((float(v), float(k)) for k, v in metrics.get("control_quantiles", {}).items())
+    if not levels or threshold < levels[0][0]:
+        return None
+    scores, log_fpr = [s for s, _ in levels], [np.log(f) for _, f in levels]
+    return float(np.exp(np.interp(threshold, scores, log_fpr)))
+
+
+def real_text_summary(metrics: dict, threshold: float) -> str:
+    """Markdown: the concept's control-corpus FPR and natural recall (the primary view)."""
+    if "control_fpr_test" not in metrics:
+        return "This pack has no control-corpus numbers (trained before thresholds came from real text)."
+    fpr = control_fpr_at(metrics, threshold)
+    at = f"above {max(map(float, metrics['control_quantiles'])):.0%}" if fpr is None else f"{fpr:.2%}"
+    recall = (
+        f"natural recall **{metrics['natural_recall']:.2f}** on {metrics['n_natural']} texts that others wrote"
+        if "natural_recall" in metrics
+        else "no natural positives for this concept in the repository"
+    )
+    return (
+        f"**Real text** · pack threshold {metrics['threshold']:.3f} (set for 1% FPR on control-corpus tokens): "
+        f"held-out control FPR **{metrics['control_fpr_test']:.2%}**, {recall}. "
+        f"At the slider's {threshold:.3f}: control FPR ≈ **{at}**."
+    )
 
 
 def curves_figure(concept: str, scores: list[float], labels: list[int], threshold: float) -> go.Figure:
@@ -113,9 +147,9 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     scores = gr.State({})  # {concept: [scores, labels]}
     with gr.Row():
         concept = gr.Dropdown([], label="concept", scale=3)
-        split = gr.Radio(["val", "test"], value="val", label="prompts", scale=1)
-        load = gr.Button("load scores", scale=1)
-    threshold = gr.Slider(0, 1, value=0.5, step=0.01, label="threshold")
+        split = gr.Radio(["val", "test"], value="val", label="template prompts", scale=1)
+        load = gr.Button("load template scores", scale=1)
+    threshold = gr.Slider(0, 1, value=0.5, step=0.001, label="threshold")
     stats = gr.Markdown()
     curves = gr.Plot(elem_id="thresholds-plot")
     highlights = gr.HTML(tr.heatmap_html([]))
@@ -128,13 +162,20 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     status = gr.Markdown()
 
     def show(c: str, t: float, cache: dict, records: list[dict]):
+        real = (
+            real_text_summary(engine.probes.metrics.get("per_concept", {}).get(c, {}), t) if c and engine.probes else ""
+        )
         if not c or c not in cache:
-            return "", None, tr.heatmap_html(records or [], c or tr.BY_DIVERGENCE, t)
+            return real, None, tr.heatmap_html(records or [], c or tr.BY_DIVERGENCE, t)
         s, y = cache[c]
         m = at_threshold(s, y, t)
         md = (
-            f"At **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
-            f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}"
+            real
+            + "\n\n"
+            + (
+                f"Template prompts (secondary view) at **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
+                f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}"
+            )
         )
         return md, curves_figure(c, s, y, t), tr.heatmap_html(records or [], c, t)
 
@@ -160,6 +201,15 @@ def build(engine: Engine, trace: gr.State) -> tuple:
 
     load.click(compute, [concept, split, scores, trace], [scores, threshold, stats, curves, highlights], api_name=False)
     threshold.change(show, [concept, threshold, scores, trace], [stats, curves, highlights], api_name=False)
+    concept.change(
+        lambda c, cache, records: (
+            current_threshold(engine, c) or 0.5,
+            *show(c, current_threshold(engine, c) or 0.5, cache, records),
+        ),
+        [concept, scores, trace],
+        [threshold, stats, curves, highlights],
+        api_name=False,
+    )
     apply.click(apply_now, [concept, threshold], status, api_name=False)
     save.click(
         lambda n: (save_profile(engine, n), gr.Dropdown(choices=saved_profiles(engine))),

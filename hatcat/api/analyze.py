@@ -2,8 +2,10 @@
 
 One forward pass up to the tap layer gives every token's state; the probe bank scores all
 concepts on all tokens at once. The answer holds the per-token records (as in the stream's
-metadata) and, per concept asked for (or the `top_k` with the highest max divergence), the max
-and mean activation, words-only score and divergence over the text.
+metadata) and, per concept asked for (or the `top_k` with the highest max divergence), the max,
+mean and last activation, words-only score and divergence over the text. `last_activation` (the
+state after the whole text) answers "is this text about X"; max and mean describe where and how
+much it fired along the way.
 """
 
 from __future__ import annotations
@@ -68,8 +70,7 @@ def _analyze(engine: Engine, body: AnalyzeRequest) -> dict[str, Any]:
         raise APIError(400, "text encodes to no tokens", param="text", code="empty_text")
     records = monitor.score(hidden, windows, tokens)
     with torch.inference_mode():
-        act, text = bank.score(hidden), bank.score_text(windows)  # [T, N] each
-        div = act - text
+        act, text, div = bank.scores(hidden, windows)  # [T, N] each
         if body.concepts:
             chosen = torch.tensor([bank.index[c] for c in body.concepts], device=act.device)
         else:
@@ -79,10 +80,13 @@ def _analyze(engine: Engine, body: AnalyzeRequest) -> dict[str, Any]:
                 [
                     act.max(0).values,
                     act.mean(0),
+                    act[-1],
                     text.max(0).values,
                     text.mean(0),
+                    text[-1],
                     div.max(0).values,
                     div.mean(0),
+                    div[-1],
                 ]
             )[:, chosen]
             .T.cpu()
@@ -91,16 +95,19 @@ def _analyze(engine: Engine, body: AnalyzeRequest) -> dict[str, Any]:
     names = (
         "max_activation",
         "mean_activation",
+        "last_activation",
         "max_text_similarity",
         "mean_text_similarity",
+        "last_text_similarity",
         "max_divergence",
         "mean_divergence",
+        "last_divergence",
     )
     concepts = [
         {
             "concept": bank.concepts[i],
             "layer": engine.concepts[bank.concepts[i]].layer,
-            **{n: round(v, 4) for n, v in zip(names, row)},
+            **{n: round(v, 6) for n, v in zip(names, row)},
         }
         for i, row in zip(chosen.tolist(), stats)
     ]

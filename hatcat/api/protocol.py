@@ -202,14 +202,19 @@ class AnalyzeRequest(_Request):
 
 
 class ConceptStats(BaseModel):
+    """One concept over the analysed text; `last_*` is the state after the whole text."""
+
     concept: str
     layer: int
     max_activation: float
     mean_activation: float
+    last_activation: float = Field(description='the response-level score: answers "is this text about X"')
     max_text_similarity: float
     mean_text_similarity: float
+    last_text_similarity: float
     max_divergence: float
     mean_divergence: float
+    last_divergence: float
 
 
 class Analysis(BaseModel):

@@ -1,24 +1,54 @@
-"""One training run: concepts -> prompts -> cached activations -> probes -> a probe pack on disk."""
+"""One training run: concepts -> texts -> cached token states -> probes -> a probe pack on disk.
+
+The recipe (chosen on dev data written by others, results/recipe_compare.json):
+1. per concept a few training texts (hatcat/training/recipe.training_texts), pooled per text;
+2. difference-of-means directions against hard, easy and background negatives, where the
+   background is every token of the control corpus's dev part (hatcat/training/signal.py);
+3. scores standardised on those control tokens, so concepts compare with each other;
+4. thresholds at a target false-positive rate on control tokens (default 1%), checked on the
+   control corpus's held-out test part (other sources, other authors);
+5. a words-only side that predicts each concept's activation score from the words alone; the
+   divergence is the residual.
+Per-concept metrics (metrics.json): control FPR on dev and held-out tokens, recall on natural
+positives where the repository has some (data/eval, data/signal), and template metrics on the
+concept's held-out template prompts as a secondary view.
+"""
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
+from safetensors.torch import load_file
+from sklearn.metrics import roc_auc_score
 
 from hatcat.concepts import ConceptPack
 from hatcat.model import LoadedModel
 from hatcat.probes import PROBES_ROOT, model_slug, save_pack
-from hatcat.training.activations import ActivationCache, extract, inner_token_features, text_features
-from hatcat.training.fit import LinearProbes, Rows, fit_probes, metrics
-from hatcat.training.prompts import SPLITS, Prompt, build_prompts, negatives
+from hatcat.training.fit import Rows
+from hatcat.training.prompts import Prompt, build_prompts, negatives
+from hatcat.training.recipe import DATA, control_texts, training_texts
+from hatcat.training.signal import (
+    Z_MID,
+    control_thresholds,
+    directions,
+    divergence_scale,
+    residual_text_side,
+    standardise_on_control,
+)
+from hatcat.training.states import TokenStateCache, extract_states, words_windows
 
-BACKGROUND_PROMPTS = 1200  # per split, at most a quarter of its prompts
+TEMPLATE_EVAL_MAX = 150  # concepts whose held-out template prompts are scored (a fixed sample beyond)
+FPR_LEVELS = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)  # control-score quantiles kept per concept
 
 
 @dataclass(frozen=True)
@@ -29,12 +59,16 @@ class TrainSettings:
     concepts: tuple[str, ...] = ()  # empty: every concept of the chosen layers
     limit: int | None = None  # at most this many concepts (first in pack order), for quick runs
     tap_layer: int = 15  # results/tap_sweep.json
-    pooling: str = "last"
-    shrinkage: float = 0.2
+    method: str = "dom"  # results/recipe_compare.json
+    pooling: str = "mean"
+    k_texts: int = 4
+    target_fpr: float = 0.01
+    control_per_split: int | None = None  # None: the whole control corpus (quick runs use fewer)
+    directions_from: str | None = None  # a probe pack whose activation rows are kept as directions (recalibration)
     n_hard: int = 8
     n_easy: int = 8
     seed: int = 0
-    batch_size: int = 64
+    batch_size: int = 32
 
 
 @dataclass
@@ -83,7 +117,7 @@ def _rows(
 
 @dataclass
 class Plan:
-    """The concepts a run trains, their negatives, and every prompt needed (negatives' included)."""
+    """The concepts a run trains, their negatives, and every template prompt of them (held-out views)."""
 
     trained: list[str]
     negatives: dict[str, tuple[list[str], list[str]]]
@@ -98,7 +132,7 @@ class Plan:
 
 
 def plan(pack: ConceptPack, settings: TrainSettings) -> Plan:
-    """Select concepts, draw their negatives from the whole pack, and build all prompts."""
+    """Select concepts, draw their negatives from the whole pack, and build all template prompts."""
     trained = select_concepts(pack, settings)
     neg = {c: negatives(pack, c, pack.ids, settings.n_hard, settings.n_easy, settings.seed) for c in trained}
     order = {c: i for i, c in enumerate(pack.ids)}
@@ -106,86 +140,266 @@ def plan(pack: ConceptPack, settings: TrainSettings) -> Plan:
     return Plan(trained, neg, build_prompts(pack, needed, settings.seed))
 
 
+def pool(states: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One text's token states [T, d] as training rows: its last token, its mean, or every token."""
+    if pooling == "last":
+        return states[-1:]
+    if pooling == "mean":
+        return states.mean(0, keepdim=True)
+    return states
+
+
+def natural_positives() -> dict[str, list[str]]:
+    """Natural texts per concept that the repository ships (dev scenes, divergence pairs, WordNet
+    examples): recall at the threshold is reported on them; nothing is fitted on them."""
+    out: dict[str, list[str]] = defaultdict(list)
+    scenes = yaml.safe_load((DATA / "eval" / "natural_scenes.yaml").read_text())
+    for c in scenes["concepts"]:
+        out[c["id"]] += c["scenes"]
+    for p in yaml.safe_load((DATA / "eval" / "divergence_pairs.yaml").read_text())["pairs"]:
+        out[p["concept"]] += [p["implied"], p["named"]]
+    wordnet = yaml.safe_load((DATA / "signal" / "wordnet_examples.yaml").read_text())
+    for group in wordnet.values():
+        for c, texts in group.items():
+            out[c] += texts
+    return out
+
+
 def train(
-    loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache_dir: Path, out: Path | None = None
+    loaded: LoadedModel,
+    pack: ConceptPack,
+    settings: TrainSettings,
+    cache_dir: Path,
+    out: Path | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    guard: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[Path, RunReport]:
-    """Train activation and text-side probes for the selected concepts and write a probe pack."""
+    """Train activation probes and the words-only predictor for the selected concepts; write a probe pack.
+
+    `progress(phase, fraction)` is called as the run goes (the server's auto-train shows it);
+    `guard()` is held around each forward pass (see `extract_states`)."""
+    say = progress or (lambda phase, fraction: None)
     start = time.perf_counter()
     phases: dict[str, float] = {}
     work = plan(pack, settings)
-    trained, prompts = work.trained, work.prompts
-    phases["prompts"] = time.perf_counter() - start
-
-    cache = ActivationCache(cache_dir, loaded.name, settings.tap_layer)
-    todo = len(cache.missing(work.texts))
+    trained = work.trained
+    needed = list(dict.fromkeys([*trained, *(n for c in trained for pair in work.negatives[c] for n in pair)]))
+    if settings.directions_from:
+        needed = []  # directions come from the given pack: no training texts to encode
+    texts_of = {c: training_texts(pack[c], settings.k_texts) for c in needed}
+    limit = settings.control_per_split
+    control = {split: control_texts(split)[:limit] for split in ("dev", "test")}
+    natural = {c: t for c, t in natural_positives().items() if c in set(trained)}
+    held_out = _template_sample(work, settings.seed)
+    all_texts = [
+        *control["dev"],
+        *control["test"],
+        *(t for c in needed for t in texts_of[c]),
+        *(t for ts in natural.values() for t in ts),
+        *held_out[0],
+    ]
+    cache = TokenStateCache(cache_dir, loaded.name, settings.tap_layer)
+    todo = len(cache.missing(all_texts))
     t0 = time.perf_counter()
-    extract(loaded.model, loaded.tokenizer, work.texts, [cache], batch_size=settings.batch_size)
+    extract_states(
+        loaded.model,
+        loaded.tokenizer,
+        all_texts,
+        cache,
+        settings.batch_size,
+        progress=lambda done, total: say("token states", done / max(total, 1)),
+        guard=guard,
+    )
     phases["extraction"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    split_texts, split_rows = {}, {}
-    for split in SPLITS:
-        split_texts[split], split_rows[split] = work.split(split)
-    features = {
-        "activation": {s: cache.stack(split_texts[s], settings.pooling) for s in SPLITS},
-        "text": {s: text_features(loaded.model, loaded.tokenizer, split_texts[s]) for s in SPLITS},
-    }
-    for split in SPLITS:  # background rows: inner-token states of a sample of this split's prompts
-        rng = np.random.default_rng(settings.seed)
-        texts = split_texts[split]
-        sample = [texts[i] for i in rng.choice(len(texts), min(BACKGROUND_PROMPTS, len(texts) // 4), replace=False)]
-        hidden, words = inner_token_features(
-            loaded.model, loaded.tokenizer, sample, settings.tap_layer, settings.batch_size
+    say("fitting", 0.0)
+    words = lambda t: words_windows(loaded.model, loaded.tokenizer, t)
+    order = list(dict.fromkeys(t for c in needed for t in texts_of[c]))
+    x = [pool(cache.get(t), settings.pooling) for t in order]
+    start_of = np.concatenate([[0], np.cumsum([len(r) for r in x])])
+    span = {t: np.arange(start_of[i], start_of[i + 1]) for i, t in enumerate(order)}
+    rows_of = lambda cs: np.unique(np.concatenate([span[t] for c in cs for t in texts_of[c]] or [np.zeros(0)])).astype(
+        np.int64
+    )
+    control_dev = torch.cat([cache.get(t) for t in control["dev"]])
+    if settings.directions_from:
+        weight, bias = pack_directions(settings.directions_from, trained)
+    else:
+        n = int(start_of[-1])
+        rows = Rows(
+            pos=[rows_of([c]) for c in trained],
+            hard=[rows_of(work.negatives[c][0]) for c in trained],
+            easy=[rows_of(work.negatives[c][1]) for c in trained],
+            background=np.arange(n, n + len(control_dev)),
         )
-        first = len(features["activation"][split])
-        features["activation"][split] = torch.cat([features["activation"][split], hidden])
-        features["text"][split] = torch.cat([features["text"][split], words])
-        split_rows[split].background = np.arange(first, first + len(hidden))
-    probes: dict[str, LinearProbes] = {}
-    side_metrics: dict[str, Any] = {}
-    for side, x in features.items():
-        probes[side] = fit_probes(x["train"], split_rows["train"], x["val"], split_rows["val"], settings.shrinkage)
-        side_metrics[side] = _summarise(
-            pack, trained, metrics(probes[side].probs(x["test"]), probes[side].threshold, split_rows["test"])
-        )
+        weight, bias = directions(torch.cat([*x, control_dev]), rows, settings.method)
+    weight, bias = standardise_on_control(weight, bias, control_dev)  # z units on ordinary text
+    z_dev = control_dev @ weight.T + bias
+    z_threshold = control_thresholds(z_dev, settings.target_fpr)
+    # the bank's logit is z - Z_MID: activation 0.5 = Z_MID control standard deviations above ordinary text
+    act_bias = bias - Z_MID
+    threshold = torch.sigmoid(z_threshold - Z_MID)
+    say("fitting", 0.5)
+    natural_rows = [*control["dev"], *order]
+    word_rows = torch.cat([words(t) for t in natural_rows])
+    z_rows = torch.cat([cache.get(t) @ weight.T + bias for t in natural_rows])
+    text_weight, text_bias, residual_sd = residual_text_side(word_rows, z_rows)
+    text_bias = text_bias - Z_MID
+    scale = divergence_scale(residual_sd)
     phases["fit"] = time.perf_counter() - t0
 
+    say("metrics", 0.0)
+    control_test = torch.cat([cache.get(t) for t in control["test"]])
+    metrics_doc = _metrics(
+        pack, trained, weight, bias, z_threshold, z_dev, control_test @ weight.T + bias, natural, held_out, cache
+    )
     folder = out or PROBES_ROOT / model_slug(loaded.name) / pack.id
     manifest = {
         "model": loaded.name,
         "model_class": type(loaded.model).__name__,
         "hidden_size": loaded.hidden_size,
         "tap_layer": settings.tap_layer,
-        "pooling": settings.pooling,
-        "text_features": "mean input embedding of the text's tokens",
-        "background": f"inner-token states of up to {BACKGROUND_PROMPTS} prompts per split, negative for every concept",
+        "pooling": "last",
+        "scores": f"activation = sigmoid(z - {Z_MID}), z = standard deviations above the control corpus's dev tokens",
+        "text_features": "mean input embedding of the last 8 tokens; the text side predicts z from them (ridge)",
+        "divergence": "tanh((z - z_words) / divergence_scale): the activation evidence the words do not predict",
+        "divergence_scale": [round(float(s), 5) for s in scale],
+        "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
         "concept_pack": {"id": pack.id, "checksum": pack.checksum},
         "concepts": trained,
         "training": {
             **asdict(settings),
-            "prompts": len(prompts),
+            "texts": len(order),
+            "prompts": len(order),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     }
-    metrics_doc = {**side_metrics["activation"], "text": side_metrics["text"]}
-    save_pack(folder, manifest, {side: (p.weight, p.bias, p.threshold) for side, p in probes.items()}, metrics_doc)
-    report = RunReport(len(trained), len(prompts), todo, time.perf_counter() - start, phases["extraction"], phases)
+    save_pack(
+        folder,
+        manifest,
+        {
+            "activation": (weight, act_bias, threshold),
+            "text": (text_weight, text_bias, threshold),
+        },
+        metrics_doc,
+    )
+    say("done", 1.0)
+    report = RunReport(len(trained), len(order), todo, time.perf_counter() - start, phases["extraction"], phases)
     return folder, report
 
 
-def _summarise(pack: ConceptPack, trained: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """`per_concept` and `per_layer` (mean F1/AUROC over concepts with both classes in the test split)."""
-    per_concept = {c: {"layer": pack[c].layer, **m} for c, m in zip(trained, rows)}
+def pack_directions(folder: str, concepts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activation rows (weight, bias) of `concepts` in an existing probe pack, of any format."""
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    tensors = load_file(Path(folder) / "activation.safetensors")
+    index = {c: i for i, c in enumerate(manifest["concepts"])}
+    missing = [c for c in concepts if c not in index]
+    if missing:
+        raise ValueError(f"{folder} has no probe for: {', '.join(missing[:5])}")
+    rows = torch.tensor([index[c] for c in concepts])
+    return tensors["weight"][rows].float(), tensors["bias"][rows].float()
+
+
+def _template_sample(work: Plan, seed: int) -> tuple[list[str], list[str]]:
+    """Held-out (test-split) template prompts of at most TEMPLATE_EVAL_MAX trained concepts: (texts, concept per text)."""
+    concepts = work.trained
+    if len(concepts) > TEMPLATE_EVAL_MAX:
+        rng = np.random.default_rng(seed)
+        concepts = sorted(rng.choice(concepts, TEMPLATE_EVAL_MAX, replace=False).tolist(), key=work.trained.index)
+    chosen = set(concepts)
+    pairs = [(p.text, p.concept) for p in work.prompts if p.split == "test" and p.positive and p.concept in chosen]
+    pairs = list(dict(pairs).items())  # a text once, with its first concept
+    return [t for t, _ in pairs], [c for _, c in pairs]
+
+
+def _metrics(pack, trained, weight, bias, z_threshold, z_dev, z_test, natural, held_out, cache) -> dict[str, Any]:
+    """Per concept: threshold, control FPR (dev: where it was set; test: held-out sources), the
+    control-score quantiles at FPR_LEVELS, natural recall where natural texts exist, and held-out
+    template AUROC/F1 (own test prompts against the other sampled concepts' test prompts)."""
+    index = {c: i for i, c in enumerate(trained)}
+    fpr_dev = (z_dev >= z_threshold).float().mean(0)
+    fpr_test = (z_test >= z_threshold).float().mean(0)
+    quantiles = torch.stack([control_thresholds(z_dev, level) for level in FPR_LEVELS], dim=1)
+    recall = {}
+    for c, texts in natural.items():
+        last = torch.stack([(cache.get(t)[-1] @ weight[index[c]] + bias[index[c]]) for t in texts])
+        recall[c] = (round(float((last >= z_threshold[index[c]]).float().mean()), 4), len(texts))
+    template = _template_metrics(trained, index, weight, bias, z_threshold, held_out, cache)
+    per_concept = {}
+    for c, i in index.items():
+        m: dict[str, Any] = {
+            "layer": pack[c].layer,
+            "threshold": round(float(torch.sigmoid(z_threshold[i] - Z_MID)), 5),
+            "z_threshold": round(float(z_threshold[i]), 4),
+            "control_fpr_dev": round(float(fpr_dev[i]), 5),
+            "control_fpr_test": round(float(fpr_test[i]), 5),
+            "control_quantiles": {
+                str(level): round(float(torch.sigmoid(q - Z_MID)), 5) for level, q in zip(FPR_LEVELS, quantiles[i])
+            },
+        }
+        if c in recall:
+            m["natural_recall"], m["n_natural"] = recall[c]
+        if c in template:
+            m.update(template[c])
+        per_concept[c] = m
     by_layer: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for m in per_concept.values():
-        if m["n_pos"] and m["n_neg"]:
-            by_layer[m["layer"]].append(m)
+        by_layer[m["layer"]].append(m)
     per_layer = {
         str(layer): {
-            "mean_f1": round(float(np.mean([m["f1"] for m in ms])), 4),
-            "mean_auroc": round(float(np.nanmean([m["auroc"] for m in ms])), 4),
             "n": len(ms),
+            "mean_control_fpr_test": round(float(np.mean([m["control_fpr_test"] for m in ms])), 5),
+            **(
+                {
+                    "mean_f1": round(float(np.mean([m["f1"] for m in ms if "f1" in m])), 4),
+                    "mean_auroc": round(float(np.mean([m["auroc"] for m in ms if "auroc" in m])), 4),
+                    "n_template": sum("f1" in m for m in ms),
+                }
+                if any("f1" in m for m in ms)
+                else {}
+            ),
         }
         for layer, ms in sorted(by_layer.items())
     }
-    return {"per_concept": per_concept, "per_layer": per_layer}
+    return {
+        "per_concept": per_concept,
+        "per_layer": per_layer,
+        "control": {
+            "tokens_dev": len(z_dev),
+            "tokens_test": len(z_test),
+            "mean_fpr_dev": round(float(fpr_dev.mean()), 5),
+            "mean_fpr_test": round(float(fpr_test.mean()), 5),
+        },
+    }
+
+
+def _template_metrics(trained, index, weight, bias, z_threshold, held_out, cache) -> dict[str, dict[str, Any]]:
+    texts, owner = held_out
+    if not texts:
+        return {}
+    sampled = list(dict.fromkeys(owner))
+    cols = torch.tensor([index[c] for c in sampled])
+    z = torch.stack([cache.get(t)[-1] for t in texts]) @ weight[cols].T + bias[cols]  # [texts, sampled]
+    owner_arr = np.array([sampled.index(c) for c in owner])
+    out = {}
+    for j, c in enumerate(sampled):
+        y = owner_arr == j
+        if y.all() or not y.any():
+            continue
+        s = z[:, j].numpy()
+        rng = np.random.default_rng(j)
+        neg = rng.choice(np.flatnonzero(~y), min(int(y.sum()), int((~y).sum())), replace=False)
+        pred_pos, pred_neg = s[y] >= float(z_threshold[index[c]]), s[neg] >= float(z_threshold[index[c]])
+        tp, fp = pred_pos.sum(), pred_neg.sum()
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / y.sum()
+        out[c] = {
+            "auroc": round(float(roc_auc_score(y, s)), 4),
+            "precision": round(float(precision), 4),
+            "recall": round(float(recall), 4),
+            "f1": round(float(2 * precision * recall / (precision + recall)) if precision + recall else 0.0, 4),
+            "n_pos": int(y.sum()),
+            "n_neg": len(neg),
+        }
+    return out

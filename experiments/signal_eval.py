@@ -1,0 +1,153 @@
+"""Signal validity of a probe pack, measured through a real server's /v1/analyze: results/signal_eval.json.
+
+python -m experiments.signal_eval [--pack probes/gemma-3-270m/sumo-wordnet-v1+safety-v1]
+
+Sets (data/eval/README.md, data/signal/, sources in data/NOTICE):
+- test: WordNet example sentences (Princeton's lexicographers) for concepts outside the dev set;
+  the control corpus's test part (fortune files of other collections and authors);
+- dev (the recipe was chosen on these): the natural scenes (42 concepts, six emotions) and the
+  divergence pairs, written by the HatCat authors.
+Per text the response-level score is `last_activation` (the state after the whole text); the
+words-only side is `last_text_similarity`. Per concept AUROC: its texts against the other
+concepts' texts of the same set; top-1: the concept with the highest score among the set's.
+On control text: the share of tokens whose colour (the token's `max_divergence`) lies beyond the
+colour scale's midpoint (|d| >= 0.5), and the per-concept threshold FPR on held-out control tokens
+(from the pack's metrics.json, computed by the same bank at training time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from experiments.fuzz_api import start_server
+from hatcat.training.recipe import control_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "results" / "signal_eval.json"
+PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
+EMOTIONS = ["Anger", "Fear", "Sadness", "Joy", "Disgust", "Embarrassment"]
+
+
+def analyze(client: httpx.Client, text: str, concepts: list[str] | None = None, top_k: int = 1) -> dict:
+    body = {"text": text, **({"concepts": concepts} if concepts else {"top_k": top_k})}
+    reply = client.post("/v1/analyze", json=body, timeout=600)
+    reply.raise_for_status()
+    return reply.json()
+
+
+def concept_set(client: httpx.Client, texts_of: dict[str, list[str]]) -> dict:
+    """AUROC and top-1 of last_activation (and of the words-only last_text_similarity)."""
+    concepts = list(texts_of)
+    label, act, words = [], [], []
+    for i, c in enumerate(concepts):
+        for text in texts_of[c]:
+            stats = {s["concept"]: s for s in analyze(client, text, concepts)["concepts"]}
+            label.append(i)
+            act.append([stats[k]["last_activation"] for k in concepts])
+            words.append([stats[k]["last_text_similarity"] for k in concepts])
+    label, act, words = np.array(label), np.array(act), np.array(words)
+    out = {"n_concepts": len(concepts), "n_texts": len(label)}
+    for name, s in (("activation", act), ("words_only", words)):
+        aurocs = {c: roc_auc_score(label == i, s[:, i]) for i, c in enumerate(concepts)}
+        out[name] = {
+            "mean_auroc": round(float(np.mean(list(aurocs.values()))), 4),
+            "top1": round(float(np.mean(s.argmax(1) == label)), 4),
+            "per_concept_auroc": {c: round(float(a), 4) for c, a in aurocs.items()},
+        }
+    out["activation_minus_words_auroc"] = round(out["activation"]["mean_auroc"] - out["words_only"]["mean_auroc"], 4)
+    return out
+
+
+def divergence_pairs(client: httpx.Client) -> dict:
+    pairs = yaml.safe_load((ROOT / "data" / "eval" / "divergence_pairs.yaml").read_text())["pairs"]
+    vals: dict[str, dict[str, list[float]]] = {k: {"implied": [], "named": []} for k in ("last", "mean")}
+    for p in pairs:
+        for kind in ("implied", "named"):
+            s = analyze(client, p[kind], [p["concept"]])["concepts"][0]
+            vals["last"][kind].append(s["last_divergence"])
+            vals["mean"][kind].append(s["mean_divergence"])
+    out = {"n_pairs": len(pairs)}
+    for pool, v in vals.items():
+        y = [1] * len(v["implied"]) + [0] * len(v["named"])
+        out[f"auroc_implied_vs_named_{pool}"] = round(roc_auc_score(y, v["implied"] + v["named"]), 4)
+    return out
+
+
+def control(client: httpx.Client, pack: Path) -> dict:
+    colours = [r["max_divergence"] for t in control_texts("test") for r in analyze(client, t)["tokens"]]
+    metrics = json.loads((pack / "metrics.json").read_text())["per_concept"]
+    fpr = np.array([m["control_fpr_test"] for m in metrics.values()])
+    return {
+        "tokens": len(colours),
+        "share_beyond_colour_midpoint": round(float(np.mean(np.abs(colours) >= 0.5)), 4),
+        "threshold_fpr_test_mean": round(float(fpr.mean()), 5),
+        "threshold_fpr_test_median": round(float(np.median(fpr)), 5),
+        "concepts_within_0.01": round(float(np.mean(fpr <= 0.01)), 4),
+        "concepts_within_0.02": round(float(np.mean(fpr <= 0.02)), 4),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.signal_eval", description=__doc__.splitlines()[0])
+    ap.add_argument("--pack", type=Path, default=PACK)
+    args = ap.parse_args(argv)
+    t0 = time.time()
+    wordnet = yaml.safe_load((ROOT / "data" / "signal" / "wordnet_examples.yaml").read_text())
+    scenes = {
+        c["id"]: c["scenes"]
+        for c in yaml.safe_load((ROOT / "data" / "eval" / "natural_scenes.yaml").read_text())["concepts"]
+    }
+    proc, base = start_server(args.pack, Path("/tmp/hatcat-signal-eval.log"))
+    try:
+        with httpx.Client(base_url=base) as client:
+            doc = {
+                "command": "python -m experiments.signal_eval",
+                "pack": str(args.pack.relative_to(ROOT) if args.pack.is_relative_to(ROOT) else args.pack),
+                "score": "/v1/analyze last_activation (words-only: last_text_similarity)",
+                "test": {
+                    "wordnet_concepts": concept_set(client, wordnet["concepts"]),
+                    "wordnet_emotions": {
+                        "n_concepts": len(wordnet["emotions"]),
+                        "note": "too few emotion concepts with unused WordNet examples for a 6-way test",
+                    },
+                    "control": control(client, args.pack),
+                },
+                "dev": {
+                    "natural_scenes": concept_set(client, scenes),
+                    "natural_scenes_emotions": concept_set(client, {c: scenes[c] for c in EMOTIONS}),
+                    "divergence_pairs": divergence_pairs(client),
+                },
+            }
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    doc["seconds"] = round(time.time() - t0, 1)
+    OUT.write_text(json.dumps(doc, indent=1) + "\n")
+    print(
+        json.dumps(
+            {
+                k: {
+                    s: {m: v for m, v in r.items() if m != "per_concept_auroc"} if isinstance(r, dict) else r
+                    for s, r in part.items()
+                }
+                if isinstance(part, dict)
+                else part
+                for k, part in doc.items()
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

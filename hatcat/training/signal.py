@@ -1,0 +1,110 @@
+"""Probe directions for transfer, scores comparable across concepts, and divergence as a residual.
+
+Directions (`directions`), all one row per concept of one weight matrix:
+- `dom`: difference of means, mu_pos - mu_neg, on per-dimension standardised features (no
+  covariance whitening; a few dimensions of the residual stream are orders of magnitude larger
+  than the rest, standardising stops them from owning the direction);
+- `lda`: the same with a shrunk shared covariance inverse (hatcat/training/fit.py);
+- `logistic`: L2 logistic regression per concept (scikit-learn), class-balanced.
+mu_neg weighs hard negatives (siblings/cousins), easy ones (distant concepts) and background
+(every token of the control corpus) equally.
+
+Comparable scores (`standardise_on_control`): a concept's raw logit is shifted and scaled so that
+on ordinary text (control-corpus tokens) it has mean 0 and standard deviation 1: z = (l - m) / s.
+Top-1 among concepts is then the concept whose score stands furthest out of its own ordinary
+range. The bank stores logit = z - Z_MID, so activation 0.5 means "Z_MID standard deviations above
+ordinary text" for every concept.
+
+Thresholds (`control_thresholds`): per concept, the (1 - fpr) quantile of z over control tokens.
+
+Divergence (`residual_text_side`): ridge regression from the words-only features (the monitor's
+window of mean input embeddings) to each concept's z, fitted on natural tokens (control corpus and
+training texts). The text side's logit is that prediction; divergence = tanh((z - z_hat) / D_c),
+the part of the activation evidence the words do not predict, with D_c set so that a residual of
+DIV_MID_SD of the concept's own residual standard deviations on control text reaches the colour
+scale's midpoint (0.5).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from hatcat.training.fit import Rows, fit_lda
+
+METHODS = ("dom", "lda", "logistic")
+Z_MID = 3.0  # activation 0.5 <=> 3 control-corpus standard deviations above ordinary text
+DIV_MID_SD = 3.0  # divergence 0.5 <=> a residual of 3 residual standard deviations
+
+
+def directions(x: torch.Tensor, rows: Rows, method: str, c_reg: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw-feature-space (weight [N, d], bias [N]) for every concept in `rows`."""
+    if method == "lda":
+        w, b, mean, std = fit_lda(x, rows, shrinkage=0.2)
+    elif method == "dom":
+        w, b, mean, std = fit_lda(x, rows, shrinkage=1.0)  # identity covariance: difference of means
+    elif method == "logistic":
+        return _logistic(x, rows, c_reg)
+    else:
+        raise ValueError(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+    return w / std, b - (w * mean / std).sum(1)
+
+
+def _logistic(x: torch.Tensor, rows: Rows, c_reg: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.linear_model import LogisticRegression
+
+    x = x.float()
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = ((x - mean) / std).numpy()
+    weight, bias = np.zeros((len(rows.pos), x.shape[1]), dtype=np.float32), np.zeros(len(rows.pos), dtype=np.float32)
+    for c in range(len(rows.pos)):
+        r, y = rows.labelled(c)
+        extra = rows.background_sample(c, k=512)
+        r, y = np.concatenate([r, extra]), np.concatenate([y, np.zeros(len(extra))])
+        if y.min() == y.max():
+            continue
+        model = LogisticRegression(C=c_reg, class_weight="balanced", max_iter=300)
+        model.fit(z[r], y)
+        weight[c], bias[c] = model.coef_[0], model.intercept_[0]
+    w = torch.from_numpy(weight)
+    return w / std, torch.from_numpy(bias) - (w * mean / std).sum(1)
+
+
+def standardise_on_control(
+    weight: torch.Tensor, bias: torch.Tensor, control: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rescale so each concept's logit has mean 0, sd 1 over control tokens [n, d]."""
+    logits = control.float() @ weight.T + bias
+    m, s = logits.mean(0), logits.std(0).clamp(min=1e-6)
+    return weight / s[:, None], (bias - m) / s
+
+
+def control_thresholds(z_control: torch.Tensor, fpr: float) -> torch.Tensor:
+    """Per concept the z above which at most `fpr` of the control tokens [n, N] lie."""
+    k = max(1, math.ceil((1 - fpr) * len(z_control)))
+    return torch.cat([part.float().kthvalue(k, dim=0).values for part in z_control.split(512, dim=1)])
+
+
+def residual_text_side(
+    words: torch.Tensor, z: torch.Tensor, ridge: float = 0.1
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ridge regression of every concept's z [n, N] on words-only features [n, d].
+
+    Returns (weight [N, d], bias [N], residual sd [N] on these rows)."""
+    words, z = words.float(), z.float()
+    mx, mz = words.mean(0), z.mean(0)
+    xc = words - mx
+    gram = xc.T @ xc
+    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
+    coef = torch.linalg.solve(gram, xc.T @ (z - mz))  # [d, N]
+    weight = coef.T.contiguous()
+    bias = mz - mx @ coef
+    residual = z - (words @ coef + bias)
+    return weight, bias, residual.std(0).clamp(min=1e-6)
+
+
+def divergence_scale(residual_sd: torch.Tensor) -> torch.Tensor:
+    """D_c such that tanh(r / D_c) = 0.5 at r = DIV_MID_SD residual standard deviations."""
+    return DIV_MID_SD * residual_sd / math.atanh(0.5)
