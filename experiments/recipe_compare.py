@@ -1,6 +1,6 @@
 """Compare probe recipes on dev data written by others than the training data: results/recipe_compare.json.
 
-python -m experiments.recipe_compare      # after `python -m experiments.recipe_data`
+python -m experiments.recipe_compare [--k 1 2 3 4] [--old-pack PACK]   # after `python -m experiments.recipe_data`
 
 Every recipe trains on the same cached token states (hatcat/training/states.py) for the 42 dev
 concepts and their negatives, with control-corpus (dev part) tokens as background negatives, and
@@ -18,8 +18,8 @@ against the old difference of probabilities, on the implied/named pairs.
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import sys
 import time
 from itertools import product
@@ -32,17 +32,43 @@ from sklearn.metrics import roc_auc_score
 from experiments.recipe_data import K_TEXTS, TAP_LAYER, continuation_file, dev_plan, dev_scenes, divergence_pairs
 from hatcat.concepts import load_pack
 from hatcat.config import Settings
-from hatcat.model import load_model
 from hatcat.train import DEFAULT_MELDS
 from hatcat.training.fit import Rows
 from hatcat.training.recipe import control_texts, training_texts
 from hatcat.training.run import pack_directions
-from hatcat.training.signal import control_thresholds, directions, residual_text_side, standardise_on_control
+from hatcat.training.signal import (
+    control_thresholds,
+    directions,
+    residual_text_side,
+    standardise_on_control,
+    unwhiten,
+)
 from hatcat.training.states import TokenStateCache, words_windows
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "recipe_compare.json"
 EMOTIONS = ["Anger", "Fear", "Sadness", "Joy", "Disgust", "Embarrassment"]
+
+
+class WordsOnly:
+    """The embedded model's tokenizer and (scaled) input embeddings only: what words features need,
+    without loading the decoder (the token states come from the cache)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from safetensors import safe_open
+        from transformers import AutoTokenizer
+
+        from hatcat.model import _converted_gguf, _embedded_gguf
+
+        folder, _ = _converted_gguf(*_embedded_gguf(settings.model_name, settings.cache_dir), settings.cache_dir)
+        config = json.loads((folder / "config.json").read_text())
+        with safe_open(folder / "model.safetensors", "pt") as f:
+            weight = f.get_tensor("model.embed_tokens.weight").float() * config["hidden_size"] ** 0.5  # Gemma's scale
+        self.model = torch.nn.Module()
+        self.model.get_input_embeddings = lambda: self._embed
+        self._embed = torch.nn.Embedding.from_pretrained(weight)
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.name = settings.model_name
 
 
 class Features:
@@ -148,29 +174,26 @@ def divergence_eval(w, b, residual_side, detector_side, fa, ft, pairs, concepts)
     return out
 
 
-def shipped_lda(dev: list[str]) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The activation rows of the pack shipped before this recipe (HATCAT_OLD_PACK, a copy of it)."""
-    folder = os.environ.get("HATCAT_OLD_PACK")
-    if not folder:
-        return None
-    return pack_directions(folder, dev)
-
-
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.recipe_compare", description=__doc__.splitlines()[0])
+    ap.add_argument("--k", type=int, nargs="+", default=list(range(1, K_TEXTS + 1)), help="training texts per concept")
+    ap.add_argument("--old-pack", default=None, metavar="PACK", help="the pack shipped before (the one-matrix LDA row)")
+    args = ap.parse_args(argv)
+    ks = args.k
     t0 = time.time()
     settings = Settings.from_env()
     pack = load_pack(None, melds=DEFAULT_MELDS)
     concepts, neg = dev_plan(pack)
     scenes = dev_scenes()
     dev = list(scenes)
-    loaded = load_model(settings.model_name, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline)
+    loaded = WordsOnly(settings)
     cache = TokenStateCache(settings.cache_dir, loaded.name, TAP_LAYER)
     f = Features(cache, loaded)
     conts = json.loads(continuation_file(settings.cache_dir).read_text())
     control = control_texts("dev")
     pairs = divergence_pairs()
     results = []
-    old = shipped_lda(dev)
+    old = pack_directions(args.old_pack, dev) if args.old_pack else None
     if old is not None:  # the current recipe: one-matrix LDA over every training template (~12 per concept)
         w, b = old
         row = {
@@ -182,14 +205,27 @@ def main() -> int:
         row["activation"] = evaluate(w, b, f.act, scenes, dev, torch.cat([f.act(t) for t in control]))
         results.append(row)
         print(row["method"], row["activation"]["last"], flush=True)
-    for pooling, k, use_cont in product(("last", "mean", "all"), (1, 2, 3, K_TEXTS), (False, True)):
+        # the same rows turned into differences of means: Sigma estimated on template-like rows (the
+        # dev concepts' training texts, last token, plus every token of them as background)
+        texts = [t for c in concepts for t in training_texts(pack[c], min(ks))]
+        sample = torch.cat([torch.stack([f.act(t)[-1] for t in texts]), *(f.act(t) for t in texts)])
+        row = {
+            "method": "dom (shipped LDA rows unwhitened)",
+            "pooling": "last",
+            "k_texts": None,
+            "continuations": False,
+        }
+        row["activation"] = evaluate(unwhiten(w, sample), b, f.act, scenes, dev, torch.cat([f.act(t) for t in control]))
+        results.append(row)
+        print(row["method"], row["activation"]["last"], flush=True)
+    for pooling, k, use_cont in product(("last", "mean", "all"), ks, (False, True)):
         texts_of = {
             c: training_texts(pack[c], k) + ([t for t in conts.get(c, []) if t] if use_cont else []) for c in concepts
         }
         act_x, act_rows, act_bg = build_rows(f.act, concepts, texts_of, neg, control, pooling)
         txt_x, txt_rows, txt_bg = build_rows(f.text, concepts, texts_of, neg, control, pooling)
         for method in ("dom", "lda", "logistic"):
-            if method == "logistic" and (pooling == "all" or k != K_TEXTS):
+            if method == "logistic" and pooling == "all":
                 continue  # per-concept fits over every token row: too slow to compare here
             sub = [concepts.index(c) for c in dev]
             w, b = directions(act_x, subset(act_rows, sub), method)

@@ -2,6 +2,8 @@
 
 python -m experiments.signal_eval [--pack probes/gemma-3-270m/sumo-wordnet-v1+safety-v1]
 
+Writes the JSON, then regenerates the README's results table (`python -m experiments.report`).
+
 Sets (data/eval/README.md, data/signal/, sources in data/NOTICE):
 - test: WordNet example sentences (Princeton's lexicographers) for concepts outside the dev set;
   the control corpus's test part (fortune files of other collections and authors);
@@ -29,6 +31,7 @@ import yaml
 from sklearn.metrics import roc_auc_score
 
 from experiments.fuzz_api import start_server
+from experiments.report import README, render, signal_rows
 from hatcat.training.recipe import control_texts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,20 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(30)
     doc["seconds"] = round(time.time() - t0, 1)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    print(
-        json.dumps(
-            {
-                k: {
-                    s: {m: v for m, v in r.items() if m != "per_concept_auroc"} if isinstance(r, dict) else r
-                    for s, r in part.items()
-                }
-                if isinstance(part, dict)
-                else part
-                for k, part in doc.items()
-            },
-            indent=1,
-        )
-    )
+    README.write_text(render(README.read_text()))
+    print("\n".join(" | ".join(row) for row in signal_rows()))
     return 0
 
 

@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 
 
 def _repo_without_pack(dest: Path) -> Path:
+    dest.mkdir()
     for name in ("app.py", "hatcat", "views", "data"):
         src = ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, dest / name)

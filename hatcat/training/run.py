@@ -47,7 +47,7 @@ from hatcat.training.signal import (
 )
 from hatcat.training.states import TokenStateCache, extract_states, words_windows
 
-TEMPLATE_EVAL_MAX = 150  # concepts whose held-out template prompts are scored (a fixed sample beyond)
+TEMPLATE_EVAL_MAX = 60  # concepts whose held-out template prompts are scored (a fixed sample beyond)
 FPR_LEVELS = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 0.001)  # control-score quantiles kept per concept
 
 
@@ -190,7 +190,7 @@ def train(
     limit = settings.control_per_split
     control = {split: control_texts(split)[:limit] for split in ("dev", "test")}
     natural = {c: t for c, t in natural_positives().items() if c in set(trained)}
-    held_out = _template_sample(work, settings.seed)
+    held_out = template_sample(work, settings.seed)
     all_texts = [
         *control["dev"],
         *control["test"],
@@ -245,8 +245,9 @@ def train(
     word_rows = torch.cat([words(t) for t in natural_rows])
     z_rows = torch.cat([cache.get(t) @ weight.T + bias for t in natural_rows])
     text_weight, text_bias, residual_sd = residual_text_side(word_rows, z_rows)
-    text_bias = text_bias - Z_MID
-    scale = divergence_scale(residual_sd)
+    z_words_dev = word_rows[: len(control_dev)] @ text_weight.T + text_bias  # natural_rows start with control["dev"]
+    scale, mid_sd = divergence_scale(residual_sd, z_dev, z_words_dev, z_threshold)
+    text_bias = text_bias - Z_MID  # the bank's words-only logit, on the activation's scale
     phases["fit"] = time.perf_counter() - t0
 
     say("metrics", 0.0)
@@ -265,6 +266,7 @@ def train(
         "text_features": "mean input embedding of the last 8 tokens; the text side predicts z from them (ridge)",
         "divergence": "tanh((z - z_words) / divergence_scale): the activation evidence the words do not predict",
         "divergence_scale": [round(float(s), 5) for s in scale],
+        "divergence_midpoint_sd": round(mid_sd, 3),
         "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
         "concept_pack": {"id": pack.id, "checksum": pack.checksum},
         "concepts": trained,
@@ -301,7 +303,7 @@ def pack_directions(folder: str, concepts: list[str]) -> tuple[torch.Tensor, tor
     return tensors["weight"][rows].float(), tensors["bias"][rows].float()
 
 
-def _template_sample(work: Plan, seed: int) -> tuple[list[str], list[str]]:
+def template_sample(work: Plan, seed: int) -> tuple[list[str], list[str]]:
     """Held-out (test-split) template prompts of at most TEMPLATE_EVAL_MAX trained concepts: (texts, concept per text)."""
     concepts = work.trained
     if len(concepts) > TEMPLATE_EVAL_MAX:

@@ -22,7 +22,8 @@ window of mean input embeddings) to each concept's z, fitted on natural tokens (
 training texts). The text side's logit is that prediction; divergence = tanh((z - z_hat) / D_c),
 the part of the activation evidence the words do not predict, with D_c set so that a residual of
 DIV_MID_SD of the concept's own residual standard deviations on control text reaches the colour
-scale's midpoint (0.5).
+scale's midpoint (0.5), or more where needed so that at most 5% of the control corpus's dev tokens
+are coloured beyond it (`divergence_scale`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def _logistic(x: torch.Tensor, rows: Rows, c_reg: float) -> tuple[torch.Tensor, 
     return w / std, torch.from_numpy(bias) - (w * mean / std).sum(1)
 
 
+def unwhiten(weight: torch.Tensor, sample: torch.Tensor, shrinkage: float = 0.2) -> torch.Tensor:
+    """Difference-of-means directions recovered from LDA ones: LDA's w = Sigma^-1 (mu_pos - mu_neg) on
+    standardised features, so Sigma w is the difference of means; Sigma, the mean and the scale are
+    estimated from `sample` [n, d], rows like the LDA's training rows. Raw-space weights [N, d]."""
+    sample = sample.float()
+    std = sample.std(0).clamp(min=1e-6)
+    cov = torch.cov(((sample - sample.mean(0)) / std).T)
+    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(cov.shape[0]) * cov.diagonal().mean()
+    return ((weight * std) @ cov) / std
+
+
 def standardise_on_control(
     weight: torch.Tensor, bias: torch.Tensor, control: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -105,6 +117,21 @@ def residual_text_side(
     return weight, bias, residual.std(0).clamp(min=1e-6)
 
 
-def divergence_scale(residual_sd: torch.Tensor) -> torch.Tensor:
-    """D_c such that tanh(r / D_c) = 0.5 at r = DIV_MID_SD residual standard deviations."""
-    return DIV_MID_SD * residual_sd / math.atanh(0.5)
+def divergence_scale(
+    residual_sd: torch.Tensor,
+    z: torch.Tensor,
+    z_words: torch.Tensor,
+    z_threshold: torch.Tensor,
+    max_share: float = 0.05,
+) -> tuple[torch.Tensor, float]:
+    """Per concept D_c with tanh(r / D_c) = 0.5 at r = k residual standard deviations, and k.
+
+    k is DIV_MID_SD, raised where needed so that at most `max_share` of the control tokens given
+    (z, z_words: [n, N]) get a colour beyond the midpoint, a token's colour being its largest
+    |residual| among the concepts that fire on it (z >= z_threshold), as the monitor shows it."""
+    worst = []
+    for zi, wi in zip(z.split(2048), z_words.split(2048)):
+        r = ((zi - wi) / residual_sd).abs()
+        worst.append(torch.where(zi >= z_threshold, r, torch.zeros_like(r)).max(1).values)
+    k = max(DIV_MID_SD, float(torch.quantile(torch.cat(worst), 1 - max_share)))
+    return k * residual_sd / math.atanh(0.5), k
