@@ -12,8 +12,8 @@ is scored on the project's natural scenes (each implies its concept without nami
   (re-encoded without the prompt) as extra positives.
 Scores are standardised on control tokens (hatcat/training/signal.py) so that top-1 among the
 42 concepts compares like with like. Words-only detectors get the same recipe on the monitor's
-words features. Divergence: the residual of the activation score the words do not predict,
-against the old difference of probabilities, on the implied/named pairs.
+words features. Divergence definitions (capped residual, uncapped, the old difference of
+probabilities) are compared on the implied/named pairs.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from hatcat.training.run import pack_directions
 from hatcat.training.signal import (
     control_thresholds,
     directions,
-    residual_text_side,
     standardise_on_control,
     unwhiten,
 )
@@ -150,12 +149,19 @@ def _scores(s: np.ndarray, label: np.ndarray, concepts: list[int]) -> dict:
     return {"mean_auroc": round(float(np.mean(aurocs)), 4), "top1": round(top1, 4), "n_concepts": len(concepts)}
 
 
-def divergence_eval(w, b, residual_side, detector_side, fa, ft, pairs, concepts) -> dict:
-    """AUROC implied vs named of the residual (z - z_hat, z_hat: the words' prediction of z) and of
-    the old definition, the difference of the activation and words-only detector probabilities."""
+def divergence_eval(w, b, detector, z_threshold, fa, ft, pairs, concepts) -> dict:
+    """AUROC implied vs named (the pair's concept) of three divergence definitions, all on control-
+    standardised scores: capped (min(z, z_threshold) - z_words, the shipped one), uncapped (z - z_words)
+    and the old difference of probabilities."""
     idx = {c: i for i, c in enumerate(concepts)}
+    tw, tb = detector
+    kinds = {
+        "capped": lambda z, zw, c: torch.minimum(z, z_threshold[c]) - zw,
+        "uncapped": lambda z, zw, c: z - zw,
+        "probability_difference": lambda z, zw, c: torch.sigmoid(z - 3) - torch.sigmoid(zw - 3),
+    }
     out = {}
-    for name in ("residual", "probability_difference"):
+    for name, fn in kinds.items():
         for pool in ("last", "mean"):
             vals = {"implied": [], "named": []}
             for p in pairs:
@@ -163,10 +169,7 @@ def divergence_eval(w, b, residual_side, detector_side, fa, ft, pairs, concepts)
                     continue
                 c = idx[p["concept"]]
                 for kind, got in vals.items():
-                    z = fa(p[kind]) @ w[c] + b[c]
-                    tw, tb = residual_side if name == "residual" else detector_side
-                    zh = ft(p[kind]) @ tw[c] + tb[c]
-                    d = z - zh if name == "residual" else torch.sigmoid(z - 3) - torch.sigmoid(zh - 3)
+                    d = fn(fa(p[kind]) @ w[c] + b[c], ft(p[kind]) @ tw[c] + tb[c], c)
                     got.append(float(d[-1] if pool == "last" else d.mean()))
             y = [1] * len(vals["implied"]) + [0] * len(vals["named"])
             out[f"{name}_{pool}"] = round(roc_auc_score(y, vals["implied"] + vals["named"]), 4)
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = WordsOnly(settings)
     cache = TokenStateCache(settings.cache_dir, loaded.name, TAP_LAYER)
     f = Features(cache, loaded)
-    conts = json.loads(continuation_file(settings.cache_dir).read_text())
+    path = continuation_file(settings.cache_dir)
+    conts = json.loads(path.read_text()) if path.is_file() else {}
     control = control_texts("dev")
     pairs = divergence_pairs()
     results = []
@@ -238,14 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                 "activation": evaluate(w, b, f.act, scenes, dev, act_bg),
                 "words_only": evaluate(tw, tb, f.text, scenes, dev, txt_bg),
             }
-            # divergence: residual of the (control-standardised) activation score on words features
             ws, bs = standardise_on_control(w, b, act_bg)
-            natural = [t for c in dev for t in texts_of[c]] + control
-            z = torch.cat([f.act(t) @ ws.T + bs for t in natural])
-            words = torch.cat([f.text(t) for t in natural])
-            rw, rb, _ = residual_text_side(words, z)
             detector = standardise_on_control(tw, tb, txt_bg)
-            row["divergence_implied_vs_named"] = divergence_eval(ws, bs, (rw, rb), detector, f.act, f.text, pairs, dev)
+            zthr = control_thresholds(act_bg @ ws.T + bs, 0.01)
+            row["divergence_implied_vs_named"] = divergence_eval(ws, bs, detector, zthr, f.act, f.text, pairs, dev)
             results.append(row)
             a = row["activation"]
             print(

@@ -5,15 +5,15 @@ A probe pack is a folder `probes/<model-slug>/<concept-pack-id>/`:
     manifest.json          model id, tap layer, hidden size, pooling, concept ids in row order
                            (`concepts`), thresholds, sha256 of every other file, training settings
     activation.safetensors weight [N, hidden] (fp16), bias [N]: p = sigmoid(h @ weight.T + bias) on the tap layer
-    text.safetensors       the same for the words-only side (mean input embedding of the recent tokens): its
-                           logit predicts the activation logit from the words alone
+    text.safetensors       the same for the words-only detector (mean input embedding of the recent tokens),
+                           on the same standardised scale
     metrics.json           per concept: threshold, control-corpus FPR, natural recall, template metrics
 
 Divergence (one definition, used by the monitor, the API and the evaluations):
-    divergence = tanh((activation logit - words-only logit) / divergence_scale[c])
-the part of the activation evidence for a concept that the words alone do not predict, in [-1, 1];
-`divergence_scale` (manifest) puts 0.5 at three of the concept's residual standard deviations on
-ordinary text.
+    divergence = tanh((min(activation logit, threshold logit) - words-only logit) / divergence_scale[c])
+the activation evidence for a concept, counted up to its firing point, that the words alone do not
+account for, in [-1, 1] (hatcat/training/signal.py); `divergence_scale` (manifest) puts 0.5 at three
+or more of the concept's residual standard deviations on ordinary text.
 
 Loading checks the files' checksums and the manifest against the running model and concept
 pack, and refuses a mismatch with the reason (`ProbePackError`). Never pickle.
@@ -174,6 +174,7 @@ class ProbeBank:
         self.act_threshold = torch.tensor(thresholds["activation"], device=device)
         self.text_threshold = torch.tensor(thresholds["text"], device=device)
         self.divergence_scale = torch.tensor(pack.manifest["divergence_scale"], device=device)
+        self.act_cap = torch.logit(self.act_threshold.clamp(1e-6, 1 - 1e-6))  # the firing point, as a logit
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -190,4 +191,5 @@ class ProbeBank:
         """(activation, words-only, divergence), each [..., N]: one matmul per side."""
         act = hidden.float() @ self.act_weight.T + self.act_bias
         text = embedding.float() @ self.text_weight.T + self.text_bias
-        return torch.sigmoid(act), torch.sigmoid(text), torch.tanh((act - text) / self.divergence_scale)
+        div = torch.tanh((torch.minimum(act, self.act_cap) - text) / self.divergence_scale)
+        return torch.sigmoid(act), torch.sigmoid(text), div

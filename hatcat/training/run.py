@@ -39,10 +39,10 @@ from hatcat.training.prompts import Prompt, build_prompts, negatives
 from hatcat.training.recipe import DATA, control_texts, training_texts
 from hatcat.training.signal import (
     Z_MID,
+    capped_residual,
     control_thresholds,
     directions,
     divergence_scale,
-    residual_text_side,
     standardise_on_control,
 )
 from hatcat.training.states import TokenStateCache, extract_states, words_windows
@@ -241,11 +241,15 @@ def train(
     act_bias = bias - Z_MID
     threshold = torch.sigmoid(z_threshold - Z_MID)
     say("fitting", 0.5)
-    natural_rows = [*control["dev"], *order]
-    word_rows = torch.cat([words(t) for t in natural_rows])
-    z_rows = torch.cat([cache.get(t) @ weight.T + bias for t in natural_rows])
-    text_weight, text_bias, residual_sd = residual_text_side(word_rows, z_rows)
-    z_words_dev = word_rows[: len(control_dev)] @ text_weight.T + text_bias  # natural_rows start with control["dev"]
+    words_dev = torch.cat([words(t) for t in control["dev"]])
+    if settings.directions_from:
+        text_weight, text_bias = pack_directions(settings.directions_from, trained, side="text")
+    else:
+        word_x = [pool(words(t), settings.pooling) for t in order]
+        text_weight, text_bias = directions(torch.cat([*word_x, words_dev]), rows, settings.method)
+    text_weight, text_bias = standardise_on_control(text_weight, text_bias, words_dev)
+    z_words_dev = words_dev @ text_weight.T + text_bias
+    residual_sd = capped_residual(z_dev, z_words_dev, z_threshold).std(0).clamp(min=1e-6)
     scale, mid_sd = divergence_scale(residual_sd, z_dev, z_words_dev, z_threshold)
     text_bias = text_bias - Z_MID  # the bank's words-only logit, on the activation's scale
     phases["fit"] = time.perf_counter() - t0
@@ -263,8 +267,8 @@ def train(
         "tap_layer": settings.tap_layer,
         "pooling": "last",
         "scores": f"activation = sigmoid(z - {Z_MID}), z = standard deviations above the control corpus's dev tokens",
-        "text_features": "mean input embedding of the last 8 tokens; the text side predicts z from them (ridge)",
-        "divergence": "tanh((z - z_words) / divergence_scale): the activation evidence the words do not predict",
+        "text_features": "mean input embedding of the last 8 tokens; the words-only detector is standardised like z",
+        "divergence": "tanh((min(z, z_threshold) - z_words) / divergence_scale): activation evidence the words do not account for",
         "divergence_scale": [round(float(s), 5) for s in scale],
         "divergence_midpoint_sd": round(mid_sd, 3),
         "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
@@ -291,10 +295,10 @@ def train(
     return folder, report
 
 
-def pack_directions(folder: str, concepts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The activation rows (weight, bias) of `concepts` in an existing probe pack, of any format."""
+def pack_directions(folder: str, concepts: list[str], side: str = "activation") -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows (weight, bias) of `concepts` on one side of an existing probe pack, of any format."""
     manifest = json.loads((Path(folder) / "manifest.json").read_text())
-    tensors = load_file(Path(folder) / "activation.safetensors")
+    tensors = load_file(Path(folder) / f"{side}.safetensors")
     index = {c: i for i, c in enumerate(manifest["concepts"])}
     missing = [c for c in concepts if c not in index]
     if missing:

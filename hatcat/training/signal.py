@@ -17,13 +17,17 @@ ordinary text" for every concept.
 
 Thresholds (`control_thresholds`): per concept, the (1 - fpr) quantile of z over control tokens.
 
-Divergence (`residual_text_side`): ridge regression from the words-only features (the monitor's
-window of mean input embeddings) to each concept's z, fitted on natural tokens (control corpus and
-training texts). The text side's logit is that prediction; divergence = tanh((z - z_hat) / D_c),
-the part of the activation evidence the words do not predict, with D_c set so that a residual of
-DIV_MID_SD of the concept's own residual standard deviations on control text reaches the colour
-scale's midpoint (0.5), or more where needed so that at most 5% of the control corpus's dev tokens
-are coloured beyond it (`divergence_scale`).
+Divergence (`capped_residual`, `divergence_scale`): the words-only side is a detector of the same
+kind on the words features (the monitor's window of mean input embeddings), standardised on the
+control corpus the same way, so z_words is "how far the words alone stand out for this concept".
+divergence = tanh((min(z, z_threshold) - z_words) / D_c): the activation evidence, counted up to
+the concept's firing point, that the words do not account for. Capping matters: a text that names
+a concept drives the activation far past its threshold, and an uncapped difference then grows with
+how loudly the concept is named (on the dev pairs, named text scored higher than implied text
+without the cap: token-mean AUROC 0.78 uncapped vs 0.94 capped, results/recipe_compare.json).
+D_c puts the colour scale's midpoint (0.5) at DIV_MID_SD of the concept's own residual standard
+deviations on control text, or more where needed so that at most 5% of the control corpus's dev
+tokens are coloured beyond it.
 """
 
 from __future__ import annotations
@@ -99,22 +103,10 @@ def control_thresholds(z_control: torch.Tensor, fpr: float) -> torch.Tensor:
     return torch.cat([part.float().kthvalue(k, dim=0).values for part in z_control.split(512, dim=1)])
 
 
-def residual_text_side(
-    words: torch.Tensor, z: torch.Tensor, ridge: float = 0.1
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ridge regression of every concept's z [n, N] on words-only features [n, d].
-
-    Returns (weight [N, d], bias [N], residual sd [N] on these rows)."""
-    words, z = words.float(), z.float()
-    mx, mz = words.mean(0), z.mean(0)
-    xc = words - mx
-    gram = xc.T @ xc
-    gram += ridge * gram.diagonal().mean() * torch.eye(gram.shape[0])
-    coef = torch.linalg.solve(gram, xc.T @ (z - mz))  # [d, N]
-    weight = coef.T.contiguous()
-    bias = mz - mx @ coef
-    residual = z - (words @ coef + bias)
-    return weight, bias, residual.std(0).clamp(min=1e-6)
+def capped_residual(z: torch.Tensor, z_words: torch.Tensor, z_threshold: torch.Tensor) -> torch.Tensor:
+    """The activation evidence up to the firing point that the words do not account for:
+    min(z, z_threshold) - z_words (all in control standard deviations)."""
+    return torch.minimum(z, z_threshold) - z_words
 
 
 def divergence_scale(
@@ -131,7 +123,7 @@ def divergence_scale(
     |residual| among the concepts that fire on it (z >= z_threshold), as the monitor shows it."""
     worst = []
     for zi, wi in zip(z.split(2048), z_words.split(2048)):
-        r = ((zi - wi) / residual_sd).abs()
+        r = (capped_residual(zi, wi, z_threshold) / residual_sd).abs()
         worst.append(torch.where(zi >= z_threshold, r, torch.zeros_like(r)).max(1).values)
     k = max(DIV_MID_SD, float(torch.quantile(torch.cat(worst), 1 - max_share)))
     return k * residual_sd / math.atanh(0.5), k
