@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
-OUT = ROOT / "results" / "eval_probes.json"
+from hatcat.paths import RESULTS, ROOT, SHIPPED_PROBES
+
+PACK = SHIPPED_PROBES
+OUT = RESULTS / "eval_probes.json"
 KEYS = ("precision", "recall", "f1", "auroc")
 
 
@@ -149,7 +150,6 @@ def main() -> None:
         cal_y.append(y)
     cal_p, cal_y = np.concatenate(cal_p), np.concatenate(cal_y)
     doc["calibration"] = {"concepts": len(sample), **reliability(cal_p, cal_y)}
-    recomputed_f1 = []
 
     worst_rows = []
     for c in worst:
@@ -195,8 +195,11 @@ def main() -> None:
             reasons.append("ranks well (AUROC >= 0.9) but the val threshold does not carry over to test")
         if m.get("source") == "deception_probe":
             reasons = [
-                "the injected deception probe: its metrics come from results/deception.json (held-out facts x unseen "
-                "instruction wordings, mean token probability vs a per-token threshold at 5% val false positives), not from template prompts"
+                (
+                    "the injected deception probe: its metrics come from results/deception.json (held-out facts x "
+                    "unseen instruction wordings, mean token probability vs a per-token threshold at 5% val false "
+                    "positives), not from template prompts"
+                )
             ]
         if concept_pack[c].has_placeholder_definition:
             reasons.append("placeholder definition in the pack")
@@ -218,7 +221,7 @@ def main() -> None:
     }
     doc["command"] = "python -m experiments.eval_probes"
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    plot(doc, ROOT / "results" / "eval_probes.png")
+    plot(doc, RESULTS / "eval_probes.png")
     print(
         json.dumps(
             {"activation": doc["activation"], "text": doc["text"]["all"], "ece": doc["calibration"]["ece"]}, indent=1

@@ -34,7 +34,6 @@ import platform
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -46,13 +45,14 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "results" / "openwebui.json"
+from hatcat.paths import RESULTS, ROOT
+from tests.support import SMALL_PACK, free_port, wait_http
+
+RESULT = RESULTS / "openwebui.json"
 DEFAULT_VENV = Path.home() / ".cache" / "hatcat" / "openwebui-venv"
 MODEL_ID = "hatcat-divergence"
 PROMPT = "The capital of France is"
 MAX_TOKENS = 6
-SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
 
 
 @dataclass
@@ -78,28 +78,6 @@ class Run:
 
 class StepFailed(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None, log: Path | None) -> float:
-    """Poll `url` until it answers 200; fail early when `proc` dies. Returns seconds waited."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered; log tail:\n{tail}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return time.perf_counter() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 def rss_mib(pid: int) -> float | None:
@@ -171,12 +149,12 @@ def main() -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()} {platform.release()}",
             "hatcat_commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
             ).stdout.strip(),
             # other work in progress in the checkout (modified tracked files) at the time of the run
             "hatcat_tree_modified": bool(
                 subprocess.run(
-                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True
+                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True, check=False
                 ).stdout.strip()
             ),
             "prompt": PROMPT,
@@ -210,8 +188,11 @@ def main() -> int:
             [
                 str(ow_python),
                 "-c",
-                "import importlib.metadata as m, sys, json; "
-                "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))",
+                (
+                    "import importlib.metadata as m, sys, json; "
+                    "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], "
+                    "'torch': m.version('torch')}))"
+                ),
             ],
             capture_output=True,
             text=True,
