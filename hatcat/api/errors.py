@@ -29,6 +29,7 @@ ERROR_TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     503: "service_unavailable_error",
 }
 
