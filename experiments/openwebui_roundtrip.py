@@ -67,6 +67,7 @@ MAX_TOKENS = 6
 ADMIN_EMAIL = "admin@hatcat.example.org"
 SHOT = ROOT / "results" / "screenshots" / "openwebui.png"
 CHROMIUM = "/usr/bin/chromium"
+EMBED_IFRAME = 'iframe[srcdoc*="hc-tok"]'  # OpenWebUI's embed iframes holding HatCat's document
 SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
 
 
@@ -195,6 +196,16 @@ def install_functions(webui: str, password: str, hatcat_url: str, key: str) -> d
     }
 
 
+def embed_tokens_text(document: str) -> str:
+    """The text of an embed's token spans, in order."""
+    return html.unescape("".join(re.findall(r'<span class="hc-tok"[^>]*>([^<]*)</span>', document)))
+
+
+def answer_text(content: str) -> str:
+    """A saved answer without the analysis line HatCat appends."""
+    return content.split("\n\n**Analysis**:")[0]
+
+
 class UIChat:
     """One OpenWebUI chat driven as its web page drives it: turns sent with `session_id`, answered in the background."""
 
@@ -254,9 +265,10 @@ class UIChat:
         message = self.wait_done(assistant_id)
         embeds = message.get("embeds") or []
         statuses = message.get("statusHistory") or []
-        tokens = re.findall(r'<span class="hc-tok"[^>]*>([^<]*)</span>', embeds[0]) if embeds else []
+        embed_text = embed_tokens_text(embeds[0]) if embeds else ""
         content = message.get("content") or ""
-        every_token = bool(tokens) and html.unescape("".join(tokens)) == content.split("\n\n**Analysis**:")[0]
+        # OpenWebUI saves the message text stripped; the embed keeps every token as generated
+        every_token = bool(embed_text) and embed_text.strip() == answer_text(content).strip()
         checks = (
             {
                 "one_embed": len(embeds) == 1,
@@ -273,7 +285,7 @@ class UIChat:
             "chat_id": self.chat_id,
             "message_id": assistant_id,
             "content": content,
-            "embed_tokens": len(tokens),
+            "embed_text": embed_text,
             "status_history": [s.get("description") for s in statuses],
         }
 
@@ -290,42 +302,60 @@ class UIChat:
         r = httpx.post(f"{self.webui}/api/chat/actions/hatcat_analyze", json=body, headers=self.headers, timeout=300)
         message = self.chat()["history"]["messages"][first]
         embeds = message.get("embeds") or []
-        tokens = re.findall(r'<span class="hc-tok"[^>]*>([^<]*)</span>', embeds[0]) if embeds else []
-        text = (message.get("content") or "").split("\n\n**Analysis**:")[0]
+        embed_text = embed_tokens_text(embeds[0]) if embeds else ""
+        text = answer_text(message.get("content") or "")
         return {
-            "ok": r.status_code == 200 and len(embeds) == 1 and html.unescape("".join(tokens)) == text,
+            "ok": r.status_code == 200 and len(embeds) == 1 and bool(text) and embed_text == text,
             "status": r.status_code,
             "response": r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text[:300],
             "message_id": first,
             "embeds_on_older_message": len(embeds),
-            "embed_tokens": len(tokens),
+            "embed_text": embed_text,
         }
 
 
 def screenshot(webui: str, token: str, chat_id: str, messages: int) -> dict[str, Any]:
     """The chat in OpenWebUI's own page, in Debian's headless Chromium: every assistant message shows its embed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        # tall enough for the whole chat: OpenWebUI scrolls its message pane, not the page
+        page = browser.new_page(viewport={"width": 1280, "height": 1800})
         page.goto(f"{webui}/auth", wait_until="domcontentloaded", timeout=120_000)
         page.evaluate("t => localStorage.setItem('token', t)", token)
         page.goto(f"{webui}/c/{chat_id}", wait_until="domcontentloaded", timeout=120_000)
-        page.locator("iframe").nth(messages - 1).wait_for(timeout=120_000)
-        frames, coloured = page.frame_locator("iframe"), []
-        for i in range(page.locator("iframe").count()):
+        embeds = page.locator(EMBED_IFRAME)
+        embeds.nth(messages - 1).wait_for(timeout=120_000)
+        whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # the release notes shown on a first visit
+        try:
+            whats_new.click(timeout=10_000)
+        except PlaywrightTimeout:
+            pass
+        frames, coloured = page.frame_locator(EMBED_IFRAME), []
+        for i in range(embeds.count()):
             spans = frames.nth(i).locator(".hc-tok")
             spans.first.wait_for(timeout=60_000)
             colours = [spans.nth(k).evaluate("e => getComputedStyle(e).backgroundColor") for k in range(spans.count())]
             coloured.append(sum(c not in ("", "rgba(0, 0, 0, 0)") for c in colours))
-        heights = page.locator("iframe").evaluate_all("fs => fs.map(f => f.offsetHeight)")
+        # each embed posts its height; OpenWebUI resizes its iframe from the 150 px it starts at
+        resized = True
+        try:
+            page.wait_for_function(
+                f"() => [...document.querySelectorAll('{EMBED_IFRAME}')].every(f => f.offsetHeight > 150)",
+                timeout=30_000,
+            )
+        except PlaywrightTimeout:
+            resized = False
+        heights = embeds.evaluate_all("fs => fs.map(f => f.offsetHeight)")
         page.wait_for_timeout(1000)
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOT), full_page=True)
         browser.close()
     return {
-        "ok": len(coloured) >= messages and all(coloured),
+        "ok": len(coloured) >= messages and all(coloured) and resized,
+        "iframes_resized_to_their_content": resized,
         "iframes": len(coloured),
         "coloured_tokens_per_iframe": coloured,
         "iframe_heights_px": heights,

@@ -35,13 +35,16 @@ body {margin: 0; padding: 8px 10px; font-family: system-ui, sans-serif; font-siz
 </style>
 """
 
-# Tells OpenWebUI's embed iframe (sandboxed, no same-origin) how tall the document is.
+# Tells OpenWebUI's embed iframe (sandboxed, no same-origin) how tall the document is. The page may
+# attach its listener after the document loaded (it re-renders messages), so the height is sent
+# again for a few seconds, and whenever the size changes.
 HEIGHT_SCRIPT = """
 <script>
 (function () {
   function post() {
     parent.postMessage({type: 'iframe:height', height: document.documentElement.scrollHeight}, '*');
   }
+  var repeats = 0, timer = setInterval(function () { post(); if (++repeats >= 20) clearInterval(timer); }, 500);
   window.addEventListener('load', post);
   window.addEventListener('resize', post);
   post();

@@ -32,7 +32,7 @@ class _Message:
     def __init__(self) -> None:
         self.records: list[dict] = []
         self.summary: dict | None = None
-        self.last_status = 0.0
+        self.last_status = float("-inf")  # the first token always gets a status line
 
 
 class Filter:
