@@ -264,7 +264,7 @@ def test_server_sends_openwebui_event_lines_only_when_asked(server: str) -> None
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (.ci/run installs it)")
-def test_embed_renders_in_a_sandboxed_iframe_in_chromium(streams: dict[str, list[dict]], tmp_path: Path) -> None:
+def test_embed_renders_in_a_sandboxed_iframe_in_chromium(streams: dict[str, list[dict]]) -> None:
     from playwright.sync_api import sync_playwright
 
     filt = load("hatcat_divergence").Filter()
@@ -277,16 +277,15 @@ def test_embed_renders_in_a_sandboxed_iframe_in_chromium(streams: dict[str, list
         "<iframe id='embed' sandbox='allow-scripts' style='width:760px;height:150px;border:1px solid #ddd'></iframe>"
         "<script>window.heights = []; addEventListener('message', e => { if (e.data && e.data.type === 'iframe:height') "
         "{ window.heights.push(e.data.height); document.getElementById('embed').style.height = e.data.height + 'px'; } });"
-        f"document.getElementById('embed').srcdoc = {json.dumps(document)};</script></body></html>"
+        "</script></body></html>"
     )
-    page_file = tmp_path / "host.html"
-    page_file.write_text(host)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 800, "height": 600})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
-        page.goto(page_file.as_uri())
+        page.set_content(host)
+        page.evaluate("d => { document.getElementById('embed').srcdoc = d; }", document)
         page.wait_for_function("window.heights.length > 0", timeout=30_000)
         frame = page.frame_locator("#embed")
         spans = frame.locator(".hc-tok")
