@@ -385,12 +385,12 @@ def main() -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()} {platform.release()}",
             "hatcat_commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
             ).stdout.strip(),
             # other work in progress in the checkout (modified tracked files) at the time of the run
             "hatcat_tree_modified": bool(
                 subprocess.run(
-                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True
+                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True, check=False
                 ).stdout.strip()
             ),
             "prompt": PROMPT,
@@ -425,8 +425,10 @@ def main() -> int:
             [
                 str(ow_python),
                 "-c",
-                "import importlib.metadata as m, sys, json; "
-                "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))",
+                (
+                    "import importlib.metadata as m, sys, json; "
+                    "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))"
+                ),
             ],
             capture_output=True,
             text=True,

@@ -70,10 +70,10 @@ def divergence_figure(records: list[dict], concept: str | None = None, threshold
             fig.add_hline(y=threshold, line_dash="dot", annotation_text="threshold")
     fig.update_layout(
         height=280,
-        margin=dict(l=40, r=10, t=30, b=30),
+        margin={"l": 40, "r": 10, "t": 30, "b": 30},
         xaxis_title="token",
         yaxis_title="score",
-        legend=dict(orientation="h", y=1.15),
+        legend={"orientation": "h", "y": 1.15},
     )
     return fig
 
