@@ -11,7 +11,9 @@ the 5,596 concepts scored on every token, activation and words-only side, hierar
   batches), `analyze_speedup`;
 - `identical_greedy`: a greedy request's tokens alone == inside a full batch of eight
   different-length prompts (and == the unbatched `monitored_generation` path); the worst
-  per-token activation difference of its records is reported too.
+  per-token activation difference of its records is reported too; `greedy_alone_vs_batch_of_8`:
+  all eight prompts greedy alone vs together, in the run's dtype and (on a copy) in bf16, with
+  the solo run's logit margin wherever a row differs.
 
 Ways are interleaved over `--repeats` rounds and the median is reported; the load average is
 recorded, because on a shared machine absolute rates move with the neighbours (ratios within
@@ -23,6 +25,7 @@ one run hold better).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -33,10 +36,11 @@ from pathlib import Path
 
 import torch
 
+from hatcat.batching import Scheduler
 from hatcat.config import Settings
 from hatcat.cpu_dtype import cpu_name
 from hatcat.engine import Engine
-from hatcat.generation import GenerationSettings, build_prompt
+from hatcat.generation import GenerationSettings, TokenStep, build_prompt, encode_prompt
 from hatcat.paths import RESULTS
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 
@@ -148,6 +152,42 @@ def greedy_identity(engine: Engine, texts: list[str], tokens: int) -> dict[str, 
     }
 
 
+@torch.inference_mode()
+def greedy_flips(engine: Engine, model: torch.nn.Module, texts: list[str], tokens: int) -> dict[str, object]:
+    """Every prompt greedy alone vs all of them greedy in one batch, on `model` (tokens only). Where a
+    row differs, the logit margin (top-1 minus top-2) of the solo run at the first differing position:
+    a small margin means batched kernels' summation order flipped a near-tie."""
+    scheduler = Scheduler(model, engine.tokenizer, engine.exclusive, max_batch=len(texts))
+    greedy = GenerationSettings(max_tokens=tokens, temperature=0)
+
+    def ids(events: list) -> list[int]:
+        return [e.token_id for e in events if isinstance(e, TokenStep)]
+
+    alone = [ids(list(scheduler.submit(t, greedy))) for t in texts]
+    generations = [scheduler.submit(t, greedy) for t in texts]
+    together: list[list] = [[] for _ in texts]
+    threads = [threading.Thread(target=lambda i=i: together[i].extend(generations[i])) for i in range(len(texts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    differences = []
+    for text, solo, batched in zip(texts, alone, (ids(t) for t in together)):
+        if solo == batched:
+            continue
+        at = next((i for i, (a, b) in enumerate(zip(solo, batched)) if a != b), min(len(solo), len(batched)))
+        prompt_ids = encode_prompt(engine.tokenizer, text)
+        sequence = torch.tensor([prompt_ids + solo[:at]], device=engine.loaded.device)
+        top = model(input_ids=sequence, logits_to_keep=1).logits[0, -1].float().topk(2).values
+        differences.append({"position": at, "solo_logit_margin": round(float(top[0] - top[1]), 4)})
+    return {
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "prompts": len(texts),
+        "identical": len(texts) - len(differences),
+        "differences": differences,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=48, help="new tokens per stream")
@@ -178,6 +218,9 @@ def main() -> None:
         runs["analyze_batched"].append(analyze_rate(engine, short, batched=True))
     median = {k: statistics.median(v) for k, v in runs.items()}
     identity = greedy_identity(engine, texts, min(args.tokens, 32))
+    flips = [greedy_flips(engine, engine.model, texts, min(args.tokens, 32))]
+    if engine.loaded.dtype != torch.bfloat16:  # and how bf16 fares, on a copy
+        flips.append(greedy_flips(engine, copy.deepcopy(engine.model).to(torch.bfloat16), texts, min(args.tokens, 32)))
     result = {
         "model": engine.loaded.name,
         "device": str(engine.loaded.device),
@@ -198,6 +241,7 @@ def main() -> None:
         "analyze_texts_per_s_batched": round(median["analyze_batched"], 2),
         "analyze_speedup": round(median["analyze_batched"] / median["analyze_single"], 2),
         **identity,
+        "greedy_alone_vs_batch_of_8": flips,
         "runs": {k: [round(x, 3) for x in v] for k, v in runs.items()},
         "machine": {
             "cpu": cpu_name(),
