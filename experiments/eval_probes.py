@@ -196,9 +196,8 @@ def main() -> None:
         if m.get("source") == "deception_probe":
             reasons = [
                 (
-                    "the injected deception probe: its metrics come from results/deception.json (held-out facts x "
-                    "unseen instruction wordings, mean token probability vs a per-token threshold at 5% val false "
-                    "positives), not from template prompts"
+                    "the injected deception probe: its metrics come from results/deception.json (held-out facts x unseen "
+                    "instruction wordings, pooled as the chosen recipe says, threshold at 5% dev false positives), not from template prompts"
                 )
             ]
         if concept_pack[c].has_placeholder_definition:

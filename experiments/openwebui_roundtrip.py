@@ -66,7 +66,7 @@ MODEL_ID = "hatcat-divergence"
 PROMPT = "The capital of France is"
 MAX_TOKENS = 6
 ADMIN_EMAIL = "admin@hatcat.example.org"
-SHOT = ROOT / "results" / "screenshots" / "openwebui.png"
+SHOT = RESULTS / "screenshots" / "openwebui.png"
 CHROMIUM = "/usr/bin/chromium"
 EMBED_IFRAME = 'iframe[srcdoc*="hc-tok"]'  # OpenWebUI's embed iframes holding HatCat's document
 

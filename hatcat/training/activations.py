@@ -38,9 +38,11 @@ class ShardCache:
 
     A shard is written whole, then its key list (`.json`) beside it: a killed run keeps every finished
     shard and ignores a shard without its key list. Each input owns one row of every tensor, or with
-    `lengths` a run of rows (its tokens). Subclasses name the `kind` and how an input is keyed."""
+    `lengths` a run of rows (its tokens). Subclasses name the `kind`, how an input is keyed, and
+    (`single`) the one tensor an entry holds, if `rows[key]` is that tensor rather than a dict."""
 
     kind = "cache"
+    single: str | None = None
 
     def __init__(self, root: Path, model_id: str, layer: int) -> None:
         self.layer = layer
@@ -56,12 +58,12 @@ class ShardCache:
 
     def _index(self, meta: list[str] | dict[str, list], tensors: dict[str, torch.Tensor]) -> None:
         if isinstance(meta, list):  # one row per key
-            for i, key in enumerate(meta):
-                self.rows[key] = {name: t[i] for name, t in tensors.items()}
-            return
-        ends = np.cumsum(meta["lengths"])
-        for key, end, n in zip(meta["keys"], ends, meta["lengths"]):
-            self.rows[key] = {name: t[end - n : end] for name, t in tensors.items()}
+            spans = [(key, i) for i, key in enumerate(meta)]
+        else:
+            ends = np.cumsum(meta["lengths"])
+            spans = [(key, slice(end - n, end)) for key, end, n in zip(meta["keys"], ends, meta["lengths"])]
+        for key, span in spans:
+            self.rows[key] = tensors[self.single][span] if self.single else {n: t[span] for n, t in tensors.items()}
 
     def missing(self, things: list[Any]) -> list[Any]:
         """The inputs not cached yet, each once, in order."""
