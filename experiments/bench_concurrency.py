@@ -32,6 +32,7 @@ import platform
 import statistics
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -106,6 +107,12 @@ def concurrent(engine: Engine, texts: list[str], tokens: int) -> tuple[float, li
     return sum(counts) / (time.perf_counter() - start), first
 
 
+def drain(generations: list) -> list[list]:
+    """Read every generation to its end, concurrently (each in its own thread, as a client would)."""
+    with ThreadPoolExecutor(len(generations)) as pool:
+        return list(pool.map(list, generations))
+
+
 def analyze_rate(engine: Engine, texts: list[str], batched: bool) -> float:
     start = time.perf_counter()
     if batched:
@@ -127,12 +134,7 @@ def greedy_identity(engine: Engine, texts: list[str], tokens: int) -> dict[str, 
         engine.generate(t, GenerationSettings(max_tokens=tokens - 2 * i, temperature=0.8, seed=i))
         for i, t in enumerate(texts[1:], 1)
     ]
-    results: list[list] = [[] for _ in generations]
-    threads = [threading.Thread(target=lambda i=i: results[i].extend(generations[i])) for i in range(len(generations))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = drain(generations)
 
     def ids(events: list) -> list[int]:
         return [e.step.token_id for e in events if isinstance(e, MonitoredToken)]
@@ -165,12 +167,7 @@ def greedy_flips(engine: Engine, model: torch.nn.Module, texts: list[str], token
 
     alone = [ids(list(scheduler.submit(t, greedy))) for t in texts]
     generations = [scheduler.submit(t, greedy) for t in texts]
-    together: list[list] = [[] for _ in texts]
-    threads = [threading.Thread(target=lambda i=i: together[i].extend(generations[i])) for i in range(len(texts))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    together = drain(generations)
     differences = []
     for text, solo, batched in zip(texts, alone, (ids(t) for t in together)):
         if solo == batched:
