@@ -12,9 +12,9 @@ import uvicorn
 from fastapi import FastAPI
 
 from hatcat.api import create_api
-from hatcat.config import ConfigError, Settings
+from hatcat.config import Settings
 from hatcat.engine import Engine
-from hatcat.model import ModelLoadError
+from hatcat.errors import HatCatError
 from views import build_workbench
 
 
@@ -27,7 +27,7 @@ def main() -> int:
     try:
         settings = Settings.from_env()
         engine = Engine.from_settings(settings)
-    except (ConfigError, ModelLoadError) as err:
+    except HatCatError as err:
         print(f"hatcat: {err}", file=sys.stderr)
         return 2
     uvicorn.run(build_app(engine), host=settings.host, port=settings.port)

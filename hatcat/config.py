@@ -12,13 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hatcat import paths
+from hatcat.errors import HatCatError
+
 EMBEDDED_DEFAULT = "embedded:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(HatCatError, ValueError):
     """A setting has a value HatCat cannot use; the message is one line."""
+
+    code = "invalid_setting"
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,13 @@ class Settings:
     probe_pack: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    cache_dir: Path = Path.home() / ".cache" / "hatcat"
+    cache_dir: Path = paths.CACHE
+    probes_dir: Path = paths.PROBES
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_tokens: int = 2048
+    max_batch: int = 8
+    max_queue: int = 64
     hf_offline: bool = False
     auto_train: bool = False  # no pack for the model: train the full pack in the background at start
     auto_train_limit: int | None = None  # train at most this many concepts (a quick check of the path)
@@ -59,9 +67,12 @@ class Settings:
             device=_device(get("HATCAT_DEVICE") or defaults.device),
             dtype=_choice("HATCAT_DTYPE", get("HATCAT_DTYPE") or defaults.dtype, DTYPES),
             cache_dir=Path(get("HATCAT_CACHE_DIR")).expanduser() if get("HATCAT_CACHE_DIR") else defaults.cache_dir,
+            probes_dir=Path(get("HATCAT_PROBES_DIR")).expanduser() if get("HATCAT_PROBES_DIR") else defaults.probes_dir,
             api_key=get("HATCAT_API_KEY") or None,
             cors_origins=_origins("HATCAT_CORS_ORIGINS", get("HATCAT_CORS_ORIGINS")),
             max_tokens=_int("HATCAT_MAX_TOKENS", get("HATCAT_MAX_TOKENS"), defaults.max_tokens, 1, 1_000_000),
+            max_batch=_int("HATCAT_MAX_BATCH", get("HATCAT_MAX_BATCH"), defaults.max_batch, 1, 256),
+            max_queue=_int("HATCAT_MAX_QUEUE", get("HATCAT_MAX_QUEUE"), defaults.max_queue, 0, 100_000),
             hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
             auto_train=_bool("HATCAT_AUTO_TRAIN", get("HATCAT_AUTO_TRAIN"), defaults.auto_train),
             auto_train_limit=_int("HATCAT_AUTO_TRAIN_LIMIT", get("HATCAT_AUTO_TRAIN_LIMIT"), 0, 1, 1_000_000)

@@ -13,13 +13,12 @@ directory; every later load reads that folder in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,11 +32,17 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from hatcat import cpu_dtype
+from hatcat.errors import ContextLengthExceeded, HatCatError
+from hatcat.paths import CACHE, sha256_file
+
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(HatCatError, RuntimeError):
     """The named model cannot be loaded; the message says why and what to do."""
+
+    code = "model_load_error"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     from_cache: bool  # True when a converted copy in the cache was reused
+    dtype_choice: dict[str, object] = field(default_factory=dict)  # why this dtype (see hatcat.cpu_dtype)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -82,8 +88,9 @@ class LoadedModel:
         return hidden_size(self.model)
 
 
-def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """Pick device and dtype once: CUDA+bf16 when present, CPU+bf16 with native bf16, else fp32."""
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype | None]:
+    """Pick the device and dtype once: CUDA + bf16 when present; None = decide on this CPU by
+    timing the loaded model (`hatcat.cpu_dtype`)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -92,24 +99,17 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[tor
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(f"HATCAT_DEVICE={device} but MPS is not available; use cpu or auto")
     if dtype == "auto":
-        native_bf16 = dev.type == "cuda" or (dev.type == "cpu" and _cpu_has_native_bf16())
-        return dev, torch.bfloat16 if native_bf16 else torch.float32
+        if dev.type == "cpu":
+            return dev, None
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
     return dev, getattr(torch, dtype)
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_model(
     name: str,
     device: str = "auto",
     dtype: str = "auto",
-    cache_dir: Path = Path.home() / ".cache" / "hatcat",
+    cache_dir: Path = CACHE,
     offline: bool = False,
 ) -> LoadedModel:
     """Load model and tokenizer by name (see module docstring) onto the chosen device."""
@@ -128,9 +128,13 @@ def load_model(
             raise ModelLoadError(f"model folder {name} does not exist or has no config.json")
     else:
         source = name  # a hub id
-    model, tokenizer = _load_transformers(str(source), torch_dtype, offline, name)
+    model, tokenizer = _load_transformers(str(source), torch_dtype or torch.float32, offline, name)
     model.to(dev).eval()
-    return LoadedModel(name, model, tokenizer, dev, torch_dtype, time.perf_counter() - start, from_cache)
+    dtype_choice = {"dtype": str(torch_dtype).removeprefix("torch."), "rule": "set" if dtype != "auto" else "device"}
+    if torch_dtype is None:  # auto on a CPU: whichever dtype decodes faster here
+        torch_dtype, dtype_choice = cpu_dtype.choose(model, name, cache_dir)
+        model.to(torch_dtype)
+    return LoadedModel(name, model, tokenizer, dev, torch_dtype, time.perf_counter() - start, from_cache, dtype_choice)
 
 
 def _looks_like_path(name: str) -> bool:
@@ -179,7 +183,7 @@ def _embedded_gguf(name: str, cache_dir: Path) -> tuple[Path, str]:
 def _converted_gguf(path: Path, expected: str, cache_dir: Path) -> tuple[Path, bool]:
     """Convert a GGUF (checked against `expected` sha256 when given) into a cached safetensors
     folder once; return (folder, was_cached)."""
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if expected and digest != expected:
         raise ModelLoadError(
             f"{path} has sha256 {digest}, expected {expected}: the package is not the pinned upstream GGUF; reinstall it"
@@ -204,14 +208,6 @@ def _converted_gguf(path: Path, expected: str, cache_dir: Path) -> tuple[Path, b
     return target, False
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of Gemma 3 (text-only or multimodal), Llama-family and GPT-2-style models."""
     for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h"):
@@ -226,3 +222,20 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def hidden_size(model: PreTrainedModel) -> int:
     """Width of the residual stream (the text config's for multimodal models)."""
     return int(model.config.get_text_config().hidden_size)
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model takes (its text config's `max_position_embeddings`), if it says."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def check_context(model: nn.Module, n_tokens: int, what: str, param: str | None = None, room: int = 0) -> None:
+    """Refuse `n_tokens` (+ `room` for at least one more token) beyond the model's context."""
+    context = context_length(model)
+    if context is not None and n_tokens + room > context:
+        raise ContextLengthExceeded(
+            f"{what} is {n_tokens} tokens, the model's context is {context} tokens", param=param
+        )

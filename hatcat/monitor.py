@@ -21,11 +21,13 @@ when none fires: ordinary text, where nothing fires beyond its usual range, stay
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from hatcat.concepts import ConceptPack
+from hatcat.heatmap import divergence_colour
 from hatcat.probes import ProbeBank
 
 TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
@@ -81,13 +83,6 @@ class ResponseSummary:
         return f"Analysis: mean divergence {self.mean_divergence:+.3f}, max {self.max_divergence:+.3f}; top: {top or 'none'}"
 
 
-def divergence_colour(value: float) -> str:
-    """White at 0, red towards +1 (represented but unsaid), blue towards -1 (said but not represented)."""
-    v = max(-1.0, min(1.0, value))
-    fade = int(255 * (1 - abs(v)))
-    return f"#ff{fade:02x}{fade:02x}" if v >= 0 else f"#{fade:02x}{fade:02x}ff"
-
-
 class Monitor:
     """Turns per-token hidden states into TokenRecords for one probe bank and concept pack."""
 
@@ -101,8 +96,8 @@ class Monitor:
         self.layers = torch.tensor(self.layer_of, device=device)
         parents = [[bank.index[p] for p in pack.parents(c) if p in bank.index] for c in bank.concepts]
         children = [[bank.index[k] for k in pack.children(c) if k in bank.index] for c in bank.concepts]
-        self.parent_idx = _padded(parents, device)  # [N, max parents], -1 = none
-        self.child_idx = _padded(children, device)
+        self.parent_edges = _edges(parents, device)  # (concept, one of its parents) pairs
+        self.child_edges = _edges(children, device)
         always = torch.tensor([not p for p in parents], device=device)
         self.always_eligible = always | torch.isin(self.layers, torch.tensor(base_layers, device=device))
         self.thresholds = bank.act_threshold.clone()
@@ -114,11 +109,17 @@ class Monitor:
 
     def score(self, hidden: torch.Tensor, window: torch.Tensor, tokens: list[str], start: int = 0) -> list[TokenRecord]:
         """Records for T tokens at once: hidden [T, d] at the tap, window [T, d] mean input embeddings."""
-        act, text, div = self.bank.scores(hidden, window)  # [T, N] each
+        return self.records(*self.bank.scores(hidden, window), tokens, range(start, start + len(tokens)))
+
+    def records(
+        self, act: torch.Tensor, text: torch.Tensor, div: torch.Tensor, tokens: list[str], indices: Sequence[int]
+    ) -> list[TokenRecord]:
+        """Records for T tokens from their scores (`ProbeBank.scores`: act, text, div [T, N]); `indices[t]`
+        is token t's position in its own text (tokens of several texts or streams can be scored together)."""
         fired = act >= self.thresholds
-        parent_fired = _any_at(fired, self.parent_idx)
+        parent_fired = _any_at(fired, self.parent_edges)
         eligible = self.always_eligible | parent_fired
-        child_fired = _any_at(fired & eligible, self.child_idx)
+        child_fired = _any_at(fired & eligible, self.child_edges)
         candidate = eligible & ~child_fired
         k = min(self.keep_top_k, act.shape[1])
         ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
@@ -136,19 +137,25 @@ class Monitor:
                 if a >= 0  # -1 marks a concept that was not a candidate
             )
             top = round(colour_of[t], 4)
-            records.append(TokenRecord(start + t, token, concepts, top, divergence_colour(top)))
+            records.append(TokenRecord(indices[t], token, concepts, top, divergence_colour(top)))
         return records
 
 
-def _padded(lists: list[list[int]], device: torch.device) -> torch.Tensor:
-    width = max((len(x) for x in lists), default=0) or 1
-    return torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.long, device=device)
+def _edges(lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owner, member) index pairs of the non-empty lists: owner i, member j for each j in lists[i]."""
+    owners = [i for i, members in enumerate(lists) for _ in members]
+    members = [j for ms in lists for j in ms]
+    return torch.tensor(owners, dtype=torch.long, device=device), torch.tensor(members, dtype=torch.long, device=device)
 
 
-def _any_at(flags: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[T, N]: for each concept, whether any of the concepts in its index row is flagged."""
-    padded = torch.cat([flags, torch.zeros_like(flags[:, :1])], dim=1)  # column N = "none" (-1)
-    return padded[:, index].any(dim=-1)
+def _any_at(flags: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """[T, N]: for each concept, whether any of its members (parents or children) is flagged.
+
+    One gather and one scatter-add over the edges (cost T x edges), not a [T, N, widest list]
+    gather: a concept with hundreds of children would make every token pay for that width."""
+    owners, members = edges
+    counts = torch.zeros(flags.shape, dtype=torch.float32, device=flags.device)
+    return counts.index_add_(1, owners, flags[:, members].float()) > 0
 
 
 class TextWindow:

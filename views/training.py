@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from hatcat.concepts import ConceptPack, ConceptPackError
-from hatcat.concepts.meld import load_meld
+from hatcat.concepts.meld import load_meld, merge_into
 from hatcat.engine import Engine
 from hatcat.probes import ProbePackError
 from hatcat.training.run import TrainSettings, train
@@ -47,7 +47,7 @@ def custom_pack(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(meld, indent=1))
     try:
-        return base.merge(load_meld(path))
+        return merge_into(base, load_meld(path))
     except ConceptPackError as err:
         raise user_error(err) from None
 

@@ -10,10 +10,12 @@ A failure after the stream began is sent as `data: {"error": {...}}` followed by
 Not streamed: the OpenAI answer plus an extra `hatcat` field with the same per-token data and
 the analysis. Without a probe pack, chat still works and `monitoring` is false.
 
-The request waits for its turn on the model (first come, first served) before any byte is
-sent, so errors found when generation starts (a prompt longer than the context) still get a
-proper status code. A client that disconnects — while waiting or while reading — cancels its
-job: the generator is closed and the model handed to the next request at once.
+Concurrent requests decode together (continuous batching, `hatcat.batching`): a request joins
+the running batch at the next step and leaves when it ends. Past `HATCAT_MAX_QUEUE` waiting
+requests the answer is a 429. The first token (or the error that stopped the request) is
+awaited before any byte is sent, so errors still get a proper status code. A client that
+disconnects — while waiting or while reading — cancels its generation: its row leaves the
+batch at the next step.
 """
 
 from __future__ import annotations
@@ -29,15 +31,16 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
-from hatcat.api.errors import APIError, error_responses
-from hatcat.api.packs import installed_probe_packs
+from hatcat.api.errors import APIError, as_body, error_responses
+from hatcat.api.openwebui_events import OpenWebUIEvents
 from hatcat.api.protocol import MONITOR_MODEL_ID, ChatCompletion, ChatCompletionRequest
-from hatcat.api.reports import as_api_error, divergence, steering_state, token_report
+from hatcat.api.reports import divergence, steering_state, token_report
 from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
 from hatcat.engine import Engine
-from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, generate
+from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, encode_prompt
+from hatcat.model import check_context
 from hatcat.monitor import ResponseSummary, TokenRecord
-from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
+from hatcat.pipeline import MonitoredFinish, MonitoredToken
 from hatcat.steering import Steering
 
 router = APIRouter(prefix="/v1")
@@ -57,17 +60,16 @@ STREAM_RESPONSE = {
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
-    responses={**error_responses(400, 401, 404, 409), **STREAM_RESPONSE},
+    responses={**error_responses(400, 401, 404, 409, 429), **STREAM_RESPONSE},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     engine: Engine = request.app.state.engine
     _check_model(engine, body.model)
     settings = _generation_settings(body, engine.settings.max_tokens)
-    prompt = await run_in_threadpool(
-        _prompt, engine.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages]
-    )
+    prompt = await run_in_threadpool(_prompt, engine, [m.model_dump(exclude_none=True) for m in body.messages])
     steerings = engine.steering.list(body.session_id)
-    job = Job(engine, lambda: _generation(engine, prompt, settings, steerings))
+    generation = engine.generate(prompt, settings, steerings)  # QueueFull: 429 before any byte is sent
+    job = Job(engine, lambda: generation, exclusive=False)
     run = _Run(request, body, steerings, engine)
     try:
         first = await run.first(job)
@@ -88,7 +90,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 def _check_model(engine: Engine, model: str) -> None:
     if model == MONITOR_MODEL_ID or (engine.probes is not None and model == engine.probes.id):
         return
-    packs = installed_probe_packs(engine)
+    packs = engine.probe_packs()
     if model in packs:
         raise APIError(
             409,
@@ -111,40 +113,29 @@ def _generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationS
             code="max_tokens_too_large",
         )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    try:
-        return GenerationSettings(
-            max_tokens=max_tokens,
-            temperature=0.7 if body.temperature is None else body.temperature,
-            # a top_p below float32's range would round to 0 in the sampler and keep no token at all
-            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
-            top_k=body.top_k,
-            repetition_penalty=body.repetition_penalty,
-            seed=body.seed,
-            stop=stop,
-        )
-    except ValueError as err:  # the pydantic bounds should have caught it; name the field anyway
-        raise APIError(400, str(err), param=str(err).split(" ", 1)[0], code="invalid_value") from None
+    return GenerationSettings(
+        max_tokens=max_tokens,
+        temperature=0.7 if body.temperature is None else body.temperature,
+        # a top_p below float32's range would round to 0 in the sampler and keep no token at all
+        top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        stop=stop,
+    )
 
 
-def _prompt(tokenizer, messages: list[dict]) -> str:
+def _prompt(engine: Engine, messages: list[dict]) -> str:
     try:
-        prompt = build_prompt(tokenizer, messages)
+        prompt = build_prompt(engine.tokenizer, messages)
     except (ValueError, TemplateError) as err:  # e.g. no user message; a template that wants alternating roles
         raise APIError(
             400, f"messages cannot be turned into a prompt: {err}", param="messages", code="invalid_messages"
         ) from None
     if not prompt.strip():
         raise APIError(400, "the prompt is empty: the user message has no text", param="messages", code="empty_prompt")
+    check_context(engine.model, len(encode_prompt(engine.tokenizer, prompt)), "prompt", param="messages", room=1)
     return prompt
-
-
-def _generation(engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering]):
-    """Runs in the job's thread, holding the model: monitored when a probe pack is loaded."""
-    if engine.monitor is None:
-        return generate(engine.model, engine.tokenizer, prompt, settings, tap_layer=0)
-    return monitored_generation(
-        engine.model, engine.tokenizer, engine.monitor, engine.vectors, prompt, settings, steerings
-    )
 
 
 def _token(item: Any) -> tuple[str, TokenRecord | None] | None:
@@ -180,6 +171,7 @@ class _Run:
         self.steering = steering_state(steerings, body.session_id)
         self.monitoring = engine.monitor is not None
         self.started = time.perf_counter()
+        self.openwebui = OpenWebUIEvents.requested(request) if body.stream else None
 
     async def first(self, job: Job) -> Any:
         """Wait for the turn, then the first token (or the error that stopped it)."""
@@ -190,7 +182,7 @@ class _Run:
                 self.monitoring = self.engine.monitor is not None  # as of the turn (a pack may have been loaded)
                 continue
             if isinstance(item, Failed):
-                raise as_api_error(item.error)
+                raise item.error
             if isinstance(item, Ended):
                 raise APIError(503, "the generation was cancelled before it started", code="cancelled")
             return item
@@ -229,6 +221,8 @@ class _Run:
                 if (token := _token(item)) is not None:
                     text, record = token
                     self._observe(record)
+                    if self.openwebui is not None and record is not None:
+                        self.openwebui.add(record)
                     extra = (
                         {"divergence": divergence(record), "color": record.colour, "token_index": record.index}
                         if record
@@ -261,6 +255,8 @@ class _Run:
                             }
                         )
                     yield self._chunk({"metadata": self._metadata()}, finished.finish_reason, usage)
+                    if self.openwebui is not None:
+                        yield self.openwebui.lines(summary)
                     if self.body.stream_options and self.body.stream_options.include_usage:
                         chunk = {
                             "id": self.id,
@@ -274,7 +270,7 @@ class _Run:
                     yield "data: [DONE]\n\n"
                     return
                 elif isinstance(item, Failed):
-                    yield f"data: {json.dumps(as_api_error(item.error).body())}\n\n"
+                    yield f"data: {json.dumps(as_body(item.error))}\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 elif isinstance(item, Ended):
@@ -296,7 +292,7 @@ class _Run:
                 usage = self._finished(finished)
                 break
             elif isinstance(item, Failed):
-                raise as_api_error(item.error)
+                raise item.error
             elif isinstance(item, Ended):
                 raise APIError(503, "the generation was cancelled", code="cancelled")
             item = await job.next_watching(self.request)

@@ -32,8 +32,9 @@ from safetensors.torch import load_file
 from sklearn.metrics import roc_auc_score
 
 from hatcat.concepts import ConceptPack
+from hatcat.errors import InvalidValue
 from hatcat.model import LoadedModel
-from hatcat.probes import PROBES_ROOT, model_slug, save_pack
+from hatcat.probes import save_pack
 from hatcat.training.fit import Rows
 from hatcat.training.prompts import Prompt, build_prompts, negatives
 from hatcat.training.recipe import DATA, control_texts, training_texts
@@ -88,7 +89,7 @@ def select_concepts(pack: ConceptPack, settings: TrainSettings) -> list[str]:
     if settings.concepts:
         unknown = [c for c in settings.concepts if c not in pack]
         if unknown:
-            raise ValueError(f"unknown concept(s): {', '.join(unknown)}")
+            raise InvalidValue(f"unknown concept(s): {', '.join(unknown)}", param="concepts")
         chosen = [c for c in pack.ids if c in set(settings.concepts)]
     else:
         chosen = [c.id for c in pack if c.layer in settings.layers]
@@ -170,7 +171,7 @@ def train(
     pack: ConceptPack,
     settings: TrainSettings,
     cache_dir: Path,
-    out: Path | None = None,
+    out: Path,
     progress: Callable[[str, float], None] | None = None,
     guard: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[Path, RunReport]:
@@ -259,7 +260,7 @@ def train(
     metrics_doc = _metrics(
         pack, trained, weight, bias, z_threshold, z_dev, control_test @ weight.T + bias, natural, held_out, cache
     )
-    folder = out or PROBES_ROOT / model_slug(loaded.name) / pack.id
+    folder = out
     manifest = {
         "model": loaded.name,
         "model_class": type(loaded.model).__name__,
