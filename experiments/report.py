@@ -145,18 +145,16 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
     if rc:
         chosen = rc["chosen"]
         best = next(r for r in rc["recipes"] if all(r[k] == chosen[k] for k in chosen))
-        old = next((r for r in rc["recipes"] if r["method"].startswith("lda (shipped")), None)
-        a = best["activation"]["last"]
+        few = max(
+            (r for r in rc["recipes"] if r["k_texts"]),
+            key=lambda r: r["activation"]["last"]["mean_auroc"] + r["activation"]["last"]["top1"],
+        )
+        a, b = best["activation"]["last"], few["activation"]["last"]
+        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){' + continuation' if few['continuations'] else ''}"
         out.append(
             (
-                f"Recipe chosen on dev scenes: {chosen['method']}, {chosen['pooling']} pooling, "
-                f"{chosen['k_texts']} texts/concept{', + continuations' if chosen['continuations'] else ''}",
-                f"AUROC {_f(a['mean_auroc'])}, top-1 {_f(a['top1'])} (42-way)"
-                + (
-                    f"; old LDA pack {_f(old['activation']['last']['mean_auroc'])} / {_f(old['activation']['last']['top1'])}"
-                    if old
-                    else ""
-                ),
+                f"Recipe on dev scenes (42-way, last token): chosen {chosen['method']} / best on few texts ({label})",
+                f"AUROC {_f(a['mean_auroc'])}, top-1 {_f(a['top1'])} / AUROC {_f(b['mean_auroc'])}, top-1 {_f(b['top1'])}",
                 "",
                 cmd,
             )

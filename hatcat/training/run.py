@@ -2,13 +2,14 @@
 
 The recipe (chosen on dev data written by others, results/recipe_compare.json):
 1. per concept a few training texts (hatcat/training/recipe.training_texts), pooled per text;
-2. difference-of-means directions against hard, easy and background negatives, where the
-   background is every token of the control corpus's dev part (hatcat/training/signal.py);
+2. one-matrix LDA directions (or difference of means, logistic: `method`) against hard, easy and
+   background negatives, where the background is every token of the control corpus's dev part
+   (hatcat/training/signal.py);
 3. scores standardised on those control tokens, so concepts compare with each other;
 4. thresholds at a target false-positive rate on control tokens (default 1%), checked on the
    control corpus's held-out test part (other sources, other authors);
-5. a words-only side that predicts each concept's activation score from the words alone; the
-   divergence is the residual.
+5. a words-only detector of the same kind, standardised the same way; divergence is the capped
+   residual of the activation score against it.
 Per-concept metrics (metrics.json): control FPR on dev and held-out tokens, recall on natural
 positives where the repository has some (data/eval, data/signal), and template metrics on the
 concept's held-out template prompts as a secondary view.
@@ -60,9 +61,9 @@ class TrainSettings:
     concepts: tuple[str, ...] = ()  # empty: every concept of the chosen layers
     limit: int | None = None  # at most this many concepts (first in pack order), for quick runs
     tap_layer: int = 15  # results/tap_sweep.json
-    method: str = "dom"  # results/recipe_compare.json
-    pooling: str = "mean"
-    k_texts: int = 4
+    method: str = "lda"  # results/recipe_compare.json: LDA over the training templates won on dev
+    pooling: str = "last"
+    k_texts: int = 12  # every training-split text of a concept (templates, definition, examples)
     target_fpr: float = 0.01
     control_per_split: int | None = None  # None: the whole control corpus (quick runs use fewer)
     directions_from: str | None = None  # a probe pack whose activation rows are kept as directions (recalibration)
