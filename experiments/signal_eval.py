@@ -30,9 +30,9 @@ import numpy as np
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from experiments.fuzz_api import start_server
 from experiments.report import README, render, signal_rows
 from hatcat.training.recipe import control_texts
+from tests.support import start_app, stop_app
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "signal_eval.json"
@@ -40,23 +40,27 @@ PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
 EMOTIONS = ["Anger", "Fear", "Sadness", "Joy", "Disgust", "Embarrassment"]
 
 
-def analyze(client: httpx.Client, text: str, concepts: list[str] | None = None, top_k: int = 1) -> dict:
-    body = {"text": text, **({"concepts": concepts} if concepts else {"top_k": top_k})}
-    reply = client.post("/v1/analyze", json=body, timeout=600)
-    reply.raise_for_status()
-    return reply.json()
+def analyze(client: httpx.Client, texts: list[str], concepts: list[str] | None = None) -> list[dict]:
+    """One analysis per text, in order (lists of up to 64 texts per request, scored in batches)."""
+    out = []
+    for start in range(0, len(texts), 64):
+        body = {"input": texts[start : start + 64], **({"concepts": concepts} if concepts else {"top_k": 1})}
+        reply = client.post("/v1/analyze", json=body, timeout=1200)
+        reply.raise_for_status()
+        out += reply.json()["data"]
+    return out
 
 
 def concept_set(client: httpx.Client, texts_of: dict[str, list[str]]) -> dict:
     """AUROC and top-1 of last_activation (and of the words-only last_text_similarity)."""
     concepts = list(texts_of)
-    label, act, words = [], [], []
-    for i, c in enumerate(concepts):
-        for text in texts_of[c]:
-            stats = {s["concept"]: s for s in analyze(client, text, concepts)["concepts"]}
-            label.append(i)
-            act.append([stats[k]["last_activation"] for k in concepts])
-            words.append([stats[k]["last_text_similarity"] for k in concepts])
+    act, words = [], []
+    texts = [t for c in concepts for t in texts_of[c]]
+    label = [i for i, c in enumerate(concepts) for _ in texts_of[c]]
+    for analysis in analyze(client, texts, concepts):
+        stats = {s["concept"]: s for s in analysis["concepts"]}
+        act.append([stats[k]["last_activation"] for k in concepts])
+        words.append([stats[k]["last_text_similarity"] for k in concepts])
     label, act, words = np.array(label), np.array(act), np.array(words)
     out = {"n_concepts": len(concepts), "n_texts": len(label)}
     for name, s in (("activation", act), ("words_only", words)):
@@ -74,8 +78,8 @@ def divergence_pairs(client: httpx.Client) -> dict:
     pairs = yaml.safe_load((ROOT / "data" / "eval" / "divergence_pairs.yaml").read_text())["pairs"]
     vals: dict[str, dict[str, list[float]]] = {k: {"implied": [], "named": []} for k in ("last", "mean")}
     for p in pairs:
-        for kind in ("implied", "named"):
-            s = analyze(client, p[kind], [p["concept"]])["concepts"][0]
+        for kind, analysis in zip(("implied", "named"), analyze(client, [p["implied"], p["named"]], [p["concept"]])):
+            s = analysis["concepts"][0]
             vals["last"][kind].append(s["last_divergence"])
             vals["mean"][kind].append(s["mean_divergence"])
     out = {"n_pairs": len(pairs)}
@@ -86,7 +90,7 @@ def divergence_pairs(client: httpx.Client) -> dict:
 
 
 def control(client: httpx.Client, pack: Path) -> dict:
-    colours = [r["max_divergence"] for t in control_texts("test") for r in analyze(client, t)["tokens"]]
+    colours = [r["divergence"]["max_divergence"] for a in analyze(client, control_texts("test")) for r in a["tokens"]]
     metrics = json.loads((pack / "metrics.json").read_text())["per_concept"]
     fpr = np.array([m["control_fpr_test"] for m in metrics.values()])
     return {
@@ -109,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         c["id"]: c["scenes"]
         for c in yaml.safe_load((ROOT / "data" / "eval" / "natural_scenes.yaml").read_text())["concepts"]
     }
-    proc, base = start_server(args.pack, Path("/tmp/hatcat-signal-eval.log"))
+    proc, base = start_app({"HATCAT_PROBE_PACK": str(args.pack)}, Path("/tmp/hatcat-signal-eval.log"))
     try:
         with httpx.Client(base_url=base) as client:
             doc = {
@@ -131,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 },
             }
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_app(proc)
     doc["seconds"] = round(time.time() - t0, 1)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     README.write_text(render(README.read_text()))

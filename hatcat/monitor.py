@@ -14,7 +14,7 @@ Hierarchy policy (as the original's dynamic loading, without loading anything):
 divergence (hatcat/probes.py, `ProbeBank.scores`): the part of the activation evidence for a concept
 that the words alone do not predict, tanh((activation logit - words-only logit) / scale) in [-1, 1];
 high where the model represents a concept that its words do not say. A token's colour is the
-divergence of largest magnitude among the concepts that fire on it (activation >= threshold), 0
+divergence of largest magnitude among its reported concepts that fire (activation >= threshold), 0
 when none fires: ordinary text, where nothing fires beyond its usual range, stays white.
 """
 
@@ -124,8 +124,10 @@ class Monitor:
         k = min(self.keep_top_k, act.shape[1])
         ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
         top_act, top_idx = ranked.topk(k, dim=1)
-        rows = torch.stack([top_act, text.gather(1, top_idx), div.gather(1, top_idx)], dim=-1)
-        fired_div = torch.where(fired, div, torch.zeros_like(div))  # the colour: largest |divergence| that fired
+        top_div = div.gather(1, top_idx)
+        rows = torch.stack([top_act, text.gather(1, top_idx), top_div], dim=-1)
+        # the colour: the divergence of largest magnitude among the reported concepts that fired
+        fired_div = torch.where(top_act >= self.thresholds[top_idx], top_div, torch.zeros_like(top_div))
         colour_of = fired_div.gather(1, fired_div.abs().argmax(1, keepdim=True))[:, 0].cpu().tolist()
         # two small copies to the host for the whole batch: the k reported rows and their indices
         rows_host, idx_host = rows.cpu().tolist(), top_idx.cpu().tolist()

@@ -34,7 +34,11 @@ def train_small_pack(loaded: LoadedModel, cache_dir: Path, out: Path) -> Path:
     from hatcat.training.run import TrainSettings, train
 
     folder, _ = train(
-        loaded, load_pack(melds=[SAFETY_MELD]), TrainSettings(concepts=SMALL_PACK, control_per_split=200), cache_dir, out
+        loaded,
+        load_pack(melds=[SAFETY_MELD]),
+        TrainSettings(concepts=SMALL_PACK, k_texts=2, control_per_split=200),
+        cache_dir,
+        out,
     )
     return folder
 

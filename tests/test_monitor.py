@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
@@ -21,14 +22,21 @@ def monitor(probed_engine: Engine):
     monitor.thresholds.copy_(saved)
 
 
-def test_analysis_gives_one_record_per_token_with_consistent_divergence(probed_engine: Engine, monitor) -> None:
+def test_analysis_gives_one_record_per_token_with_the_capped_residual_as_divergence(
+    probed_engine: Engine, monitor
+) -> None:
     records = analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)
     assert "".join(r.token for r in records) == TEXT
     assert all(r.concepts for r in records)
+    bank = monitor.bank
     for record in records:
         for c in record.concepts:
-            assert c.divergence == pytest.approx(c.activation - c.text_similarity, abs=1e-3)
-        assert record.max_divergence == max(c.divergence for c in record.concepts)
+            i = bank.index[c.concept]
+            act, text = torch.logit(torch.tensor([c.activation, c.text_similarity]).clamp(1e-6, 1 - 1e-6))
+            expected = torch.tanh((torch.minimum(act, bank.act_cap[i]) - text) / bank.divergence_scale[i])
+            assert c.divergence == pytest.approx(float(expected), abs=2e-3)
+        fired = [c.divergence for c in record.concepts if c.activation >= monitor.thresholds[bank.index[c.concept]]]
+        assert record.max_divergence == (max(fired, key=abs) if fired else 0.0)  # the colour: what fired
         activations = [c.activation for c in record.concepts]
         assert activations == sorted(activations, reverse=True)
 

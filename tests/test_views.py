@@ -75,7 +75,7 @@ def test_custom_concept_trains_and_hot_loads_with_its_merged_concept_pack(
         folder, _ = train(
             own.loaded,
             pack,
-            TrainSettings(concepts=("CheerfulGreeting", "Music"), control_per_split=200),
+            TrainSettings(concepts=("CheerfulGreeting", "Music"), k_texts=2, control_per_split=200),
             own.settings.cache_dir,
             tmp_path / "p",
         )
