@@ -180,6 +180,7 @@ def divergence_eval(w, b, detector, z_threshold, fa, ft, pairs, concepts) -> dic
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.recipe_compare", description=__doc__.splitlines()[0])
     ap.add_argument("--k", type=int, nargs="+", default=list(range(1, K_TEXTS + 1)), help="training texts per concept")
+    ap.add_argument("--pooling", nargs="+", default=["last", "mean", "all"], choices=["last", "mean", "all"])
     ap.add_argument("--old-pack", default=None, metavar="PACK", help="the pack shipped before (the one-matrix LDA row)")
     args = ap.parse_args(argv)
     ks = args.k
@@ -206,9 +207,17 @@ def main(argv: list[str] | None = None) -> int:
             "k_texts": None,
             "continuations": False,
         }
-        row["activation"] = evaluate(w, b, f.act, scenes, dev, torch.cat([f.act(t) for t in control]))
+        ctl = torch.cat([f.act(t) for t in control])
+        row["activation"] = evaluate(w, b, f.act, scenes, dev, ctl)
+        # divergence on every pair (the shipped pack has all 24 pair concepts): its own words-only detector
+        named = sorted({p["concept"] for p in pairs})
+        ws, bs = standardise_on_control(*pack_directions(args.old_pack, named), ctl)
+        words_ctl = torch.cat([f.text(t) for t in control])
+        detector = standardise_on_control(*pack_directions(args.old_pack, named, side="text"), words_ctl)
+        zthr = control_thresholds(ctl @ ws.T + bs, 0.01)
+        row["divergence_implied_vs_named"] = divergence_eval(ws, bs, detector, zthr, f.act, f.text, pairs, named)
         results.append(row)
-        print(row["method"], row["activation"]["last"], flush=True)
+        print(row["method"], row["activation"]["last"], row["divergence_implied_vs_named"], flush=True)
         # the same rows turned into differences of means: Sigma estimated on template-like rows (the
         # dev concepts' training texts, last token, plus every token of them as background)
         texts = [t for c in concepts for t in training_texts(pack[c], min(ks))]
@@ -222,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         row["activation"] = evaluate(unwhiten(w, sample), b, f.act, scenes, dev, torch.cat([f.act(t) for t in control]))
         results.append(row)
         print(row["method"], row["activation"]["last"], flush=True)
-    for pooling, k, use_cont in product(("last", "mean", "all"), ks, (False, True)):
+    for pooling, k, use_cont in product(args.pooling, ks, (False, True)):
         texts_of = {
             c: training_texts(pack[c], k) + ([t for t in conts.get(c, []) if t] if use_cont else []) for c in concepts
         }

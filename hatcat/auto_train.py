@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hatcat.probes import model_slug
+from hatcat.paths import model_slug
 from hatcat.training.run import TrainSettings, train
 
 if TYPE_CHECKING:
