@@ -9,7 +9,7 @@ from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
 from hatcat.heatmap import divergence_colour
 from hatcat.monitor import summarise
-from hatcat.pipeline import MonitoredFinish, MonitoredToken, analyze_text, monitored_generation
+from hatcat.pipeline import MonitoredFinish, MonitoredToken, analyze_text, monitored_generation, text_states
 
 TEXT = "The orchestra tuned up, and then the violins began a slow, sad melody."
 
@@ -29,14 +29,16 @@ def test_analysis_gives_one_record_per_token_with_the_capped_residual_as_diverge
     assert "".join(r.token for r in records) == TEXT
     assert all(r.concepts for r in records)
     bank = monitor.bank
-    for record in records:
+    hidden, windows, _ = text_states(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)
+    with torch.inference_mode():
+        act = hidden.float() @ bank.act_weight.T + bank.act_bias  # logits [T, N]
+        words = windows.float() @ bank.text_weight.T + bank.text_bias
+        expected = torch.tanh((torch.minimum(act, bank.act_cap) - words) / bank.divergence_scale)
+    for t, record in enumerate(records):
         for c in record.concepts:
-            i = bank.index[c.concept]
-            act, text = torch.logit(torch.tensor([c.activation, c.text_similarity]).clamp(1e-6, 1 - 1e-6))
-            expected = torch.tanh((torch.minimum(act, bank.act_cap[i]) - text) / bank.divergence_scale[i])
-            assert c.divergence == pytest.approx(float(expected), abs=2e-3)
+            assert c.divergence == pytest.approx(float(expected[t, bank.index[c.concept]]), abs=1e-3)
         fired = [c.divergence for c in record.concepts if c.activation >= monitor.thresholds[bank.index[c.concept]]]
-        assert record.max_divergence == (max(fired, key=abs) if fired else 0.0)  # the colour: what fired
+        assert record.max_divergence == pytest.approx(max(fired, key=abs) if fired else 0.0, abs=1e-4)
         activations = [c.activation for c in record.concepts]
         assert activations == sorted(activations, reverse=True)
 
