@@ -11,24 +11,35 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
+from hatcat.access import AccessError
 from hatcat.api import create_api
+from hatcat.concepts import ConceptPackError
 from hatcat.config import ConfigError, Settings
 from hatcat.engine import Engine
 from hatcat.model import ModelLoadError
+from hatcat.probes import ProbePackError
+from hatcat.store import StoreUnavailable
 from views import build_workbench
 
 
 def build_app(engine: Engine) -> FastAPI:
-    """The API routes first, then the workbench at `/` (routes defined earlier win)."""
-    return gr.mount_gradio_app(create_api(engine), build_workbench(engine), path="/")
+    """The API routes first, then the workbench at `/` (routes defined earlier win). With access
+    control the workbench and its Gradio API need a login: a user's password or one of their keys."""
+    return gr.mount_gradio_app(
+        create_api(engine),
+        build_workbench(engine),
+        path="/",
+        auth=engine.users.login if engine.users else None,  # a User (truthy) or None
+        auth_message="HatCat: log in with your name and password (or one of your API keys).",
+    )
 
 
 def main() -> int:
     try:
         settings = Settings.from_env()
         engine = Engine.from_settings(settings)
-    except (ConfigError, ModelLoadError) as err:
-        print(f"hatcat: {err}", file=sys.stderr)
+    except (ConfigError, ModelLoadError, ProbePackError, ConceptPackError, AccessError, StoreUnavailable) as err:
+        print(f"hatcat: {str(err).strip().splitlines()[0]}", file=sys.stderr)
         return 2
     uvicorn.run(build_app(engine), host=settings.host, port=settings.port)
     return 0

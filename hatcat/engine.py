@@ -13,12 +13,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from hatcat.access import Directory
 from hatcat.concepts import ConceptPack, load_pack
 from hatcat.config import Settings
 from hatcat.model import LoadedModel, load_model
 from hatcat.monitor import Monitor
 from hatcat.probes import PROBES_ROOT, ProbeBank, ProbePack, model_slug
 from hatcat.steering import SteeringRegistry, SteeringVectors
+from hatcat.store import Store
 
 SAFETY_MELD = Path(__file__).resolve().parents[1] / "data" / "concept_packs" / "safety-v1.yaml"
 
@@ -83,13 +85,18 @@ class Engine:
         self.monitor: Monitor | None = None
         self.vectors: SteeringVectors | None = None
         self.steering = SteeringRegistry()
+        self.users: Directory | None = None  # who may do what; None: no access control
+        self.records: Store | None = None  # audit log, divergence events, threshold profiles
         # The model's forward hooks and KV state are not re-entrant: one generation at a time,
         # granted in arrival order.
         self._lock = FairLock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        """Load the configured model, the concept pack (+ safety meld) and the probe pack if one fits."""
+        """Open the users file and the record store, then load the configured model, the concept
+        pack (+ safety meld) and the probe pack if one fits."""
+        users = Directory.load(settings.users_file, settings.api_key) if settings.access_control else None
+        records = Store(settings.db_url)
         loaded = load_model(
             settings.model_name,
             device=settings.device,
@@ -98,6 +105,7 @@ class Engine:
             offline=settings.hf_offline,
         )
         engine = cls(settings, loaded, load_pack(melds=[SAFETY_MELD]))
+        engine.users, engine.records = users, records
         folder = settings.probe_pack or engine.default_probe_folder()
         if settings.probe_pack or folder.is_dir():
             engine.load_probes(folder)
@@ -120,6 +128,13 @@ class Engine:
         with self._lock:  # never swap under a running generation
             self.probes, self.bank, self.monitor, self.vectors, self.concepts = pack, bank, monitor, vectors, concepts
         return pack
+
+    def reset_thresholds(self, overrides: dict[str, float]) -> list[str]:
+        """The pack's thresholds, then `overrides` (a threshold profile); returns the concepts not in the pack."""
+        known = {c: float(v) for c, v in overrides.items() if c in self.bank.index}
+        self.monitor.set_thresholds(dict(zip(self.bank.concepts, self.bank.act_threshold.tolist())))
+        self.monitor.set_thresholds(known)
+        return sorted(set(overrides) - set(known))
 
     def held_out_scores(self, concept: str, split: str = "val") -> tuple[list[float], list[int]]:
         """The loaded activation probe's scores for `concept` on its `split` prompts (labels: 1

@@ -98,6 +98,11 @@ class ProbePack:
     def id(self) -> str:
         return f"{model_slug(self.manifest['model'])}_{self.manifest['concept_pack']['id']}"
 
+    @property
+    def checksum(self) -> str:
+        """sha256 over the manifest's per-file checksums: one fingerprint for the pack's weights and metrics."""
+        return hashlib.sha256(json.dumps(self.manifest.get("checksums", {}), sort_keys=True).encode()).hexdigest()
+
     @classmethod
     def load(cls, folder: str | Path, model_id: str | None = None, hidden_size: int | None = None) -> ProbePack:
         """Read and verify a pack; with `model_id`/`hidden_size`, refuse one made for another model."""

@@ -70,40 +70,46 @@ def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
     )
 
 
-@pytest.fixture(scope="session")
-def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python app.py` with the small probe pack, serving on a free loopback port; yields its base URL."""
+def start_app(env: dict[str, str], log_path: Path, prefix: list[str] | None = None) -> tuple[subprocess.Popen, str]:
+    """`python app.py` (after `prefix`, e.g. a privilege wrapper) with `env` on a free loopback port,
+    its log in a file (a pipe nobody reads would block it once full); returns the process and its
+    base URL once /health answers."""
     port = free_port()
-    env = {
-        **os.environ,
-        "HATCAT_HOST": "127.0.0.1",
-        "HATCAT_PORT": str(port),
-        "HATCAT_PROBE_PACK": str(small_probe_pack),
-    }
-    # The log goes to a file: a pipe nobody reads would block the server once it fills.
-    log = (tmp_path_factory.mktemp("server") / "app.log").open("w+")
+    env = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), **env}
+    log = log_path.open("w+")
     proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
+        [*(prefix or []), sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            time.sleep(0.5)
+    stop_app(proc)
+    pytest.fail("app.py did not answer /health within 600 s")
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log.read()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
-        else:
-            pytest.fail("app.py did not answer /health within 600 s")
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`python app.py` with the small probe pack, serving on a free loopback port; yields its base URL."""
+    folder = tmp_path_factory.mktemp("server")
+    env = {"HATCAT_PROBE_PACK": str(small_probe_pack), "HATCAT_DB": str(folder / "hatcat.db")}
+    proc, base = start_app(env, folder / "app.log")
+    try:
         yield base
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        stop_app(proc)

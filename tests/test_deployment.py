@@ -93,7 +93,10 @@ def test_compose_wires_openwebui_to_hatcat() -> None:
     for webui, backend in (("open-webui", "hatcat"), ("open-webui-gpu", "hatcat-gpu")):
         env = services[webui]["environment"]
         assert env["OPENAI_API_BASE_URLS"] == f"http://{backend}:8765/v1"
-        assert env["OPENAI_API_KEYS"] == services[backend]["environment"]["HATCAT_API_KEY"]
+        # access control on by default: users from the mounted users file, OpenWebUI on its service key
+        assert services[backend]["environment"]["HATCAT_USERS_FILE"] == "/config/users.yaml"
+        assert "./deploy/users.yaml:/config/users.yaml:ro" in services[backend]["volumes"]
+        assert env["OPENAI_API_KEYS"] == "${HATCAT_OPENWEBUI_KEY:-}"
         assert env["DEFAULT_MODELS"] == "hatcat-divergence" and env["ENABLE_SIGNUP"] == "false"
         assert services[webui]["depends_on"][backend]["condition"] == "service_healthy"
     assert services["hatcat-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"

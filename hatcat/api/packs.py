@@ -12,11 +12,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from hatcat.access import Role
+from hatcat.api.auth import requires
 from hatcat.api.errors import APIError, error_responses
+from hatcat.api.records import audit
 from hatcat.engine import Engine
-from hatcat.probes import PROBES_ROOT, model_slug
+from hatcat.probes import PROBES_ROOT, ProbePackError, model_slug
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 404))
 
@@ -124,13 +127,40 @@ def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
     if summary["loaded"]:
         manifest, metrics = engine.probes.manifest, engine.probes.metrics
     else:
-        path = next(
-            p
-            for p in PROBES_ROOT.glob(f"*/{summary['folder']}/manifest.json")
-            if _pack_id(json.loads(p.read_text())) == pack_id
-        )
+        path = _installed_folder(summary) / "manifest.json"
         manifest = json.loads(path.read_text())
         metrics_path = path.parent / "metrics.json"
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     details = {k: v for k, v in manifest.items() if k not in ("thresholds", "checksums")}
     return {**summary, "manifest": details, "metrics": metrics}
+
+
+def _installed_folder(summary: dict[str, Any]) -> Path:
+    return next(
+        p.parent
+        for p in PROBES_ROOT.glob(f"*/{summary['folder']}/manifest.json")
+        if _pack_id(json.loads(p.read_text())) == summary["id"]
+    )
+
+
+@router.post(
+    "/probe-packs/{pack_id}/load",
+    dependencies=[Depends(requires(Role.admin, "loading a probe pack"))],
+    responses=error_responses(403, 409, 503),
+)
+def load_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
+    """Hot-load an installed probe pack: every client is monitored with it from the next request on."""
+    engine: Engine = request.app.state.engine
+    packs = installed_probe_packs(engine)
+    if pack_id not in packs:
+        known = ", ".join(packs) or "none installed"
+        raise APIError(
+            404, f"unknown probe pack: {pack_id} (available: {known})", param="pack_id", code="probe_pack_not_found"
+        )
+    folder = engine.probes.folder if packs[pack_id]["loaded"] else _installed_folder(packs[pack_id])
+    audit(request, "pack_loaded", pack_id, folder=str(folder))
+    try:
+        engine.load_probes(folder)
+    except ProbePackError as err:
+        raise APIError(409, f"cannot load {pack_id}: {err}", param="pack_id", code="probe_pack_mismatch") from None
+    return packs[pack_id] | {"loaded": True}
