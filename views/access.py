@@ -22,6 +22,11 @@ LOCAL = "local"
 _current: contextvars.ContextVar[User | None] = contextvars.ContextVar("workbench_user", default=None)
 
 
+def current_user() -> User | None:
+    """Who runs the guarded handler now (None without access control)."""
+    return _current.get()
+
+
 def current_actor() -> str:
     """The name the records give whoever runs the handler now."""
     user = _current.get()

@@ -19,7 +19,7 @@ from hatcat.engine import Engine
 from hatcat.store import ProfileOwned, Store, StoreWriteError
 from hatcat.training.fit import auroc
 from views import trace as tr
-from views.access import audit, current_actor, guard
+from views.access import audit, current_actor, current_user, guard
 from views.common import current_threshold, probe_concepts, require_probes, user_error
 from views.review import reviewed_line
 
@@ -90,7 +90,7 @@ def save_profile(engine: Engine, name: str, thresholds: dict[str, float]) -> str
     require_probes(engine)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or ""):
         raise gr.Error("A profile name is 1-64 letters, digits, '.', '_' or '-'.", print_exception=False)
-    user = engine.users.user(current_actor()) if engine.users else None
+    user = current_user()
     try:
         _store(engine).save_profile(
             name, current_actor(), engine.probes.id, thresholds, admin=user is None or user.role >= Role.admin

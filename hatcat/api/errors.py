@@ -7,6 +7,7 @@ that is not JSON), Starlette's 404/405 and anything unexpected are turned into t
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -93,7 +94,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             code="unsupported_content_type",
         )
     first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    # not the location's parts that name where (body, query...) or which branch of a union it was
+    loc = [
+        str(part)
+        for part in first.get("loc", ())
+        if part not in ("body", "query", "path", "header", "str") and not re.search(r"[\[-]", str(part))
+    ]
+    if first.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. a message's unknown role
+        loc.append(str((first.get("ctx") or {}).get("discriminator", "")).strip("'\""))
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")

@@ -13,13 +13,12 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.routing import APIRoute
 from starlette.routing import Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from hatcat.api import analyze, chat, errors, health, metrics, models, packs, records, steering
 from hatcat.api.auth import Door
-from hatcat.api.errors import ErrorResponse, error_response
+from hatcat.api.errors import error_response
 from hatcat.api.limits import Limits, StreamSlots
 from hatcat.engine import Engine
 
@@ -36,7 +35,6 @@ def create_api(engine: Engine) -> FastAPI:
     api.state.streams = StreamSlots(settings.max_streams)
     for module in (health, metrics, models, chat, analyze, steering, packs, records):
         api.include_router(module.router)
-    _document_door(api, access=engine.users is not None)
     # an ASGI endpoint without `methods` matches every method, QUERY and other new ones included
     api.router.routes.append(Route("/v1/{path:path}", _UnknownRoute()))
     api.add_middleware(Limits, max_body_bytes=settings.max_body_bytes, per_minute=settings.rate_limit)
@@ -80,17 +78,6 @@ class _UnknownRoute:
         await response(scope, receive, send)
 
 
-def _document_door(api: FastAPI, access: bool) -> None:
-    """Every /v1 route may answer 413 and 429 (limits), and with access control 401 and 403."""
-    statuses = {413: "body too large", 429: "rate limited (see Retry-After)"}
-    if access:
-        statuses |= {401: "missing or invalid API key", 403: "the key's role does not allow this"}
-    for route in api.routes:
-        if isinstance(route, APIRoute) and route.path.startswith("/v1"):
-            for status, description in statuses.items():
-                route.responses.setdefault(status, {"model": ErrorResponse, "description": description})
-
-
 def _schema_limits(api: FastAPI, max_tokens: int, layers: int, access: bool) -> None:
     """Write what is known only at run time into the OpenAPI document: the limits (HATCAT_MAX_TOKENS,
     the model's depth) and, with access control, the Bearer key every /v1 operation needs."""
@@ -110,12 +97,19 @@ def _schema_limits(api: FastAPI, max_tokens: int, layers: int, access: bool) -> 
                 for branch in field.get("anyOf", [field]):
                     if branch.get("type") == "integer":
                         branch["maximum"] = maximum
+            # every /v1 operation may answer 413 and 429 (limits), and with access control 401 and 403
+            statuses = {"413": "body too large", "429": "rate limited (see Retry-After)"}
             if access:
+                statuses |= {"401": "missing or invalid API key", "403": "the key's role does not allow this"}
                 api.openapi_schema.setdefault("components", {})["securitySchemes"] = {
                     "bearer": {"type": "http", "scheme": "bearer", "description": "an API key (HATCAT_USERS_FILE)"}
                 }
-                for path, operations in api.openapi_schema.get("paths", {}).items():
-                    for operation in operations.values() if path.startswith("/v1") else ():
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+            for path, operations in api.openapi_schema.get("paths", {}).items():
+                for operation in operations.values() if path.startswith("/v1") else ():
+                    for status, description in statuses.items():
+                        operation["responses"].setdefault(status, {"description": description, "content": error})
+                    if access:
                         operation["security"] = [{"bearer": []}]
         return api.openapi_schema
 
