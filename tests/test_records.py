@@ -13,6 +13,22 @@ from hatcat.api.limits import RateWindow
 from hatcat.store import ProfileOwned, Store, StoreUnavailable
 from hatcat.store.events import crossings
 
+# a divergence event as `hatcat.store.events.record_response` writes it
+EVENT = {
+    "request_id": "chatcmpl-1",
+    "actor": "rex",
+    "model": "m",
+    "probe_pack": "p",
+    "pack_checksum": "c" * 64,
+    "concept": "Fear",
+    "score": 0.9,
+    "threshold": 0.5,
+    "divergence": 0.3,
+    "token_start": 1,
+    "token_end": 3,
+    "excerpt": "so afraid",
+}
+
 
 def _users(tmp_path: Path, users: dict) -> Path:
     path = tmp_path / "users.yaml"
@@ -86,20 +102,7 @@ def test_store_keeps_audit_events_and_profiles_across_opens(tmp_path: Path) -> N
     url = f"sqlite:///{tmp_path / 'records.db'}"
     store = Store(url)
     store.audit("ada", "pack_loaded", "pack-x", checksum="abc")
-    event = {
-        "request_id": "chatcmpl-1",
-        "actor": "rex",
-        "model": "m",
-        "probe_pack": "p",
-        "pack_checksum": "c" * 64,
-        "concept": "Fear",
-        "score": 0.9,
-        "threshold": 0.5,
-        "divergence": 0.3,
-        "token_start": 1,
-        "token_end": 3,
-        "excerpt": "so afraid",
-    }
+    event = EVENT
     store.add_events([event, {**event, "concept": "Music", "score": 0.6}])
     store.save_profile("strict", "rex", "p", {"Fear": 0.7}, admin=False)
     with pytest.raises(ProfileOwned, match="belongs to rex"):

@@ -14,6 +14,7 @@ import pytest
 
 from hatcat.store import Store
 from tests.conftest import free_port
+from tests.test_records import EVENT
 
 BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
 
@@ -68,21 +69,7 @@ def postgres_url() -> Iterator[str]:
 def test_postgres_store_migrates_and_keeps_records_across_reopens(postgres_url: str) -> None:
     store = Store(postgres_url)
     store.audit("ada", "pack_loaded", "pack-x", checksum="abc")
-    event = {
-        "request_id": "chatcmpl-1",
-        "actor": "rex",
-        "model": "m",
-        "probe_pack": "p",
-        "pack_checksum": "c" * 64,
-        "concept": "Fear",
-        "score": 0.9,
-        "threshold": 0.5,
-        "divergence": 0.3,
-        "token_start": 1,
-        "token_end": 3,
-        "excerpt": "so afraid",
-    }
-    store.add_events([event])
+    store.add_events([EVENT])
     store.save_profile("strict", "rex", "p", {"Fear": 0.7}, admin=False)
     store.engine.dispose()
     again = Store(postgres_url)  # a restart: the migration finds the schema at head
