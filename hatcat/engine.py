@@ -73,7 +73,14 @@ class FairLock:
 class Engine:
     """Model + tokenizer, concept pack, probe bank + monitor, steering, and a generation lock."""
 
-    def __init__(self, settings: Settings, loaded: LoadedModel, concepts: ConceptPack) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: LoadedModel,
+        concepts: ConceptPack,
+        users: Directory | None = None,
+        records: Store | None = None,
+    ) -> None:
         self.settings = settings
         self.loaded = loaded
         self.model = loaded.model
@@ -85,8 +92,10 @@ class Engine:
         self.monitor: Monitor | None = None
         self.vectors: SteeringVectors | None = None
         self.steering = SteeringRegistry()
-        self.users: Directory | None = None  # who may do what; None: no access control
-        self.records: Store | None = None  # audit log, divergence events, threshold profiles
+        # who may do what (None: no access control); the record store (None: nothing is recorded)
+        if users is None and settings.access_control:
+            users = Directory.load(settings.users_file, settings.api_key)
+        self.users, self.records = users, records
         # The model's forward hooks and KV state are not re-entrant: one generation at a time,
         # granted in arrival order.
         self._lock = FairLock()
@@ -104,8 +113,7 @@ class Engine:
             cache_dir=settings.cache_dir,
             offline=settings.hf_offline,
         )
-        engine = cls(settings, loaded, load_pack(melds=[SAFETY_MELD]))
-        engine.users, engine.records = users, records
+        engine = cls(settings, loaded, load_pack(melds=[SAFETY_MELD]), users, records)
         folder = settings.probe_pack or engine.default_probe_folder()
         if settings.probe_pack or folder.is_dir():
             engine.load_probes(folder)

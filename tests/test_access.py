@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import pandas as pd
 import pytest
 import yaml
 from gradio_client import Client
@@ -150,6 +151,23 @@ def test_monitored_chat_that_crosses_a_threshold_is_an_event(door: dict) -> None
     assert reported & {e["concept"] for e in mine}
 
 
+def test_review_queue_lists_marks_and_exports_events(door: dict) -> None:
+    admin = Client(f"{door['base']}/", auth=("ada", door["keys"]["ada"]), verbose=False)  # a key logs in too
+    filters = ("", "rex", "", 0, "none")
+    listed = admin.predict(*filters, api_name="/events")
+    ids = [row[0] for row in listed["data"]]
+    assert ids and all(row[2] == "rex" for row in listed["data"])
+    _, note = admin.predict(str(ids[0]), "false_positive", *filters, api_name="/review")
+    assert note == "Marked 1 event(s) as false_positive."
+    marked = _get(door, "/v1/events", "ada", review="false_positive").json()["data"]
+    assert [(e["id"], e["reviewed_by"]) for e in marked] == [(ids[0], "ada")]
+    exported = pd.read_parquet(admin.predict("", "", "", 0, "any", api_name="/export_parquet"))
+    assert ids[0] in exported["id"].tolist() and "excerpt" in exported.columns
+    viewer = Client(f"{door['base']}/", auth=("vic", PASSWORDS["vic"]), verbose=False)
+    with pytest.raises(Exception, match="reading divergence events needs the admin role"):
+        viewer.predict(*filters, api_name="/events")
+
+
 def test_rate_limit_answers_429_with_retry_after(door: dict) -> None:
     codes = [_get(door, "/v1/models", "lim").status_code for _ in range(RATE_LIMIT + 1)]
     assert codes[:RATE_LIMIT] == [200] * RATE_LIMIT and codes[-1] == 429
@@ -226,7 +244,7 @@ def _loaded_concepts(door: dict) -> list[str]:
     return _get(door, f"/v1/probe-packs/{loaded}", "vic").json()["manifest"]["concepts"]
 
 
-def test_start_up_refuses_a_corrupt_pack_a_bad_users_file_and_an_unreachable_store_in_one_line(
+def test_start_up_refuses_a_corrupt_pack_a_bad_model_users_file_or_store_in_one_line(
     small_probe_pack: Path, tmp_path: Path
 ) -> None:
     corrupt = tmp_path / "pack"
@@ -240,6 +258,7 @@ def test_start_up_refuses_a_corrupt_pack_a_bad_users_file_and_an_unreachable_sto
         "corrupt": {"HATCAT_PROBE_PACK": str(corrupt), "HATCAT_DB": str(tmp_path / "a.db")},
         "role must be one of": {"HATCAT_USERS_FILE": str(tmp_path / "users.yaml")},
         "record store": {"HATCAT_DB": "/proc/hatcat/no.db"},
+        "not found": {"HATCAT_MODEL_NAME": str(tmp_path / "missing.gguf"), "HATCAT_DB": str(tmp_path / "b.db")},
     }
     for expected, env in cases.items():
         done = run_app({"HATCAT_PORT": "1", **env}, timeout=300)

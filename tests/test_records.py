@@ -141,3 +141,17 @@ def test_crossings_span_the_tokens_at_or_above_the_threshold() -> None:
     assert events["Fear"]["excerpt"] == "I was so scared"
     assert (events["Music"]["token_start"], events["Music"]["score"]) == (3, 0.55)
     assert crossings(records, {"Fear": 0.95}) == []
+
+
+def test_reviewed_events_fall_under_a_candidate_threshold() -> None:
+    from views.review import reviewed_under
+
+    events = [
+        {"score": 0.9, "review": "true_positive"},
+        {"score": 0.6, "review": "true_positive"},
+        {"score": 0.7, "review": "false_positive"},
+        {"score": 0.55, "review": "false_positive"},
+        {"score": 0.99, "review": "reviewed"},  # no verdict: not counted
+    ]
+    assert reviewed_under(events, 0.65) == {"tp_kept": 1, "tp_dropped": 1, "fp_kept": 1, "fp_dropped": 1}
+    assert reviewed_under(events, 0.5) == {"tp_kept": 2, "tp_dropped": 0, "fp_kept": 2, "fp_dropped": 0}

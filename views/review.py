@@ -124,5 +124,5 @@ def build(engine: Engine) -> None:
     filters = [concept, user, since, min_score, status]
     show.click(list_events, filters, table, api_name="events")
     mark.click(mark_events, [ids, mark_as, *filters], [table, note], api_name="review")
-    export_csv.click(exporter("csv"), filters, exported, api_name=False)
-    export_parquet.click(exporter("parquet"), filters, exported, api_name=False)
+    export_csv.click(exporter("csv"), filters, exported, api_name="export_csv")
+    export_parquet.click(exporter("parquet"), filters, exported, api_name="export_parquet")
