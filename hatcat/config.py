@@ -41,7 +41,7 @@ class Settings:
     users_file: Path | None = None
     db: str | None = None  # a SQLAlchemy URL or a SQLite file path; None: <cache dir>/hatcat.db
     max_body_bytes: int = 1_048_576
-    rate_limit: int = 120  # requests per minute per key (or per client address without access control); 0 = off
+    rate_limit: int = 120  # requests per minute per key (with access control); 0 = off
     max_streams: int = 4  # concurrent streamed chat completions per key; 0 = off
 
     @property

@@ -60,8 +60,8 @@ def door(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         stop_app(state["proc"])
 
 
-def _get(door: dict, path: str, user: str, **params) -> httpx.Response:
-    return httpx.get(f"{door['base']}{path}", params=params, headers=_auth(door, user), timeout=60)
+def _get(door: dict, path: str, who: str, **params) -> httpx.Response:
+    return httpx.get(f"{door['base']}{path}", params=params, headers=_auth(door, who), timeout=60)
 
 
 def _auth(door: dict, user: str) -> dict[str, str]:
@@ -112,7 +112,7 @@ def test_admin_training_and_researcher_steering_are_audited_with_the_user(door: 
     assert "hot-loaded" in report and Path(folder).is_dir()
     added = httpx.post(
         f"{door['base']}/v1/steering/add",
-        json={"concept": "Fear", "strength": 0.1, "session_id": "s1"},
+        json={"concept": "Music", "strength": 0.1, "session_id": "s1"},  # in the pack just trained
         headers=_auth(door, "rex"),
     )
     assert added.status_code == 200, added.text
@@ -122,7 +122,7 @@ def test_admin_training_and_researcher_steering_are_audited_with_the_user(door: 
     by_action = {row["action"]: row for row in log}
     assert by_action["training_run"]["actor"] == "ada" and "Music" in by_action["training_run"]["target"]
     assert by_action["pack_hot_loaded"]["actor"] == "ada"
-    assert by_action["steering_added"]["actor"] == "rex" and by_action["steering_added"]["target"] == "Fear"
+    assert by_action["steering_added"]["actor"] == "rex" and by_action["steering_added"]["target"] == "Music"
 
 
 def test_monitored_chat_that_crosses_a_threshold_is_an_event(door: dict) -> None:

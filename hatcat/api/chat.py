@@ -95,7 +95,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     except ClientGone:
         pass  # nobody is listening
     finally:
-        if slot is not None and first is None:
+        if first is None:
             slots.give(slot)  # no stream will be sent: its slot is free again
     if first is None:
         return None

@@ -1,7 +1,7 @@
 """Limits on `/v1/*`: a body size cap (413), requests per minute per key and concurrent streams
 per key (429 with `Retry-After`). Settings: `HATCAT_MAX_BODY_BYTES`, `HATCAT_RATE_LIMIT`,
-`HATCAT_MAX_STREAMS` (`hatcat.config`). A key is the authenticated user; without access
-control, the client's address.
+`HATCAT_MAX_STREAMS` (`hatcat.config`). The rate and stream limits count per key (the
+authenticated user), so they apply with access control; the body cap always applies.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from hatcat.api.errors import APIError, error_response
 WINDOW_S = 60.0
 
 
-def identity(scope: Scope) -> str:
+def identity(scope: Scope) -> str | None:
+    """The key's user, or None without access control."""
     user = scope.get("state", {}).get("user")
-    if user is not None:
-        return f"user:{user.name}"
-    client = scope.get("client")
-    return f"addr:{client[0] if client else '?'}"
+    return user.name if user is not None else None
 
 
 class RateWindow:
@@ -60,7 +58,8 @@ class Limits:
         if scope["type"] != "http" or scope["method"] == "OPTIONS" or not is_api(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
-        if self.window is not None and (wait := self.window.admit(identity(scope))) > 0:
+        key = identity(scope)
+        if self.window is not None and key is not None and (wait := self.window.admit(key)) > 0:
             retry = max(1, math.ceil(wait))
             message = f"rate limit: at most {self.window.per_minute} requests per minute per key; retry in {retry} s"
             await _send(scope, receive, send, 429, message, "rate_limited", {"Retry-After": str(retry)})
@@ -98,8 +97,10 @@ class StreamSlots:
         self._open: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
 
-    def take(self, request: Request) -> str:
+    def take(self, request: Request) -> str | None:
         key = identity(request.scope)
+        if key is None:
+            return None
         with self._lock:
             if self.per_key and self._open[key] >= self.per_key:
                 raise APIError(
@@ -111,6 +112,8 @@ class StreamSlots:
             self._open[key] += 1
         return key
 
-    def give(self, key: str) -> None:
+    def give(self, key: str | None) -> None:
+        if key is None:
+            return
         with self._lock:
             self._open[key] = max(0, self._open[key] - 1)
