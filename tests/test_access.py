@@ -17,6 +17,7 @@ from gradio_client import Client
 
 from hatcat.access import hash_secret, new_key
 from tests.conftest import run_app, start_app, stop_app
+from tests.test_browser import CHROMIUM, FLAGS
 
 PASSWORDS = {"ada": "ada-admin-pass", "vic": "vic-viewer-pass"}
 RATE_LIMIT = 40
@@ -41,7 +42,7 @@ def door(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         "HATCAT_PROBE_PACK": str(small_probe_pack),
         "HATCAT_RATE_LIMIT": str(RATE_LIMIT),
         "HATCAT_MAX_STREAMS": "1",
-        "HATCAT_MAX_TOKENS": "16",
+        "HATCAT_MAX_TOKENS": "64",
         "HATCAT_MAX_BODY_BYTES": "65536",
     }
     state: dict = {"keys": keys, "db": folder / "hatcat.db", "folder": folder}
@@ -84,6 +85,26 @@ def test_anonymous_page_shows_the_login_and_its_gradio_api_is_refused(door: dict
     wrong = httpx.post(f"{door['base']}/login", data={"username": "vic", "password": "nope"}, timeout=60)
     assert wrong.status_code == 400
     assert httpx.get(f"{door['base']}/v1/models", timeout=60).status_code == 401
+
+
+@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Debian chromium is not installed (.ci/run installs it)")
+def test_browser_gets_the_login_page_then_the_workbench(door: dict) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{door['base']}/", wait_until="load", timeout=120_000)
+            password = page.locator("input[type=password]")
+            password.wait_for(timeout=60_000)
+            assert page.locator("#monitor-run").count() == 0  # no panel before the login
+            page.locator("input:not([type=password])").first.fill("vic")
+            password.fill(PASSWORDS["vic"])
+            password.press("Enter")
+            page.locator("#monitor-run").wait_for(timeout=120_000)
+        finally:
+            browser.close()
 
 
 def test_viewer_monitors_but_is_refused_training_steering_and_pack_loading(door: dict) -> None:
@@ -181,17 +202,23 @@ def test_body_cap_and_concurrent_streams_per_key(door: dict) -> None:
     big = {"model": "hatcat-divergence", "messages": [{"role": "user", "content": "x" * 70_000}]}
     too_big = httpx.post(f"{door['base']}/v1/chat/completions", json=big, headers=_auth(door, "vic"), timeout=60)
     assert too_big.status_code == 413 and "HATCAT_MAX_BODY_BYTES" in too_big.json()["error"]["message"]
-    body = {"messages": [{"role": "user", "content": "Count to ten."}], "max_tokens": 16, "stream": True}
+    counting = [{"role": "user", "content": "Count from 1 to 100: 1, 2, 3, 4,"}]
+    body = {"messages": counting, "max_tokens": 64, "temperature": 0, "stream": True}
     url = f"{door['base']}/v1/chat/completions"
     with httpx.stream("POST", url, json=body, headers=_auth(door, "vic"), timeout=120) as first:
         assert first.status_code == 200
-        next(first.iter_lines())  # the stream is open
-        second = httpx.post(url, json=body, headers=_auth(door, "vic"), timeout=120)
-        assert second.status_code == 429 and second.headers["retry-after"] == "1"
-        other = httpx.post(url, json={**body, "stream": False}, headers=_auth(door, "vic"), timeout=120)
-        assert other.status_code == 200  # a non-streamed request needs no stream slot
-    again = httpx.post(url, json=body, headers=_auth(door, "vic"), timeout=120)
-    assert again.status_code == 200  # the slot came back when the first stream closed
+        lines = first.iter_lines()
+        next(lines)  # the first token is out; 63 more to come
+        second = httpx.post(url, json={**body, "max_tokens": 2}, headers=_auth(door, "vic"), timeout=120)
+        rest = list(lines)
+    assert second.status_code == 429 and second.headers["retry-after"] == "1"
+    assert "HATCAT_MAX_STREAMS" in second.json()["error"]["message"]
+    assert rest[-1] == "data: [DONE]"  # the refused request did not disturb the open stream
+    small = {**body, "max_tokens": 2}
+    other = httpx.post(url, json={**small, "stream": False}, headers=_auth(door, "vic"), timeout=120)
+    assert other.status_code == 200  # a non-streamed request needs no stream slot
+    again = httpx.post(url, json=small, headers=_auth(door, "vic"), timeout=120)
+    assert again.status_code == 200  # the slot came back when the first stream ended
 
 
 def test_records_survive_a_restart(door: dict) -> None:
