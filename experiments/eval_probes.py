@@ -195,8 +195,10 @@ def main() -> None:
             reasons.append("ranks well (AUROC >= 0.9) but the val threshold does not carry over to test")
         if m.get("source") == "deception_probe":
             reasons = [
-                "the injected deception probe: its metrics come from results/deception.json (held-out facts x unseen "
-                "instruction wordings, mean token probability vs a per-token threshold at 5% val false positives), not from template prompts"
+                (
+                    "the injected deception probe: its metrics come from results/deception.json (held-out facts x unseen "
+                    "instruction wordings, pooled as the chosen recipe says, threshold at 5% dev false positives), not from template prompts"
+                )
             ]
         if concept_pack[c].has_placeholder_definition:
             reasons.append("placeholder definition in the pack")

@@ -14,7 +14,7 @@ Steps, each recorded with pass/fail, seconds and details in `results/openwebui.j
 3. start    - `open-webui serve` on loopback, pointed at `<hatcat>/v1` with the key, sign-up on,
               Ollama off, offline (no hub downloads, no RAG embedding model, no update check), its
               DATA_DIR in a temporary folder;
-4. signup   - the first (admin) user through `POST /api/v1/auths/signup`, which returns its token;
+4. admin    - sign in as the admin OpenWebUI created at start-up (`WEBUI_ADMIN_EMAIL`/`WEBUI_ADMIN_PASSWORD`);
 5. models   - `GET /api/models` lists `hatcat-divergence`;
 6. chat     - `POST /api/chat/completions` through OpenWebUI (model hatcat-divergence, stream false,
               greedy, a few tokens);
@@ -22,12 +22,23 @@ Steps, each recorded with pass/fail, seconds and details in `results/openwebui.j
               report field; HatCat's /metrics counted exactly one more chat completion and the
               answer's completion tokens; the same request sent straight to HatCat gives the same text;
 8. stream   - the same chat streamed through OpenWebUI: HatCat's per-token divergence metadata
-              (`choices[0].delta.metadata.divergence`) reaches the client.
+              (`choices[0].delta.metadata.divergence`) reaches the client;
+9. ui_chat_before_install - a chat as the web page sends it (`chat_id`/`parent_id`, `id`,
+              `session_id`, stream): saved in OpenWebUI, plain text, no embed;
+10. function_installed - `python -m hatcat.openwebui install` (run twice: create, then update):
+              both functions active and global, the stored source is exactly the tested bundle;
+11. ui_chat  - a second turn in that chat: the Filter's embed (every token coloured) and its status
+              history (the last one done) are saved on the message (`GET /api/v1/chats/{id}`);
+12. action   - the Action on the older (first) message (`POST /api/chat/actions/hatcat_analyze`):
+              its embed, re-scored through `/v1/analyze`, is saved on that message;
+13. embed_rendered - the chat page in headless Chromium (Debian's): both messages show the embed's
+              coloured tokens in their iframes; `results/screenshots/openwebui.png`.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import platform
@@ -39,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +64,10 @@ DEFAULT_VENV = Path.home() / ".cache" / "hatcat" / "openwebui-venv"
 MODEL_ID = "hatcat-divergence"
 PROMPT = "The capital of France is"
 MAX_TOKENS = 6
+ADMIN_EMAIL = "admin@hatcat.example.org"
+SHOT = ROOT / "results" / "screenshots" / "openwebui.png"
+CHROMIUM = "/usr/bin/chromium"
+EMBED_IFRAME = 'iframe[srcdoc*="hc-tok"]'  # OpenWebUI's embed iframes holding HatCat's document
 SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
 
 
@@ -149,6 +165,204 @@ def stop(proc: subprocess.Popen | None) -> None:
             pass
 
 
+def install_functions(webui: str, password: str, hatcat_url: str, key: str) -> dict[str, Any]:
+    """The installer's CLI, twice (create, then update), and what OpenWebUI then holds."""
+    from hatcat.openwebui.bundle import FUNCTIONS, function_source
+
+    command = [sys.executable, "-m", "hatcat.openwebui", "install", "--url", webui, "--email", ADMIN_EMAIL]
+    command += ["--password", password, "--hatcat-url", hatcat_url, "--api-key", key]
+    runs = [subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False) for _ in (1, 2)]
+    token = httpx.post(
+        f"{webui}/api/v1/auths/signin", json={"email": ADMIN_EMAIL, "password": password}, timeout=30
+    ).json()["token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    held = {}
+    for fn in FUNCTIONS:
+        got = httpx.get(f"{webui}/api/v1/functions/id/{fn.id}", headers=headers, timeout=30).json()
+        held[fn.id] = {
+            "type": got["type"],
+            "is_active": got["is_active"],
+            "is_global": got["is_global"],
+            "source_is_the_tested_bundle": got["content"] == function_source(fn.id),
+            "source_chars": len(got["content"]),
+        }
+    ok = all(r.returncode == 0 for r in runs) and all(
+        h["is_active"] and h["is_global"] and h["source_is_the_tested_bundle"] for h in held.values()
+    )
+    return {
+        "ok": ok,
+        "installer_output": [(r.stdout + r.stderr).strip().splitlines() for r in runs],
+        "functions": held,
+    }
+
+
+def embed_tokens_text(document: str) -> str:
+    """The text of an embed's token spans, in order."""
+    return html.unescape("".join(re.findall(r'<span class="hc-tok"[^>]*>([^<]*)</span>', document)))
+
+
+def answer_text(content: str) -> str:
+    """A saved answer without the analysis line HatCat appends."""
+    return content.split("\n\n**Analysis**:")[0]
+
+
+class UIChat:
+    """One OpenWebUI chat driven as its web page drives it: turns sent with `session_id`, answered in the background."""
+
+    def __init__(self, webui: str, token: str) -> None:
+        self.webui, self.headers = webui, {"Authorization": f"Bearer {token}"}
+        self.chat_id: str | None = None
+        self.assistant_ids: list[str] = []
+        self.session_id = f"hatcat-roundtrip-{secrets.token_hex(4)}"
+
+    def chat(self) -> dict[str, Any]:
+        r = httpx.get(f"{self.webui}/api/v1/chats/{self.chat_id}", headers=self.headers, timeout=30)
+        r.raise_for_status()
+        return r.json()["chat"]
+
+    def wait_done(self, message_id: str, timeout: float = 600) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = self.chat()["history"]["messages"].get(message_id) or {}
+            if message.get("done"):
+                return message
+            time.sleep(1)
+        raise TimeoutError(f"message {message_id} not done within {timeout:.0f} s")
+
+    def turn(self, prompt: str, expect_embed: bool) -> dict[str, Any]:
+        user_id, assistant_id = str(uuid.uuid4()), str(uuid.uuid4())
+        parent = self.assistant_ids[-1] if self.assistant_ids else None
+        history = []
+        if self.chat_id:
+            messages = self.chat()["history"]["messages"]
+            history = [{"role": m["role"], "content": m["content"]} for m in messages.values()]
+        body = {
+            "model": MODEL_ID,
+            "messages": [*history, {"role": "user", "content": prompt}],
+            "stream": True,
+            "max_tokens": 12,
+            "temperature": 0,
+            "seed": 7,
+            "parent_id": parent,
+            "user_message": {
+                "id": user_id,
+                "role": "user",
+                "content": prompt,
+                "parentId": parent,
+                "childrenIds": [],
+                "timestamp": int(time.time()),
+                "models": [MODEL_ID],
+            },
+            "id": assistant_id,
+            "session_id": self.session_id,
+            **({"chat_id": self.chat_id} if self.chat_id else {}),
+        }
+        r = httpx.post(f"{self.webui}/api/chat/completions", json=body, headers=self.headers, timeout=120)
+        r.raise_for_status()
+        answer = r.json()
+        self.chat_id = self.chat_id or answer.get("chat_id")
+        self.assistant_ids.append(assistant_id)
+        message = self.wait_done(assistant_id)
+        embeds = message.get("embeds") or []
+        statuses = message.get("statusHistory") or []
+        embed_text = embed_tokens_text(embeds[0]) if embeds else ""
+        content = message.get("content") or ""
+        # OpenWebUI saves the message text stripped; the embed keeps every token as generated
+        every_token = bool(embed_text) and embed_text.strip() == answer_text(content).strip()
+        checks = (
+            {
+                "one_embed": len(embeds) == 1,
+                "embed_has_every_token": every_token,
+                "status_history_ends_done": bool(statuses) and statuses[-1].get("done") is True,
+            }
+            if expect_embed
+            else {"no_embed": not embeds, "text_saved": bool(content)}
+        )
+        return {
+            "ok": all(checks.values()),
+            **checks,
+            "response": answer,
+            "chat_id": self.chat_id,
+            "message_id": assistant_id,
+            "content": content,
+            "embed_text": embed_text,
+            "status_history": [s.get("description") for s in statuses],
+        }
+
+    def action_on_first(self) -> dict[str, Any]:
+        first = self.assistant_ids[0]
+        messages = self.chat()["history"]["messages"]
+        body = {
+            "model": MODEL_ID,
+            "messages": [{"id": m["id"], "role": m["role"], "content": m["content"]} for m in messages.values()],
+            "chat_id": self.chat_id,
+            "session_id": self.session_id,
+            "id": first,
+        }
+        r = httpx.post(f"{self.webui}/api/chat/actions/hatcat_analyze", json=body, headers=self.headers, timeout=300)
+        message = self.chat()["history"]["messages"][first]
+        embeds = message.get("embeds") or []
+        embed_text = embed_tokens_text(embeds[0]) if embeds else ""
+        text = answer_text(message.get("content") or "")
+        return {
+            "ok": r.status_code == 200 and len(embeds) == 1 and bool(text) and embed_text == text,
+            "status": r.status_code,
+            "response": r.json() if r.headers.get("content-type", "").startswith("application/json") else r.text[:300],
+            "message_id": first,
+            "embeds_on_older_message": len(embeds),
+            "embed_text": embed_text,
+        }
+
+
+def screenshot(webui: str, token: str, chat_id: str, messages: int) -> dict[str, Any]:
+    """The chat in OpenWebUI's own page, in Debian's headless Chromium: every assistant message shows its embed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
+        # tall enough for the whole chat: OpenWebUI scrolls its message pane, not the page
+        page = browser.new_page(viewport={"width": 1280, "height": 1800})
+        page.goto(f"{webui}/auth", wait_until="domcontentloaded", timeout=120_000)
+        page.evaluate("t => localStorage.setItem('token', t)", token)
+        page.goto(f"{webui}/c/{chat_id}", wait_until="domcontentloaded", timeout=120_000)
+        embeds = page.locator(EMBED_IFRAME)
+        embeds.nth(messages - 1).wait_for(timeout=120_000)
+        whats_new = page.get_by_role("button", name="Okay, Let's Go!")  # the release notes shown on a first visit
+        try:
+            whats_new.click(timeout=10_000)
+        except PlaywrightTimeout:
+            pass
+        frames, coloured = page.frame_locator(EMBED_IFRAME), []
+        for i in range(embeds.count()):
+            spans = frames.nth(i).locator(".hc-tok")
+            spans.first.wait_for(timeout=60_000)
+            colours = [spans.nth(k).evaluate("e => getComputedStyle(e).backgroundColor") for k in range(spans.count())]
+            coloured.append(sum(c not in ("", "rgba(0, 0, 0, 0)") for c in colours))
+        # each embed posts its height; OpenWebUI resizes its iframe from the 150 px it starts at
+        resized = True
+        try:
+            page.wait_for_function(
+                f"() => [...document.querySelectorAll('{EMBED_IFRAME}')].every(f => f.offsetHeight > 150)",
+                timeout=30_000,
+            )
+        except PlaywrightTimeout:
+            resized = False
+        heights = embeds.evaluate_all("fs => fs.map(f => f.offsetHeight)")
+        page.wait_for_timeout(1000)
+        SHOT.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOT), full_page=True)
+        browser.close()
+    return {
+        "ok": len(coloured) >= messages and all(coloured) and resized,
+        "iframes_resized_to_their_content": resized,
+        "iframes": len(coloured),
+        "coloured_tokens_per_iframe": coloured,
+        "iframe_heights_px": heights,
+        "screenshot": str(SHOT.relative_to(ROOT)),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hatcat-url", help="a running HatCat server (default: start one)")
@@ -171,12 +385,12 @@ def main() -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.system()} {platform.release()}",
             "hatcat_commit": subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
             ).stdout.strip(),
             # other work in progress in the checkout (modified tracked files) at the time of the run
             "hatcat_tree_modified": bool(
                 subprocess.run(
-                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True
+                    ["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True, check=False
                 ).stdout.strip()
             ),
             "prompt": PROMPT,
@@ -191,6 +405,7 @@ def main() -> int:
     webui_port = free_port()
     webui = f"http://127.0.0.1:{webui_port}"
     webui_log = workdir / "open-webui.log"
+    admin_password = secrets.token_urlsafe(16) + "Aa1!"
     hatcat_log = workdir / "hatcat.log"
     state: dict[str, Any] = {}
 
@@ -210,8 +425,10 @@ def main() -> int:
             [
                 str(ow_python),
                 "-c",
-                "import importlib.metadata as m, sys, json; "
-                "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))",
+                (
+                    "import importlib.metadata as m, sys, json; "
+                    "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))"
+                ),
             ],
             capture_output=True,
             text=True,
@@ -274,7 +491,8 @@ def main() -> int:
             "DATA_DIR": str(data_dir),
             "WEBUI_SECRET_KEY": secrets.token_urlsafe(24),
             "WEBUI_AUTH": "true",
-            "ENABLE_SIGNUP": "true",
+            "WEBUI_ADMIN_EMAIL": ADMIN_EMAIL,
+            "WEBUI_ADMIN_PASSWORD": admin_password,
             "WEBUI_NAME": "HatCat",
             "ENABLE_OLLAMA_API": "false",
             "ENABLE_OPENAI_API": "true",
@@ -321,13 +539,10 @@ def main() -> int:
             "rss_mib": rss_mib(webui_proc.pid),
         }
 
-    def signup() -> dict[str, Any]:
-        body = {
-            "name": "HatCat admin",
-            "email": "admin@hatcat.example.org",
-            "password": secrets.token_urlsafe(16) + "Aa1!",
-        }
-        r = httpx.post(f"{webui}/api/v1/auths/signup", json=body, timeout=30)
+    def admin() -> dict[str, Any]:
+        r = httpx.post(
+            f"{webui}/api/v1/auths/signin", json={"email": ADMIN_EMAIL, "password": admin_password}, timeout=30
+        )
         r.raise_for_status()
         user = r.json()
         state["token"] = user["token"]
@@ -452,11 +667,17 @@ def main() -> int:
         run.step("install", install)
         run.step("hatcat", hatcat)
         run.step("start", start)
-        run.step("signup", signup)
+        run.step("admin", admin)
         run.step("models", models)
         run.step("chat", chat)
         run.step("provenance", provenance)
         run.step("stream", stream)
+        ui = UIChat(webui, state["token"])
+        run.step("ui_chat_before_install", lambda: ui.turn("Name a famous river.", expect_embed=False))
+        run.step("function_installed", lambda: install_functions(webui, admin_password, hatcat_url, key))
+        run.step("ui_chat", lambda: ui.turn("Tell me about a frightened driver.", expect_embed=True))
+        run.step("action", ui.action_on_first)
+        run.step("embed_rendered", lambda: screenshot(webui, state["token"], ui.chat_id, len(ui.assistant_ids)))
         passed = True
     except StepFailed:
         pass

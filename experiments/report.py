@@ -108,7 +108,17 @@ def rows() -> list[tuple[str, str, str, str]]:
     else:
         gap = dec["auroc_roleplay"] - dec["auroc_layer0_control"]
         layer = f"block {dec['tap_layer']}"
+        dev = dec["dev_of_chosen"]
         out += [
+            (
+                f"Deception recipe chosen on dev ({layer}): data / fit / pooling",
+                (
+                    f"{dec['chosen_recipe']['name']} (dev AUROC: instructed {_f(dev['auroc_dev_instructed'])}, "
+                    f"content-matched dialogues {_f(dev['auroc_dev_dialogue'])})"
+                ),
+                "",
+                cmd,
+            ),
             (f"Deception AUROC, held-out facts, seen wordings ({layer})", _f(dec["auroc_heldout_facts"]), "", cmd),
             (
                 f"Deception AUROC, held-out facts + unseen wordings ({layer})",

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from hatcat.concepts import ConceptPack
+from hatcat.heatmap import divergence_colour
 from hatcat.probes import ProbeBank
 
 TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
@@ -76,13 +77,6 @@ class ResponseSummary:
     def line(self) -> str:
         top = ", ".join(f"{c.concept} ({c.tokens}x{c.mean_divergence:+.2f})" for c in self.top_concepts[:5])
         return f"Analysis: mean divergence {self.mean_divergence:+.3f}, max {self.max_divergence:+.3f}; top: {top or 'none'}"
-
-
-def divergence_colour(value: float) -> str:
-    """White at 0, red towards +1 (represented but unsaid), blue towards -1 (said but not represented)."""
-    v = max(-1.0, min(1.0, value))
-    fade = int(255 * (1 - abs(v)))
-    return f"#ff{fade:02x}{fade:02x}" if v >= 0 else f"#{fade:02x}{fade:02x}ff"
 
 
 class Monitor:

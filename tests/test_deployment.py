@@ -100,3 +100,23 @@ def test_compose_wires_openwebui_to_hatcat() -> None:
         assert env["DEFAULT_MODELS"] == "hatcat-divergence" and env["ENABLE_SIGNUP"] == "false"
         assert services[webui]["depends_on"][backend]["condition"] == "service_healthy"
     assert services["hatcat-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+
+
+def test_compose_installs_the_openwebui_functions_once_openwebui_is_healthy() -> None:
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    for installer, webui, backend in (
+        ("openwebui-functions", "open-webui", "hatcat"),
+        ("openwebui-functions-gpu", "open-webui-gpu", "hatcat-gpu"),
+    ):
+        service, env = services[installer], services[webui]["environment"]
+        command = service["command"]
+        arg = {flag: command[command.index(flag) + 1] for flag in ("--url", "--hatcat-url", "--email", "--password")}
+        assert command[:4] == ["python", "-m", "hatcat.openwebui", "install"]
+        assert service["image"] == services[backend]["image"] and service["restart"] == "no"
+        assert service["depends_on"][webui]["condition"] == "service_healthy" and "healthcheck" in services[webui]
+        assert arg["--url"] == f"http://{webui}:8080" and arg["--hatcat-url"] == f"http://{backend}:8765"
+        # the installer signs in as the admin OpenWebUI creates at its first start
+        assert (arg["--email"], arg["--password"]) == (env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"])
+        # the Action calls HatCat with OpenWebUI's service key, as OpenWebUI itself does
+        assert command[command.index("--api-key") + 1] == env["OPENAI_API_KEYS"]
+        assert services[webui]["image"].endswith(":v0.12.4")  # the version the functions are checked against

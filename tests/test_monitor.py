@@ -6,7 +6,8 @@ import pytest
 
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
-from hatcat.monitor import divergence_colour, summarise
+from hatcat.heatmap import divergence_colour
+from hatcat.monitor import summarise
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, analyze_text, monitored_generation
 
 TEXT = "The orchestra tuned up, and then the violins began a slow, sad melody."

@@ -13,17 +13,9 @@ from pathlib import Path
 
 import plotly.graph_objects as go
 
-BY_DIVERGENCE = "divergence"
-TOP_SHOWN = 5  # concepts in a token's hover text
+from hatcat.heatmap import DIVERGENCE_LEGEND, STYLE, token_span, trace_html
 
-STYLE = """
-<style>
-.hc-trace {font-family: ui-monospace, monospace; line-height: 2.1; white-space: pre-wrap; color: #111;}
-.hc-tok {padding: 2px 1px; border-radius: 3px; cursor: help;}
-.hc-tok.hc-hit {outline: 2px solid #1a7f37; font-weight: 600;}
-.hc-legend {font-size: 0.85em; color: #555;}
-</style>
-"""
+BY_DIVERGENCE = "divergence"
 
 
 def activation_of(record: dict, concept: str) -> float | None:
@@ -37,16 +29,6 @@ def activation_colour(value: float) -> str:
     return f"#{fade:02x}ff{fade:02x}"
 
 
-def hover_text(record: dict) -> str:
-    rows = [
-        f"{c['concept']}: act {c['activation']:.2f}, text {c['text_similarity']:.2f}, div {c['divergence']:+.2f}"
-        for c in record["concepts"][:TOP_SHOWN]
-    ]
-    return f"#{record['index']} {record['token']!r} max divergence {record['max_divergence']:+.2f}\n" + (
-        "\n".join(rows) or "no concept reported"
-    )
-
-
 def heatmap_html(records: list[dict], colour_by: str = BY_DIVERGENCE, threshold: float | None = None) -> str:
     """Token spans coloured by divergence (red: represented but unsaid) or by one concept's activation.
 
@@ -56,23 +38,16 @@ def heatmap_html(records: list[dict], colour_by: str = BY_DIVERGENCE, threshold:
     spans = []
     for r in records:
         if colour_by == BY_DIVERGENCE:
-            colour, hit = r["colour"], False
+            spans.append(token_span(r, r["colour"]))
         else:
             act = activation_of(r, colour_by) or 0.0
-            colour, hit = activation_colour(act), threshold is not None and act >= threshold
-        spans.append(
-            f'<span class="hc-tok{" hc-hit" if hit else ""}" data-index="{r["index"]}" '
-            f'style="background:{colour}" title="{html.escape(hover_text(r))}">{html.escape(r["token"])}</span>'
-        )
+            spans.append(token_span(r, activation_colour(act), hit=threshold is not None and act >= threshold))
     legend = (
-        "colour: divergence (red = represented but not said, blue = said but not represented)"
+        DIVERGENCE_LEGEND
         if colour_by == BY_DIVERGENCE
         else f"colour: activation of {html.escape(colour_by)} (outlined: at or above its threshold)"
     )
-    return (
-        STYLE
-        + f'<div class="hc-trace">{"".join(spans)}</div><div class="hc-legend">{legend}; hover a token for its top concepts</div>'
-    )
+    return trace_html(spans, legend)
 
 
 def divergence_figure(records: list[dict], concept: str | None = None, threshold: float | None = None) -> go.Figure:
@@ -95,10 +70,10 @@ def divergence_figure(records: list[dict], concept: str | None = None, threshold
             fig.add_hline(y=threshold, line_dash="dot", annotation_text="threshold")
     fig.update_layout(
         height=280,
-        margin=dict(l=40, r=10, t=30, b=30),
+        margin={"l": 40, "r": 10, "t": 30, "b": 30},
         xaxis_title="token",
         yaxis_title="score",
-        legend=dict(orientation="h", y=1.15),
+        legend={"orientation": "h", "y": 1.15},
     )
     return fig
 

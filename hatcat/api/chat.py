@@ -31,6 +31,7 @@ from jinja2 import TemplateError
 
 from hatcat.api.auth import actor, session_key
 from hatcat.api.errors import APIError, error_responses
+from hatcat.api.openwebui_events import OpenWebUIEvents
 from hatcat.api.packs import installed_probe_packs
 from hatcat.api.protocol import MONITOR_MODEL_ID, ChatCompletion, ChatCompletionRequest
 from hatcat.api.reports import as_api_error, divergence, steering_state, token_report
@@ -208,6 +209,7 @@ class _Run:
         self.monitoring = engine.monitor is not None
         self.started = time.perf_counter()
         self.records: list[TokenRecord] = []
+        self.openwebui = OpenWebUIEvents.requested(request) if body.stream else None
 
     async def first(self, job: Job) -> Any:
         """Wait for the turn, then the first token (or the error that stopped it)."""
@@ -259,6 +261,8 @@ class _Run:
                 if (token := _token(item)) is not None:
                     text, record = token
                     self._observe(record)
+                    if self.openwebui is not None and record is not None:
+                        self.openwebui.add(record)
                     extra = (
                         {"divergence": divergence(record), "color": record.colour, "token_index": record.index}
                         if record
@@ -291,6 +295,8 @@ class _Run:
                             }
                         )
                     yield self._chunk({"metadata": self._metadata()}, finished.finish_reason, usage)
+                    if self.openwebui is not None:
+                        yield self.openwebui.lines(summary)
                     if self.body.stream_options and self.body.stream_options.include_usage:
                         chunk = {
                             "id": self.id,

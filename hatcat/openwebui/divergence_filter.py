@@ -1,0 +1,107 @@
+"""
+title: HatCat divergence
+author: HatCat
+version: 0.1.0
+description: Colours each token of a HatCat answer by divergence (an embed above the message) and shows a live status line.
+"""
+
+# An OpenWebUI Filter function. OpenWebUI hands `stream` every chunk the model server sends, as
+# parsed JSON; HatCat's chunks carry `choices[0].delta.metadata` (the token's divergence and top
+# concepts, then the response summary). The filter collects them per message, shows a throttled
+# status line while the answer streams and, at `finish_reason`, emits one embed: the tokens
+# coloured by divergence with hover titles, the summary and a top-concepts chart. Chunks of other
+# models carry no such metadata and pass untouched. The installer (`python -m hatcat.openwebui
+# install`) inlines the renderer imported below, so the installed function is one source file.
+
+import logging
+import time
+from collections import OrderedDict
+
+from pydantic import BaseModel, Field
+
+from hatcat.heatmap import embed_document, embeds_event, status_event  # inlined by the installer
+
+log = logging.getLogger("hatcat.openwebui.filter")
+
+MAX_OPEN_MESSAGES = 256  # messages whose stream never finished are forgotten oldest first
+
+
+class _Message:
+    """What one streaming answer has shown so far."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.summary: dict | None = None
+        self.last_status = float("-inf")  # the first token always gets a status line
+
+
+class Filter:
+    class Valves(BaseModel):
+        priority: int = Field(0, description="order among filters (lower runs first)")
+        full_colour_at: float = Field(
+            1.0, gt=0, description="divergence shown at full red (and its negative at full blue)"
+        )
+        top_concepts: int = Field(8, ge=1, le=10, description="concepts in the embed's chart (HatCat summarises 10)")
+        status_every_s: float = Field(
+            1.0, ge=0, description="least seconds between status lines while streaming (each is a database write)"
+        )
+
+    def __init__(self) -> None:
+        self.valves = self.Valves()
+        self.messages: OrderedDict[str, _Message] = OrderedDict()  # one Filter serves every request
+
+    async def stream(self, event: dict, __event_emitter__=None, __message_id__=None) -> dict:
+        """Watch one upstream chunk; always pass it on unchanged."""
+        try:
+            await self._watch(event, __event_emitter__, __message_id__ or event.get("id"))
+        except Exception:  # a rendering fault must never break the chat itself
+            log.exception("HatCat divergence filter: chunk skipped")
+        return event
+
+    async def _watch(self, event: dict, emit, key: str | None) -> None:
+        choices = event.get("choices") or []
+        if not choices or key is None:
+            return
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        meta = delta.get("metadata") or {}
+        if "token_index" in meta and meta.get("divergence"):
+            message = self._message(key)
+            self._add_token(message, meta, delta.get("content") or "")
+            await self._status(message, emit, done=False)
+        elif meta.get("analysis") and key in self.messages:
+            self.messages[key].summary = meta["analysis"]
+        if choice.get("finish_reason") and key in self.messages:
+            message = self.messages.pop(key)
+            if emit is not None:
+                document = embed_document(
+                    message.records, message.summary, self.valves.top_concepts, self.valves.full_colour_at
+                )
+                await emit(embeds_event(document))
+            await self._status(message, emit, done=True)
+
+    def _message(self, key: str) -> _Message:
+        if key not in self.messages:
+            self.messages[key] = _Message()
+            while len(self.messages) > MAX_OPEN_MESSAGES:
+                self.messages.popitem(last=False)
+        return self.messages[key]
+
+    @staticmethod
+    def _add_token(message: _Message, meta: dict, text: str) -> None:
+        divergence = meta["divergence"]
+        message.records.append(
+            {
+                "index": meta["token_index"],
+                "token": text,
+                "max_divergence": divergence["max_divergence"],
+                "concepts": divergence.get("top_divergences") or [],
+            }
+        )
+
+    async def _status(self, message: _Message, emit, done: bool) -> None:
+        now = time.monotonic()
+        if emit is None or (not done and now - message.last_status < self.valves.status_every_s):
+            return
+        message.last_status = now
+        await emit(status_event(message.records, done))
