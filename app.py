@@ -11,14 +11,10 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from hatcat.access import AccessError
 from hatcat.api import create_api
-from hatcat.concepts import ConceptPackError
-from hatcat.config import ConfigError, Settings
+from hatcat.config import Settings
 from hatcat.engine import Engine
-from hatcat.model import ModelLoadError
-from hatcat.probes import ProbePackError
-from hatcat.store import StoreUnavailable
+from hatcat.errors import HatCatError
 from views import build_workbench
 
 
@@ -38,8 +34,8 @@ def main() -> int:
     try:
         settings = Settings.from_env()
         engine = Engine.from_settings(settings)
-    except (ConfigError, ModelLoadError, ProbePackError, ConceptPackError, AccessError, StoreUnavailable) as err:
-        print(f"hatcat: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+    except HatCatError as err:
+        print(f"hatcat: {err}", file=sys.stderr)
         return 2
     uvicorn.run(build_app(engine), host=settings.host, port=settings.port)
     return 0

@@ -19,7 +19,6 @@ import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,9 +27,10 @@ from hatcat.config import Settings
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
 from hatcat.model import load_model
+from hatcat.paths import RESULTS
 from hatcat.pipeline import MonitoredToken, monitored_generation
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "bench_generation.json"
+OUT = RESULTS / "bench_generation.json"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 

@@ -18,8 +18,9 @@ import torch
 
 from hatcat.config import EMBEDDED_DEFAULT
 from hatcat.model import load_model
+from hatcat.paths import RESULTS
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "model_load.json"
+OUT = RESULTS / "model_load.json"
 
 
 def main() -> None:

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
+from hatcat.paths import RESULTS
 from hatcat.probes import ProbeBank, ProbePack
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "bench_probes.json"
+OUT = RESULTS / "bench_probes.json"
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -65,7 +66,7 @@ def main() -> None:
         bank = random_bank(n, args.hidden, device)
         hidden = torch.randn(args.hidden, device=device)
 
-        def step() -> None:
+        def step(bank: ProbeBank = bank, hidden: torch.Tensor = hidden) -> None:
             bank.score(hidden)
             sync()
 

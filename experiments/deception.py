@@ -37,11 +37,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "results" / "deception.json"
-PROBE_FILE = ROOT / "results" / "deception_probe.safetensors"
-ROLEPLAY = ROOT / "data" / "eval" / "roleplay_deception.yaml"
-PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
+from hatcat.paths import DATA, RESULTS, SHIPPED_PROBES
+
+OUT = RESULTS / "deception.json"
+PROBE_FILE = RESULTS / "deception_probe.safetensors"
+ROLEPLAY = DATA / "eval" / "roleplay_deception.yaml"
+PACK = SHIPPED_PROBES
 BASELINE = {"pooling": "token", "fit": "lda", "data": "instructed", "centred": False}  # the recipe before this study
 
 
@@ -50,7 +51,7 @@ def default_layer() -> int:
     manifest = PACK / "manifest.json"
     if manifest.is_file():
         return int(json.loads(manifest.read_text())["tap_layer"])
-    sweep = ROOT / "results" / "tap_sweep.json"
+    sweep = RESULTS / "tap_sweep.json"
     if sweep.is_file():
         chosen = json.loads(sweep.read_text()).get("chosen", {})
         if "tap_layer" in chosen:
@@ -59,17 +60,11 @@ def default_layer() -> int:
 
 
 def item_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
-    from hatcat.training.fit import auroc
+    from hatcat.training.fit import at_threshold, auroc
 
-    pred = scores >= threshold
-    tp = float((pred & (labels == 1)).sum())
-    precision = tp / pred.sum() if pred.sum() else 0.0
-    recall = tp / labels.sum() if labels.sum() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    point = at_threshold(scores, labels, threshold)
     return {
-        "precision": round(precision, 4),
-        "recall": round(recall, 4),
-        "f1": round(f1, 4),
+        **{k: round(point[k], 4) for k in ("precision", "recall", "f1")},
         "auroc": round(auroc(scores, labels), 4),
         "threshold": round(threshold, 4),
         "n_pos": int(labels.sum()),
@@ -271,7 +266,7 @@ def study(args: argparse.Namespace) -> dict:
             "source": "data/honesty/facts_true_false.csv + data/honesty/dialogues.yaml",
         },
     )
-    plot(doc, rp_scores, labels(rp), ROOT / "results" / "deception.png")
+    plot(doc, rp_scores, labels(rp), RESULTS / "deception.png")
     return doc
 
 

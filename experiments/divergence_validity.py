@@ -29,10 +29,11 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-PAIRS = ROOT / "data" / "eval" / "divergence_pairs.yaml"
-PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
-OUT = ROOT / "results" / "divergence_validity.json"
+from hatcat.paths import DATA, RESULTS, ROOT, SHIPPED_PROBES
+
+PAIRS = DATA / "eval" / "divergence_pairs.yaml"
+PACK = SHIPPED_PROBES
+OUT = RESULTS / "divergence_validity.json"
 AGGREGATIONS = ("mean", "last", "max")
 QUANTITIES = ("activation", "text", "divergence")
 
@@ -125,7 +126,7 @@ def main() -> None:
         "command": "python -m experiments.divergence_validity",
     }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    plot(doc, ROOT / "results" / "divergence_validity.png")
+    plot(doc, RESULTS / "divergence_validity.png")
     print(
         json.dumps(
             {k: doc[k] for k in ("pairs", "auroc_implied_vs_named", "cohens_d_divergence")} | {"mean": summary["mean"]},

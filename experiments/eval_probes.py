@@ -25,9 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
-OUT = ROOT / "results" / "eval_probes.json"
+from hatcat.paths import RESULTS, ROOT, SHIPPED_PROBES
+
+PACK = SHIPPED_PROBES
+OUT = RESULTS / "eval_probes.json"
 KEYS = ("precision", "recall", "f1", "auroc")
 
 
@@ -149,7 +150,6 @@ def main() -> None:
         cal_y.append(y)
     cal_p, cal_y = np.concatenate(cal_p), np.concatenate(cal_y)
     doc["calibration"] = {"concepts": len(sample), **reliability(cal_p, cal_y)}
-    recomputed_f1 = []
 
     worst_rows = []
     for c in worst:
@@ -220,7 +220,7 @@ def main() -> None:
     }
     doc["command"] = "python -m experiments.eval_probes"
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    plot(doc, ROOT / "results" / "eval_probes.png")
+    plot(doc, RESULTS / "eval_probes.png")
     print(
         json.dumps(
             {"activation": doc["activation"], "text": doc["text"]["all"], "ece": doc["calibration"]["ece"]}, indent=1

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,76 +30,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-ROOT = Path(__file__).resolve().parents[1]
-SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
-
-
-def train_small_pack(out: Path) -> Path:
-    from hatcat.concepts import load_pack
-    from hatcat.config import Settings
-    from hatcat.engine import SAFETY_MELD
-    from hatcat.model import load_model
-    from hatcat.training.run import TrainSettings, train
-
-    settings = Settings.from_env()
-    loaded = load_model(
-        settings.model_name,
-        device=settings.device,
-        dtype=settings.dtype,
-        cache_dir=settings.cache_dir,
-        offline=settings.hf_offline,
-    )
-    folder, _ = train(
-        loaded, load_pack(melds=[SAFETY_MELD]), TrainSettings(concepts=SMALL_PACK), settings.cache_dir, out
-    )
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def users_file(work: Path) -> tuple[Path, str]:
-    """A users file with one admin who has one key; returns it and the key."""
-    from hatcat.access import new_key
-
-    key_id, key, stored = new_key()
-    path = work / "users.yaml"
-    path.write_text(yaml.safe_dump({"users": {"fuzzer": {"role": "admin", "keys": {key_id: stored}}}}))
-    return path, key
-
-
-def start_server(pack: Path, work: Path, users: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    log = work / "server.log"
-    env = {
-        **os.environ,
-        "HATCAT_HOST": "127.0.0.1",
-        "HATCAT_PORT": str(port),
-        "HATCAT_PROBE_PACK": str(pack),
-        "HATCAT_MAX_TOKENS": "8",
-        "HATCAT_API_KEY": "",
-        "HATCAT_USERS_FILE": str(users),
-        "HATCAT_DB": str(work / "hatcat.db"),
-        "HATCAT_RATE_LIMIT": "0",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"app.py exited with {proc.returncode}; see {log}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.TransportError:
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("app.py did not answer /health within 600 s")
+from hatcat.paths import RESULTS, ROOT
+from tests.support import start_app, stop_app, train_small_pack
 
 
 def request_counts(base: str) -> Counter:
@@ -127,6 +57,16 @@ def junit_failures(path: Path) -> dict[str, list[str]]:
             text = (failure.get("message") or failure.text or "").strip()
             failures.setdefault(case.get("name", "?"), []).append(text.splitlines()[0][:200] if text else "?")
     return failures
+
+
+def users_file(work: Path) -> tuple[Path, str]:
+    """A users file with one admin who has one key; returns it and the key."""
+    from hatcat.access import new_key
+
+    key_id, key, stored = new_key()
+    path = work / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"fuzzer": {"role": "admin", "keys": {key_id: stored}}}}))
+    return path, key
 
 
 def fuzz(base: str, key: str, seed: int, args: argparse.Namespace, junit: Path) -> subprocess.CompletedProcess:
@@ -170,13 +110,30 @@ def main() -> int:
     parser.add_argument("--max-examples", type=int, default=40, help="examples per operation and phase")
     parser.add_argument("--max-time", type=int, default=300, help="time budget per seed, seconds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "fuzz_api.json")
+    parser.add_argument("--out", type=Path, default=RESULTS / "fuzz_api.json")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="hatcat-fuzz-"))
-    pack = args.probe_pack or train_small_pack(work / "pack")
+    if args.probe_pack is None:
+        from hatcat.config import Settings
+        from hatcat.model import load_model
+
+        settings = Settings.from_env()
+        loaded = load_model(settings.model_name, settings.device, settings.dtype, settings.cache_dir)
+        pack = train_small_pack(loaded, settings.cache_dir, work / "pack")
+        del loaded
+    else:
+        pack = args.probe_pack
     users, key = users_file(work)
-    proc, base = start_server(pack, work, users)
+    env = {
+        "HATCAT_PROBE_PACK": str(pack),
+        "HATCAT_MAX_TOKENS": "8",
+        "HATCAT_API_KEY": "",
+        "HATCAT_USERS_FILE": str(users),
+        "HATCAT_DB": str(work / "hatcat.db"),
+        "HATCAT_RATE_LIMIT": "0",
+    }
+    proc, base = start_app(env, work / "server.log")
     runs = {}
     try:
         before = request_counts(base)
@@ -193,8 +150,7 @@ def main() -> int:
         seconds = time.monotonic() - started
         counts = request_counts(base) - before
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_app(proc)
 
     v1 = Counter({key: n for key, n in counts.items() if key[0].startswith("/v1")})
     by_status, by_operation = Counter(), Counter()
@@ -207,7 +163,7 @@ def main() -> int:
     result = {
         "tool": f"schemathesis {version('schemathesis')}",
         "command": "python -m experiments.fuzz_api " + " ".join(sys.argv[1:]),
-        "access_control": "users file, admin key sent; ignored_auth check sends none/wrong keys",
+        "access_control": "users file, admin key sent; the ignored_auth check sends none or a wrong one",
         "checks": "all",
         "max_examples": args.max_examples,
         "max_time_s_per_seed": args.max_time,

@@ -45,7 +45,6 @@ import platform
 import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -58,17 +57,18 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "results" / "openwebui.json"
+from hatcat.paths import RESULTS, ROOT
+from tests.support import SMALL_PACK, free_port, wait_http
+
+RESULT = RESULTS / "openwebui.json"
 DEFAULT_VENV = Path.home() / ".cache" / "hatcat" / "openwebui-venv"
 MODEL_ID = "hatcat-divergence"
 PROMPT = "The capital of France is"
 MAX_TOKENS = 6
 ADMIN_EMAIL = "admin@hatcat.example.org"
-SHOT = ROOT / "results" / "screenshots" / "openwebui.png"
+SHOT = RESULTS / "screenshots" / "openwebui.png"
 CHROMIUM = "/usr/bin/chromium"
 EMBED_IFRAME = 'iframe[srcdoc*="hc-tok"]'  # OpenWebUI's embed iframes holding HatCat's document
-SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
 
 
 @dataclass
@@ -94,28 +94,6 @@ class Run:
 
 class StepFailed(RuntimeError):
     pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float, proc: subprocess.Popen | None, log: Path | None) -> float:
-    """Poll `url` until it answers 200; fail early when `proc` dies. Returns seconds waited."""
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text(errors="replace")[-2000:] if log else ""
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered; log tail:\n{tail}")
-        try:
-            if httpx.get(url, timeout=5).status_code == 200:
-                return time.perf_counter() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
 def rss_mib(pid: int) -> float | None:

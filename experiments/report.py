@@ -12,11 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from hatcat.paths import RESULTS, ROOT
+
 README = ROOT / "README.md"
-RESULTS = ROOT / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 

@@ -24,15 +24,15 @@ import yaml
 from hatcat.concepts import load_pack
 from hatcat.config import Settings
 from hatcat.model import load_model
+from hatcat.paths import DATA, RESULTS
 from hatcat.train import DEFAULT_MELDS
 from hatcat.training.activations import ActivationCache, extract, pooled_activations, text_features
 from hatcat.training.fit import auroc, fit_probes, metrics
 from hatcat.training.prompts import related
 from hatcat.training.run import TrainSettings, plan
 
-ROOT = Path(__file__).resolve().parents[1]
-SCENES = ROOT / "data" / "eval" / "natural_scenes.yaml"
-OUT = ROOT / "results" / "tap_sweep.json"
+SCENES = DATA / "eval" / "natural_scenes.yaml"
+OUT = RESULTS / "tap_sweep.json"
 TOLERANCE = 0.01
 
 

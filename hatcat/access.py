@@ -26,6 +26,8 @@ import yaml
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from hatcat.errors import HatCatError
+
 API_KEY_USER = "api-key"
 NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 KEY = re.compile(r"hck_([0-9a-f]{8})_([A-Za-z0-9_-]{20,})")
@@ -40,12 +42,17 @@ class Role(enum.IntEnum):
     admin = 3  # + train, hot-load, global thresholds, pack management, audit and events
 
 
-class AccessError(ValueError):
+class AccessError(HatCatError, ValueError):
     """The users file cannot be used; the message is one line."""
 
+    code = "invalid_users_file"
 
-class Forbidden(Exception):
+
+class Forbidden(HatCatError):
     """The user's role does not allow the operation; the message says which role would."""
+
+    status = 403
+    code = "forbidden"
 
 
 @dataclass(frozen=True)

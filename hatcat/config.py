@@ -12,13 +12,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from hatcat import paths
+from hatcat.errors import HatCatError
+
 EMBEDDED_DEFAULT = "embedded:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-class ConfigError(ValueError):
+class ConfigError(HatCatError, ValueError):
     """A setting has a value HatCat cannot use; the message is one line."""
+
+    code = "invalid_setting"
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,8 @@ class Settings:
     probe_pack: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    cache_dir: Path = Path.home() / ".cache" / "hatcat"
+    cache_dir: Path = paths.CACHE
+    probes_dir: Path = paths.PROBES
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_tokens: int = 2048
@@ -74,6 +80,7 @@ class Settings:
             device=_device(get("HATCAT_DEVICE") or defaults.device),
             dtype=_choice("HATCAT_DTYPE", get("HATCAT_DTYPE") or defaults.dtype, DTYPES),
             cache_dir=Path(get("HATCAT_CACHE_DIR")).expanduser() if get("HATCAT_CACHE_DIR") else defaults.cache_dir,
+            probes_dir=Path(get("HATCAT_PROBES_DIR")).expanduser() if get("HATCAT_PROBES_DIR") else defaults.probes_dir,
             api_key=get("HATCAT_API_KEY") or None,
             cors_origins=_origins("HATCAT_CORS_ORIGINS", get("HATCAT_CORS_ORIGINS")),
             max_tokens=_int("HATCAT_MAX_TOKENS", get("HATCAT_MAX_TOKENS"), defaults.max_tokens, 1, 1_000_000),

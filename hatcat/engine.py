@@ -12,21 +12,18 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Self
 
 from hatcat.access import Directory
 from hatcat.concepts import ConceptPack, load_pack
 from hatcat.config import Settings
+from hatcat.errors import Cancelled
 from hatcat.model import LoadedModel, load_model
 from hatcat.monitor import Monitor
-from hatcat.probes import PROBES_ROOT, ProbeBank, ProbePack, model_slug
+from hatcat.paths import SAFETY_MELD
+from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_id
 from hatcat.steering import SteeringRegistry, SteeringVectors
 from hatcat.store import Store
-
-SAFETY_MELD = Path(__file__).resolve().parents[1] / "data" / "concept_packs" / "safety-v1.yaml"
-
-
-class Cancelled(Exception):
-    """A request gave up its place in the queue for the model."""
 
 
 class FairLock:
@@ -57,7 +54,7 @@ class FairLock:
             self._held = False
             self._cond.notify_all()
 
-    def __enter__(self) -> FairLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 
@@ -120,7 +117,14 @@ class Engine:
         return engine
 
     def default_probe_folder(self) -> Path:
-        return PROBES_ROOT / model_slug(self.loaded.name) / self.concepts.id
+        return default_folder(self.settings.probes_dir, self.loaded.name, self.concepts.id)
+
+    def probe_packs(self) -> dict[str, tuple[Path, dict, bool]]:
+        """Probe pack id -> (folder, manifest, loaded?) for every pack under the probe root and the loaded one."""
+        packs = {pack_id(m): (folder, m, False) for folder, m in discover(self.settings.probes_dir)}
+        if self.probes is not None:
+            packs[self.probes.id] = (self.probes.folder, self.probes.manifest, True)
+        return packs
 
     def load_probes(self, folder: str | Path, concepts: ConceptPack | None = None) -> ProbePack:
         """Verify a probe pack against the running model and concept pack, then swap it in.

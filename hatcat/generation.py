@@ -30,7 +30,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from hatcat.model import decoder_layers
+from hatcat.errors import InvalidValue
+from hatcat.model import check_context, context_length, decoder_layers
 from hatcat.tap import Edit, tap
 
 # OpenAI's ranges, so that the API layer can pass a request's fields straight through.
@@ -39,7 +40,7 @@ MAX_TEMPERATURE = 2.0
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Sampling and stopping controls; invalid values raise ValueError naming the field.
+    """Sampling and stopping controls; invalid values raise InvalidValue naming the field.
 
     temperature 0 means greedy decoding (argmax); top_k 0 turns top-k off; top_p 1 turns
     nucleus sampling off; repetition_penalty 1 is no penalty (HF semantics: a logit of a token
@@ -60,24 +61,30 @@ class GenerationSettings:
             object.__setattr__(self, "stop", (self.stop,))
         elif not isinstance(self.stop, tuple):
             object.__setattr__(self, "stop", tuple(self.stop) if isinstance(self.stop, Iterable) else self.stop)
-        if not _is_int(self.max_tokens) or self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be an integer >= 1, got {self.max_tokens!r}")
-        if not _is_number(self.temperature) or not 0.0 <= self.temperature <= MAX_TEMPERATURE:
-            raise ValueError(
-                f"temperature must be a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy), got {self.temperature!r}"
-            )
-        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if not _is_int(self.top_k) or self.top_k < 0:
-            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not _is_number(self.repetition_penalty) or not 0.0 < self.repetition_penalty <= 10.0:
-            raise ValueError(
-                f"repetition_penalty must be a number in (0, 10] (1 = off), got {self.repetition_penalty!r}"
-            )
-        if self.seed is not None and not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer or null, got {self.seed!r}")
-        if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            raise ValueError(f"stop must be a string or a list of non-empty strings, got {self.stop!r}")
+        checks = (
+            ("max_tokens", _is_int(self.max_tokens) and self.max_tokens >= 1, "an integer >= 1"),
+            (
+                "temperature",
+                _is_number(self.temperature) and 0.0 <= self.temperature <= MAX_TEMPERATURE,
+                f"a number in [0, {MAX_TEMPERATURE:g}] (0 = greedy)",
+            ),
+            ("top_p", _is_number(self.top_p) and 0.0 < self.top_p <= 1.0, "a number in (0, 1]"),
+            ("top_k", _is_int(self.top_k) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
+            (
+                "repetition_penalty",
+                _is_number(self.repetition_penalty) and 0.0 < self.repetition_penalty <= 10.0,
+                "a number in (0, 10] (1 = off)",
+            ),
+            ("seed", self.seed is None or _is_int(self.seed), "an integer or null"),
+            (
+                "stop",
+                isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
+                "a string or a list of non-empty strings",
+            ),
+        )
+        for name, ok, allowed in checks:
+            if not ok:
+                raise InvalidValue(f"{name} must be {allowed}, got {getattr(self, name)!r}", param=name)
 
     @property
     def greedy(self) -> bool:
@@ -126,14 +133,16 @@ def build_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> st
     """The tokenizer's chat template with the generation prompt when it has one; otherwise the
     last user message's content (base models such as Gemma 3 270M, as the original does)."""
     if not messages:
-        raise ValueError("messages must hold at least one message")
+        raise InvalidValue("messages must hold at least one message", param="messages")
     if getattr(tokenizer, "chat_template", None):
         normalised = [{**message, "content": _content_text(message.get("content"))} for message in messages]
         return tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=True)
     for message in reversed(messages):
         if message.get("role") == "user":
             return _content_text(message.get("content"))
-    raise ValueError("messages hold no user message to use as the prompt (this model has no chat template)")
+    raise InvalidValue(
+        "messages hold no user message to use as the prompt (this model has no chat template)", param="messages"
+    )
 
 
 def _content_text(content: object) -> str:
@@ -146,7 +155,9 @@ def _content_text(content: object) -> str:
         return "".join(
             part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
         )
-    raise ValueError(f"message content must be a string or a list of content parts, got {type(content).__name__}")
+    raise InvalidValue(
+        f"message content must be a string or a list of content parts, got {type(content).__name__}", param="messages"
+    )
 
 
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
@@ -199,16 +210,15 @@ def generate(
     (or breaking out of a loop over it) ends the generation and removes the tap hook.
     """
     if not isinstance(prompt, str):
-        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+        raise InvalidValue(f"prompt must be a string, got {type(prompt).__name__}", param="prompt")
     prompt_ids = encode_prompt(tokenizer, prompt)
     if not prompt_ids:
-        raise ValueError("prompt is empty: it encodes to no tokens")
-    context = _context_length(model)
-    if context is not None and len(prompt_ids) >= context:
-        raise ValueError(f"prompt is {len(prompt_ids)} tokens, the model's context is {context} tokens")
+        raise InvalidValue("prompt is empty: it encodes to no tokens", param="prompt")
+    check_context(model, len(prompt_ids), "prompt", room=1)
+    context = context_length(model)
     layers = len(decoder_layers(model))
     if not -layers <= tap_layer < layers:
-        raise ValueError(f"tap_layer {tap_layer} is out of range: the model has {layers} decoder layers")
+        raise InvalidValue(f"tap_layer {tap_layer} is out of range: the model has {layers} decoder layers")
     device = next(model.parameters()).device
     max_new = settings.max_tokens if context is None else min(settings.max_tokens, context - len(prompt_ids))
     eos = stop_token_ids(model, tokenizer)
@@ -275,15 +285,6 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, cache: object, cache_kwa
     out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **{cache_kwarg: cache})
     new_cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
     return out.logits[0, -1].float(), new_cache
-
-
-def _context_length(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    if config is None:
-        return None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    value = getattr(text, "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) else None
 
 
 class _Sampler:

@@ -13,7 +13,6 @@ directory; every later load reads that folder in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -33,11 +32,16 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from hatcat.errors import ContextLengthExceeded, HatCatError
+from hatcat.paths import CACHE, sha256_file
+
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(HatCatError, RuntimeError):
     """The named model cannot be loaded; the message says why and what to do."""
+
+    code = "model_load_error"
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def load_model(
     name: str,
     device: str = "auto",
     dtype: str = "auto",
-    cache_dir: Path = Path.home() / ".cache" / "hatcat",
+    cache_dir: Path = CACHE,
     offline: bool = False,
 ) -> LoadedModel:
     """Load model and tokenizer by name (see module docstring) onto the chosen device."""
@@ -179,7 +183,7 @@ def _embedded_gguf(name: str, cache_dir: Path) -> tuple[Path, str]:
 def _converted_gguf(path: Path, expected: str, cache_dir: Path) -> tuple[Path, bool]:
     """Convert a GGUF (checked against `expected` sha256 when given) into a cached safetensors
     folder once; return (folder, was_cached)."""
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if expected and digest != expected:
         raise ModelLoadError(
             f"{path} has sha256 {digest}, expected {expected}: the package is not the pinned upstream GGUF; reinstall it"
@@ -204,14 +208,6 @@ def _converted_gguf(path: Path, expected: str, cache_dir: Path) -> tuple[Path, b
     return target, False
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of Gemma 3 (text-only or multimodal), Llama-family and GPT-2-style models."""
     for path in ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h"):
@@ -226,3 +222,20 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 def hidden_size(model: PreTrainedModel) -> int:
     """Width of the residual stream (the text config's for multimodal models)."""
     return int(model.config.get_text_config().hidden_size)
+
+
+def context_length(model: nn.Module) -> int | None:
+    """The longest sequence the model takes (its text config's `max_position_embeddings`), if it says."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def check_context(model: nn.Module, n_tokens: int, what: str, param: str | None = None, room: int = 0) -> None:
+    """Refuse `n_tokens` (+ `room` for at least one more token) beyond the model's context."""
+    context = context_length(model)
+    if context is not None and n_tokens + room > context:
+        raise ContextLengthExceeded(
+            f"{what} is {n_tokens} tokens, the model's context is {context} tokens", param=param
+        )

@@ -17,30 +17,70 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hatcat.errors import HatCatError
+from hatcat.paths import model_slug, sha256_file
+
 FORMAT = 1
 SIDES = ("activation", "text")
-PROBES_ROOT = Path(__file__).resolve().parents[1] / "probes"
 
 
-class ProbePackError(ValueError):
+class ProbePackError(HatCatError, ValueError):
     """A probe pack is corrupt or does not fit the running model / concept pack."""
 
-
-def model_slug(model_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", model_id.removeprefix("embedded:"))
+    code = "invalid_probe_pack"
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def pack_id(manifest: dict[str, Any]) -> str:
+    """A pack's id, as `/v1/models` lists it: `<model slug>_<concept pack id>`."""
+    return f"{model_slug(manifest['model'])}_{manifest['concept_pack']['id']}"
+
+
+def default_folder(root: Path, model_id: str, concept_pack_id: str) -> Path:
+    """Where the pack of a model and concept pack is installed: `<root>/<model slug>/<concept pack id>/`."""
+    return Path(root) / model_slug(model_id) / concept_pack_id
+
+
+def discover(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, manifest) of every readable pack under `root/<model>/<concept pack>/` (weights untouched)."""
+    found = []
+    for path in sorted(Path(root).glob("*/*/manifest.json")):
+        try:
+            manifest = json.loads(path.read_text())
+            pack_id(manifest)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a readable pack: loading it reports why
+        found.append((path.parent, manifest))
+    return found
+
+
+def read_metrics(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / "metrics.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def per_layer(per_concept: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """`metrics.json`'s `per_layer`: mean F1 and AUROC over the concepts of a layer with both test classes."""
+    by_layer: dict[int, list[dict[str, Any]]] = {}
+    for m in per_concept.values():
+        if m.get("n_pos") and m.get("n_neg") and m.get("layer") is not None:
+            by_layer.setdefault(m["layer"], []).append(m)
+    return {
+        str(layer): {
+            "mean_f1": round(float(np.mean([m["f1"] for m in ms])), 4),
+            "mean_auroc": round(float(np.nanmean([np.nan if m["auroc"] is None else m["auroc"] for m in ms])), 4),
+            "n": len(ms),
+        }
+        for layer, ms in sorted(by_layer.items())
+    }
 
 
 def _finite(value: Any) -> Any:
@@ -68,9 +108,9 @@ def save_pack(
         path = folder / f"{side}.safetensors"
         # fp16 on disk halves the pack (and what a clone or an image carries); scoring upcasts to fp32
         save_file({"weight": weight.half().contiguous(), "bias": bias.float().contiguous()}, path)
-        files[path.name] = _sha256(path)
+        files[path.name] = sha256_file(path)
     (folder / "metrics.json").write_text(json.dumps(_finite(metrics), indent=1, sort_keys=True) + "\n")
-    files["metrics.json"] = _sha256(folder / "metrics.json")
+    files["metrics.json"] = sha256_file(folder / "metrics.json")
     full = {
         "format": FORMAT,
         **manifest,
@@ -79,6 +119,46 @@ def save_pack(
     }
     (folder / "manifest.json").write_text(json.dumps(full, indent=1) + "\n")
     return folder
+
+
+def replace_row(
+    folder: Path,
+    concept: str,
+    weight: torch.Tensor,
+    bias: float,
+    threshold: float,
+    metrics: dict[str, Any],
+    note: tuple[str, Any] | None = None,
+) -> int:
+    """Replace one concept's activation probe in the pack at `folder`: its weight row, bias, threshold and
+    metrics entry (and its layer's `per_layer` mean); `note` = (manifest key, value) records where it came from.
+    Checksums are rewritten, nothing else changes. Returns the row index."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if concept not in manifest["concepts"]:
+        raise ProbePackError(f"{folder}: the pack has no {concept!r} concept")
+    if weight.numel() != manifest["hidden_size"]:
+        raise ProbePackError(f"{folder}: hidden size {manifest['hidden_size']}, the probe has {weight.numel()}")
+    row = manifest["concepts"].index(concept)
+    path = folder / "activation.safetensors"
+    mode = path.stat().st_mode & 0o777
+    tensors = load_file(path)
+    tensors["weight"][row] = weight.reshape(-1).to(tensors["weight"].dtype)
+    tensors["bias"][row] = float(bias)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
+    path.chmod(mode)  # safetensors writes 0600; keep the pack readable by the image's non-root user
+    manifest["thresholds"]["activation"][row] = round(float(threshold), 6)
+    doc = read_metrics(folder)
+    entry = doc["per_concept"].get(concept, {})
+    doc["per_concept"][concept] = {**{k: entry[k] for k in ("layer",) if k in entry}, **metrics}
+    doc["per_layer"] = per_layer(doc["per_concept"])
+    (folder / "metrics.json").write_text(json.dumps(_finite(doc), indent=1, sort_keys=True) + "\n")
+    if note is not None:
+        manifest[note[0]] = note[1]
+    for name in ("activation.safetensors", "metrics.json"):
+        manifest["checksums"][name] = sha256_file(folder / name)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return row
 
 
 @dataclass
@@ -96,7 +176,7 @@ class ProbePack:
 
     @property
     def id(self) -> str:
-        return f"{model_slug(self.manifest['model'])}_{self.manifest['concept_pack']['id']}"
+        return pack_id(self.manifest)
 
     @property
     def checksum(self) -> str:
@@ -119,7 +199,7 @@ class ProbePack:
             path = folder / name
             if not path.is_file():
                 raise ProbePackError(f"{folder}: {name} is missing")
-            if _sha256(path) != expected:
+            if sha256_file(path) != expected:
                 raise ProbePackError(f"{folder}: {name} is corrupt (sha256 does not match the manifest)")
         if model_id is not None and manifest["model"] != model_id:
             raise ProbePackError(f"{folder} was trained on {manifest['model']}, but the running model is {model_id}")

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from hatcat.errors import InvalidValue, NotFound
 from hatcat.probes import ProbeBank
 from hatcat.tap import hidden_at, tap
 
@@ -38,14 +39,20 @@ class Steering:
 
     def __post_init__(self) -> None:
         if not -MAX_STRENGTH <= self.strength <= MAX_STRENGTH:
-            raise ValueError(f"strength {self.strength} is out of range; allowed: -{MAX_STRENGTH}..{MAX_STRENGTH}")
+            raise InvalidValue(
+                f"strength {self.strength} is out of range; allowed: -{MAX_STRENGTH}..{MAX_STRENGTH}", param="strength"
+            )
 
 
-class UnknownConcept(KeyError):
-    """A steering names a concept the probe bank has no probe for."""
+class UnknownConcept(NotFound):
+    """A steering names a concept the probe bank has no probe for (or the session does not steer)."""
 
-    def __str__(self) -> str:
-        return f"unknown concept: {self.args[0]}"
+    code = "concept_not_found"
+    param = "concept"
+
+    def __init__(self, concept: str, reason: str = "") -> None:
+        super().__init__(f"unknown concept: {concept}" + (f": {reason}" if reason else ""))
+        self.concept = concept
 
 
 class SteeringRegistry:
@@ -104,7 +111,7 @@ class SteeringVectors:
 
     def vector(self, steering: Steering) -> tuple[int, torch.Tensor]:
         if steering.concept not in self.bank.index:
-            raise UnknownConcept(steering.concept)
+            raise UnknownConcept(steering.concept, "the loaded probe pack has no probe for it")
         layer = self.bank.tap_layer if steering.layer is None else steering.layer
         direction = self.bank.act_weight[self.bank.index[steering.concept]]
         return layer, steering.strength * self.norm(layer) * direction / direction.norm()

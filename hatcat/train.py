@@ -11,12 +11,15 @@ import json
 import sys
 from pathlib import Path
 
-from hatcat.concepts import ConceptPackError, load_pack
-from hatcat.config import ConfigError, Settings
-from hatcat.model import ModelLoadError, load_model
+from hatcat.concepts import load_pack
+from hatcat.config import Settings
+from hatcat.errors import HatCatError
+from hatcat.model import load_model
+from hatcat.paths import SAFETY_MELD
+from hatcat.probes import default_folder
 from hatcat.training.run import TrainSettings, select_concepts, train
 
-DEFAULT_MELDS = [str(Path(__file__).resolve().parents[1] / "data" / "concept_packs" / "safety-v1.yaml")]
+DEFAULT_MELDS = [str(SAFETY_MELD)]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -41,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--concept-pack",
         default=None,
         metavar="PATH",
-        help="concept pack folder (default: data/concept_packs/sumo-wordnet-v1)",
+        help="concept pack folder (default: the shipped data/concept_packs/sumo-wordnet-v1)",
     )
     ap.add_argument(
         "--meld",
@@ -71,7 +74,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--batch-size", type=int, default=defaults.batch_size, help="prompts per forward pass")
     ap.add_argument(
-        "--out", default=None, metavar="DIR", help="probe pack folder (default: probes/<model>/<concept-pack>)"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="probe pack folder (default: <HATCAT_PROBES_DIR>/<model>/<concept-pack>)",
     )
     ap.add_argument("--report", default=None, metavar="FILE", help="also write the run's timings as JSON here")
     return ap.parse_args(argv)
@@ -91,11 +97,11 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
         )
         select_concepts(pack, run)  # refuse unknown ids before the model loads
-        loaded = load_model(
-            args.model or settings.model_name, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline
-        )
-        folder, report = train(loaded, pack, run, settings.cache_dir, Path(args.out) if args.out else None)
-    except (ConfigError, ConceptPackError, ModelLoadError, ValueError) as err:
+        model = args.model or settings.model_name
+        out = Path(args.out) if args.out else default_folder(settings.probes_dir, model, pack.id)
+        loaded = load_model(model, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline)
+        folder, report = train(loaded, pack, run, settings.cache_dir, out)
+    except HatCatError as err:
         print(f"hatcat.train: {err}", file=sys.stderr)
         return 2
     summary = {"pack": str(folder), **report.__dict__}

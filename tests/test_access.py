@@ -16,7 +16,7 @@ import yaml
 from gradio_client import Client
 
 from hatcat.access import hash_secret, new_key
-from tests.conftest import run_app, start_app, stop_app
+from tests.support import run_app, start_app, stop_app
 from tests.test_browser import CHROMIUM, FLAGS
 
 PASSWORDS = {"ada": "ada-admin-pass", "vic": "vic-viewer-pass"}

@@ -172,7 +172,7 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(server: str) -> No
 
 def test_eight_concurrent_seeded_streams_each_match_their_solo_run(client: openai.OpenAI) -> None:
     seeds = list(range(1, 9))
-    kwargs = dict(max_tokens=5, temperature=1.0)
+    kwargs = {"max_tokens": 5, "temperature": 1.0}
     solo = {seed: token_text(stream_chunks(client, seed=seed, **kwargs)) for seed in seeds}
     barrier = threading.Barrier(len(seeds))
 

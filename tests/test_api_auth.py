@@ -15,7 +15,7 @@ import uvicorn
 
 from hatcat.api import create_api
 from hatcat.engine import Engine
-from tests.conftest import free_port
+from tests.support import free_port
 
 KEY = "test-key-123"
 ORIGIN = "http://localhost:3000"

@@ -5,12 +5,13 @@ panel goes to results/screenshots/."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
+from hatcat.paths import RESULTS
+
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[1] / "results" / "screenshots"
+SHOTS = RESULTS / "screenshots"
 FLAGS = [
     "--headless",
     "--no-sandbox",

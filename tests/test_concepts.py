@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from hatcat.concepts import Concept, ConceptPack, ConceptPackError, load_meld, load_pack
+from hatcat.concepts import Concept, ConceptPack, ConceptPackError, load_meld, load_pack, merge_into
 from hatcat.concepts.build import build_pack
 from hatcat.concepts.pack import DEFAULT_PACK_DIR, PACK_FILE
 from hatcat.concepts.wordnet import DEFAULT_DIR as WORDNET_DIR
+from hatcat.paths import ROOT, SAFETY_MELD
 
-ROOT = Path(__file__).resolve().parents[1]
-SAFETY_MELD = ROOT / "data" / "concept_packs" / "safety-v1.yaml"
 SHARED_SOURCES = ROOT.parent / "shared" / "sources" / "sumo-wordnet"
 SAFETY_IDS = {"Deception", "Manipulation", "Sycophancy", "Honesty", "Uncertainty", "Refusal", "Flattery", "Evasion"}
 
@@ -27,12 +26,17 @@ def pack() -> ConceptPack:
 
 @pytest.fixture(scope="module")
 def merged(pack: ConceptPack) -> ConceptPack:
-    return pack.merge(load_meld(SAFETY_MELD))
+    return merge_into(pack, load_meld(SAFETY_MELD))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "hatcat.concepts", *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hatcat.concepts", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -196,7 +200,7 @@ def test_meld_with_existing_id_enriches_concept(tmp_path: Path, pack: ConceptPac
             }
         )
     )
-    anger = pack.merge(load_meld(meld))["Anger"]
+    anger = merge_into(pack, load_meld(meld))["Anger"]
     assert anger.parents == ("EmotionalState", "StateOfMind") and anger.layer == pack["Anger"].layer
     assert anger.definition == pack["Anger"].definition and anger.positive_examples == ("I am furious.",)
     assert anger.source == "extra"
@@ -216,7 +220,7 @@ def test_broken_meld_names_bad_entry(tmp_path: Path, pack: ConceptPack, concepts
     meld = tmp_path / "bad.yaml"
     meld.write_text(json.dumps({"id": "bad", "concepts": concepts}))  # JSON is valid YAML
     with pytest.raises(ConceptPackError, match=message):
-        pack.merge(load_meld(meld))
+        merge_into(pack, load_meld(meld))
 
 
 def test_concept_defaults_describe_base_concept() -> None:

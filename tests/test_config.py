@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hatcat.config import EMBEDDED_DEFAULT, ConfigError, Settings
-from tests.conftest import run_app
+from tests.support import run_app
 
 
 def test_defaults_select_embedded_model_on_port_8765() -> None:
@@ -65,6 +65,7 @@ def test_bad_value_raises_one_line_naming_the_variable(name: str, value: str) ->
     assert "\n" not in message
 
 
+@pytest.mark.slow  # starts a Python that imports torch
 @pytest.mark.parametrize("env", [{"HATCAT_PORT": "abc"}, {"HATCAT_KEEP_TOP_K": "-3"}])
 def test_app_refuses_bad_setting_with_exit_2_and_one_line(env: dict[str, str]) -> None:
     result = run_app(env)

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from hatcat.paths import DATA
 from hatcat.probes import ProbePack, save_pack
 from hatcat.training import deception as d
 from hatcat.training import deception_recipes as r
@@ -51,7 +52,7 @@ def test_dialogues_are_content_matched_and_apart_from_the_roleplay_set() -> None
     # every answer is honest once and deceptive once: what it says cannot tell the classes apart
     assert all(sorted(labels) == [0, 1] for labels in by_answer.values())
     assert not any(d.KEYWORDS.search(it.statement) for it in items)
-    roleplay = yaml.safe_load((d.ROOT / "data" / "eval" / "roleplay_deception.yaml").read_text())["pairs"]
+    roleplay = yaml.safe_load((DATA / "eval" / "roleplay_deception.yaml").read_text())["pairs"]
     test_texts = [p[k] for p in roleplay for k in ("context", "question", "honest", "deceptive")]
     test_ngrams = {tuple(w[i : i + 5]) for t in test_texts for w in [_words(t)] for i in range(len(w) - 4)}
     for s in d.load_dialogues():

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import yaml
 
 from hatcat.config import ConfigError, Settings
-
-ROOT = Path(__file__).resolve().parents[1]
+from hatcat.paths import ROOT
 
 
 def variables_read_by_config() -> set[str]:

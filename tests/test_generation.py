@@ -185,6 +185,7 @@ def test_base_model_prompt_is_the_last_user_message(engine: Engine) -> None:
         build_prompt(engine.tokenizer, [])
 
 
+@pytest.mark.slow
 def test_chat_template_is_used_when_the_tokenizer_has_one(settings) -> None:
     smol = load_model("embedded:smollm2-135m", cache_dir=settings.cache_dir, device="cpu")
     messages = [{"role": "user", "content": "What is the capital of France?"}]

@@ -36,6 +36,7 @@ def test_second_load_reuses_the_converted_cache(engine: Engine, settings) -> Non
     assert json.loads(source.read_text())["sha256"] in {m.sha256 for m in EMBEDDED_MODELS.values()}
 
 
+@pytest.mark.slow
 def test_smollm2_loads_through_the_same_loader(settings) -> None:
     smol = load_model("embedded:smollm2-135m", cache_dir=settings.cache_dir, device="cpu")
     assert type(smol.model).__name__ == "LlamaForCausalLM"
@@ -47,23 +48,23 @@ def test_layer_accessor_reaches_gemma3_multimodal_language_model() -> None:
     # The 4B production class cannot be downloaded here; a tiny randomly initialised instance of
     # the same class has the same module tree, which is all the accessor depends on.
     config = Gemma3Config(
-        text_config=dict(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            head_dim=32,
-            vocab_size=512,
-        ),
-        vision_config=dict(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=28,
-            patch_size=14,
-        ),
+        text_config={
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "num_hidden_layers": 3,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 32,
+            "vocab_size": 512,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+        },
         mm_tokens_per_image=4,
     )
     model = Gemma3ForConditionalGeneration(config)

@@ -19,9 +19,9 @@ import pytest
 
 from hatcat.api.openwebui_events import HEADER
 from hatcat.openwebui.bundle import FUNCTIONS, REWRITTEN_BY_OPENWEBUI, function_source
+from hatcat.paths import RESULTS
 
-ROOT = Path(__file__).resolve().parents[1]
-SHOTS = ROOT / "results" / "screenshots"
+SHOTS = RESULTS / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
 PROMPTS = ("Tell me about a frightened driver.", "Write about loud music at night.")
 

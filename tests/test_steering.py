@@ -50,10 +50,12 @@ def test_steering_towards_a_concept_raises_its_score_in_the_generated_text(probe
 def test_steering_hooks_are_removed_even_when_generation_fails(probed_engine: Engine) -> None:
     layer = decoder_layers(probed_engine.model)[probed_engine.bank.tap_layer]
     before = len(layer._forward_hooks)  # transformers may keep its own hook once hidden states were requested
-    with pytest.raises(RuntimeError, match="boom"):
-        with steered(probed_engine.model, probed_engine.vectors, [Steering("Music", 0.5)]):
-            assert len(layer._forward_hooks) == before + 1
-            raise RuntimeError("boom")
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        steered(probed_engine.model, probed_engine.vectors, [Steering("Music", 0.5)]),
+    ):
+        assert len(layer._forward_hooks) == before + 1
+        raise RuntimeError("boom")
     assert len(layer._forward_hooks) == before
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hatcat.store import Store
-from tests.conftest import free_port
+from tests.support import free_port
 from tests.test_records import EVENT
 
 BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))

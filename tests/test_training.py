@@ -12,13 +12,13 @@ import pytest
 
 from hatcat.concepts import load_pack
 from hatcat.engine import Engine
+from hatcat.paths import ROOT
 from hatcat.probes import ProbeBank, ProbePack, ProbePackError
 from hatcat.tap import hidden_at
 from hatcat.train import DEFAULT_MELDS
 from hatcat.training.prompts import SPLITS, build_prompts
-from tests.conftest import SMALL_PACK_CONCEPTS
+from tests.support import SMALL_PACK as SMALL_PACK_CONCEPTS
 
-ROOT = Path(__file__).resolve().parents[1]
 CONCEPTS = SMALL_PACK_CONCEPTS
 
 
@@ -90,14 +90,19 @@ def test_pack_for_another_concept_pack_is_refused(trained: tuple[Path, dict]) ->
         pack.check_concepts("other-pack", "0" * 64, set(CONCEPTS))
 
 
+@pytest.mark.slow  # starts a Python that imports torch
 def test_cli_documents_every_option_and_refuses_unknown_concepts() -> None:
     help_text = subprocess.run(
-        [sys.executable, "-m", "hatcat.train", "--help"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "hatcat.train", "--help"], cwd=ROOT, capture_output=True, text=True, check=False
     ).stdout
     for option in ("--layers", "--train-text-probes", "--concepts", "--concept-pack", "--model", "--limit", "--out"):
         assert option in help_text
     bad = subprocess.run(
-        [sys.executable, "-m", "hatcat.train", "--concepts", "NoSuchConcept"], cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-m", "hatcat.train", "--concepts", "NoSuchConcept"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["hatcat.train: unknown concept(s): NoSuchConcept"]

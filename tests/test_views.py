@@ -10,10 +10,9 @@ from pathlib import Path
 from gradio_client import Client
 
 from hatcat.engine import Engine
-from hatcat.training.fit import auroc
+from hatcat.training.fit import at_threshold, auroc
 from hatcat.training.run import TrainSettings, train
 from views import trace as tr
-from views.thresholds import at_threshold
 from views.training import custom_pack
 
 
@@ -45,7 +44,8 @@ def test_exports_hold_every_record_and_concept(probed_engine: Engine) -> None:
     jsonl, table = tr.export_files(records, {"line": "x"})
     lines = [json.loads(line) for line in Path(jsonl).read_text().splitlines()]
     assert lines[:-1] == records and lines[-1] == {"summary": {"line": "x"}}
-    rows = list(csv.DictReader(Path(table).open()))
+    with Path(table).open() as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == sum(max(1, len(r["concepts"])) for r in records)
     assert {row["token"] for row in rows} == {r["token"] for r in records}
 
@@ -58,7 +58,7 @@ def test_held_out_scores_separate_the_classes(probed_engine: Engine) -> None:
 
 
 def test_custom_concept_trains_and_hot_loads_with_its_merged_concept_pack(
-    probed_engine: Engine, small_probe_pack: Path, tmp_path: Path
+    probed_engine: Engine, tmp_path: Path
 ) -> None:
     base = probed_engine.concepts
     pack = custom_pack(
@@ -70,19 +70,17 @@ def test_custom_concept_trains_and_hot_loads_with_its_merged_concept_pack(
         "Hello, so lovely to see you!\nGood morning, friend, what a joy!\nHi there, great to have you here!",
         "The invoice is overdue.",
     )
-    try:
-        with probed_engine.exclusive():
-            folder, _ = train(
-                probed_engine.loaded,
-                pack,
-                TrainSettings(concepts=("CheerfulGreeting", "Music")),
-                probed_engine.settings.cache_dir,
-                tmp_path / "p",
-            )
-        probed_engine.load_probes(folder, concepts=pack)
-        assert "CheerfulGreeting" in probed_engine.bank.index and "CheerfulGreeting" in probed_engine.concepts
-    finally:
-        probed_engine.load_probes(small_probe_pack, concepts=base)
+    own = Engine(probed_engine.settings, probed_engine.loaded, base)  # a pack swap no other test sees
+    with own.exclusive():
+        folder, _ = train(
+            own.loaded,
+            pack,
+            TrainSettings(concepts=("CheerfulGreeting", "Music")),
+            own.settings.cache_dir,
+            tmp_path / "p",
+        )
+    own.load_probes(folder, concepts=pack)
+    assert "CheerfulGreeting" in own.bank.index and "CheerfulGreeting" in own.concepts
     assert "CheerfulGreeting" not in probed_engine.concepts
 
 

@@ -48,28 +48,28 @@ def figure(
     act = [scores.get(n, (0.0, 0.0))[0] for n in nodes]
     div = [scores.get(n, (0.0, 0.0))[1] for n in nodes]
     fig = go.Figure()
-    fig.add_scatter(x=ex, y=ey, mode="lines", line=dict(color="#bbb", width=1), hoverinfo="skip", showlegend=False)
+    fig.add_scatter(x=ex, y=ey, mode="lines", line={"color": "#bbb", "width": 1}, hoverinfo="skip", showlegend=False)
     fig.add_scatter(
         x=[pos[n][0] for n in nodes],
         y=[-pos[n][1] for n in nodes],
         mode="markers+text",
         text=nodes,
         textposition=["top center" if i % 2 else "bottom center" for i in range(len(nodes))],
-        marker=dict(
-            size=[10 + 40 * a for a in act],
-            color=div,
-            colorscale="RdBu_r",
-            cmin=-1,
-            cmax=1,
-            colorbar=dict(title="divergence"),
-            line=dict(width=[4 if n == selected else 1 for n in nodes], color="#222"),
-        ),
+        marker={
+            "size": [10 + 40 * a for a in act],
+            "color": div,
+            "colorscale": "RdBu_r",
+            "cmin": -1,
+            "cmax": 1,
+            "colorbar": {"title": "divergence"},
+            "line": {"width": [4 if n == selected else 1 for n in nodes], "color": "#222"},
+        },
         customdata=[[pack[n].layer, a, d] for n, a, d in zip(nodes, act, div)],
         hovertemplate="%{text}<br>layer %{customdata[0]}<br>activation %{customdata[1]:.2f}<br>divergence %{customdata[2]:+.2f}<extra></extra>",
         showlegend=False,
     )
     fig.update_layout(
-        height=520, margin=dict(l=10, r=10, t=10, b=10), xaxis=dict(visible=False), yaxis=dict(visible=False)
+        height=520, margin={"l": 10, "r": 10, "t": 10, "b": 10}, xaxis={"visible": False}, yaxis={"visible": False}
     )
     return fig
 

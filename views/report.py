@@ -59,11 +59,11 @@ def figure(metrics: dict) -> go.Figure:
     for side, pick in SIDES:
         layers = sorted(pick(metrics).get("per_layer", {}).items(), key=lambda kv: int(kv[0]))
         x = [f"layer {k}" for k, _ in layers]
-        style = dict(name=f"{side} side", legendgroup=side, marker_color=COLOURS[side])
+        style = {"name": f"{side} side", "legendgroup": side, "marker_color": COLOURS[side]}
         fig.add_bar(x=x, y=[v["mean_f1"] for _, v in layers], row=1, col=1, **style)
         fig.add_bar(x=x, y=[v["mean_auroc"] for _, v in layers], row=1, col=2, showlegend=False, **style)
     fig.update_layout(
-        height=360, margin=dict(l=30, r=10, t=40, b=30), yaxis=dict(range=[0, 1]), yaxis2=dict(range=[0, 1])
+        height=360, margin={"l": 30, "r": 10, "t": 40, "b": 30}, yaxis={"range": [0, 1]}, yaxis2={"range": [0, 1]}
     )
     return fig
 

@@ -13,59 +13,49 @@ import gradio as gr
 import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+from sklearn.metrics import precision_recall_curve, roc_curve
 
 from hatcat.access import Role
 from hatcat.engine import Engine
 from hatcat.store import ProfileOwned, Store, StoreWriteError
-from hatcat.training.fit import auroc
+from hatcat.training.fit import at_threshold, auroc
 from views import trace as tr
 from views.access import audit, current_actor, current_user, guard
 from views.common import current_threshold, probe_concepts, require_probes, user_error
 from views.review import reviewed_line
 
 
-def at_threshold(scores: list[float], labels: list[int], threshold: float) -> dict[str, float]:
-    s, y = np.asarray(scores), np.asarray(labels)
-    pred = s >= threshold
-    tp, fp = float((pred & (y == 1)).sum()), float((pred & (y == 0)).sum())
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / y.sum() if y.sum() else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "fpr": fp / max(1, (y == 0).sum())}
-
-
 def curves_figure(concept: str, scores: list[float], labels: list[int], threshold: float) -> go.Figure:
     """Score histograms per class, ROC and precision-recall, each with the threshold's operating point."""
     s, y = np.asarray(scores), np.asarray(labels)
-    order = np.argsort(-s)
-    tp, fp = np.cumsum(y[order] == 1), np.cumsum(y[order] == 0)
-    tpr, fpr, precision = tp / max(1, tp[-1]), fp / max(1, fp[-1]), tp / np.arange(1, len(s) + 1)
-    point = at_threshold(scores, labels, threshold)
+    fpr, tpr, _ = roc_curve(y, s)
+    precision, recall, _ = precision_recall_curve(y, s)
+    point = at_threshold(s, y, threshold)
     fig = make_subplots(
         1, 3, subplot_titles=("scores (val prompts)", f"ROC (AUROC {auroc(s, y):.3f})", "precision / recall")
     )
     fig.add_histogram(
-        x=s[y == 1], name="positives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05)
+        x=s[y == 1], name="positives", nbinsx=20, opacity=0.7, row=1, col=1, xbins={"start": 0, "end": 1, "size": 0.05}
     )
     fig.add_histogram(
-        x=s[y == 0], name="negatives", nbinsx=20, opacity=0.7, row=1, col=1, xbins=dict(start=0, end=1, size=0.05)
+        x=s[y == 0], name="negatives", nbinsx=20, opacity=0.7, row=1, col=1, xbins={"start": 0, "end": 1, "size": 0.05}
     )
     fig.add_vline(x=threshold, line_dash="dot", row=1, col=1)
-    fig.add_scatter(x=[0, *fpr], y=[0, *tpr], mode="lines", name="ROC", row=1, col=2)
+    fig.add_scatter(x=fpr, y=tpr, mode="lines", name="ROC", row=1, col=2)
     fig.add_scatter(
-        x=[point["fpr"]], y=[point["recall"]], mode="markers", marker=dict(size=12), name="threshold", row=1, col=2
+        x=[point["fpr"]], y=[point["recall"]], mode="markers", marker={"size": 12}, name="threshold", row=1, col=2
     )
-    fig.add_scatter(x=tp / max(1, tp[-1]), y=precision, mode="lines", name="PR", row=1, col=3)
+    fig.add_scatter(x=recall, y=precision, mode="lines", name="PR", row=1, col=3)
     fig.add_scatter(
         x=[point["recall"]],
         y=[point["precision"]],
         mode="markers",
-        marker=dict(size=12),
+        marker={"size": 12},
         name="threshold ",
         row=1,
         col=3,
     )
-    fig.update_layout(barmode="overlay", height=340, margin=dict(l=30, r=10, t=40, b=30), title=concept)
+    fig.update_layout(barmode="overlay", height=340, margin={"l": 30, "r": 10, "t": 40, "b": 30}, title=concept)
     return fig
 
 

@@ -11,7 +11,7 @@ import gradio as gr
 
 from hatcat.access import Role
 from hatcat.concepts import ConceptPack, ConceptPackError
-from hatcat.concepts.meld import load_meld
+from hatcat.concepts.meld import load_meld, merge_into
 from hatcat.engine import Engine
 from hatcat.probes import ProbePackError
 from hatcat.training.run import TrainSettings, train
@@ -49,7 +49,7 @@ def custom_pack(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(meld, indent=1))
     try:
-        return base.merge(load_meld(path))
+        return merge_into(base, load_meld(path))
     except ConceptPackError as err:
         raise user_error(err) from None
 

@@ -15,9 +15,10 @@ from fastapi import APIRouter, Request
 
 from hatcat.api.errors import APIError, error_responses
 from hatcat.api.protocol import Analysis, AnalyzeRequest
-from hatcat.api.reports import as_api_error, require_monitor, token_report
+from hatcat.api.reports import require_monitor, token_report
 from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
 from hatcat.engine import Engine
+from hatcat.model import check_context
 from hatcat.monitor import summarise
 from hatcat.pipeline import text_states
 
@@ -43,7 +44,7 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     except ClientGone:
         return None
     if isinstance(item, Failed):
-        raise as_api_error(item.error)
+        raise item.error
     if isinstance(item, Ended):
         raise APIError(503, "the analysis was cancelled", code="cancelled")
     return item
@@ -54,15 +55,7 @@ def _analyze(engine: Engine, body: AnalyzeRequest) -> dict[str, Any]:
     monitor, bank = engine.monitor, engine.bank
     if monitor is None:  # unloaded between the check and the turn
         raise APIError(409, "analysis needs a probe pack and none is loaded", code="no_probe_pack")
-    context = getattr(engine.model.config.get_text_config(), "max_position_embeddings", None)
-    n_tokens = len(engine.tokenizer(body.text).input_ids)
-    if context is not None and n_tokens > context:
-        raise APIError(
-            400,
-            f"text is {n_tokens} tokens, the model's context is {context} tokens",
-            param="text",
-            code="context_length_exceeded",
-        )
+    check_context(engine.model, len(engine.tokenizer(body.text).input_ids), "text", param="text")
     hidden, windows, tokens = text_states(engine.model, engine.tokenizer, monitor, body.text)
     if not tokens:
         raise APIError(400, "text encodes to no tokens", param="text", code="empty_text")

@@ -30,14 +30,14 @@ from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
 from hatcat.api.auth import actor, session_key
-from hatcat.api.errors import APIError, error_responses
+from hatcat.api.errors import APIError, as_body, error_responses
 from hatcat.api.openwebui_events import OpenWebUIEvents
-from hatcat.api.packs import installed_probe_packs
 from hatcat.api.protocol import MONITOR_MODEL_ID, ChatCompletion, ChatCompletionRequest
-from hatcat.api.reports import as_api_error, divergence, steering_state, token_report
+from hatcat.api.reports import divergence, steering_state, token_report
 from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
 from hatcat.engine import Engine
-from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, generate
+from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, encode_prompt, generate
+from hatcat.model import check_context
 from hatcat.monitor import ResponseSummary, TokenRecord
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 from hatcat.steering import Steering
@@ -82,9 +82,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     engine: Engine = request.app.state.engine
     _check_model(engine, body.model)
     settings = _generation_settings(body, engine.settings.max_tokens)
-    prompt = await run_in_threadpool(
-        _prompt, engine.tokenizer, [m.model_dump(exclude_none=True) for m in body.messages]
-    )
+    prompt = await run_in_threadpool(_prompt, engine, [m.model_dump(exclude_none=True) for m in body.messages])
     steerings = engine.steering.list(session_key(request, body.session_id))
     slots = request.app.state.streams
     slot = slots.take(request) if body.stream else None  # 429 past HATCAT_MAX_STREAMS open streams per key
@@ -116,7 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 def _check_model(engine: Engine, model: str) -> None:
     if model == MONITOR_MODEL_ID or (engine.probes is not None and model == engine.probes.id):
         return
-    packs = installed_probe_packs(engine)
+    packs = engine.probe_packs()
     if model in packs:
         raise APIError(
             409,
@@ -139,30 +137,28 @@ def _generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationS
             code="max_tokens_too_large",
         )
     stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
-    try:
-        return GenerationSettings(
-            max_tokens=max_tokens,
-            temperature=0.7 if body.temperature is None else body.temperature,
-            # a top_p below float32's range would round to 0 in the sampler and keep no token at all
-            top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
-            top_k=body.top_k,
-            repetition_penalty=body.repetition_penalty,
-            seed=body.seed,
-            stop=stop,
-        )
-    except ValueError as err:  # the pydantic bounds should have caught it; name the field anyway
-        raise APIError(400, str(err), param=str(err).split(" ", 1)[0], code="invalid_value") from None
+    return GenerationSettings(
+        max_tokens=max_tokens,
+        temperature=0.7 if body.temperature is None else body.temperature,
+        # a top_p below float32's range would round to 0 in the sampler and keep no token at all
+        top_p=1.0 if body.top_p is None else max(body.top_p, MIN_TOP_P),
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        seed=body.seed,
+        stop=stop,
+    )
 
 
-def _prompt(tokenizer, messages: list[dict]) -> str:
+def _prompt(engine: Engine, messages: list[dict]) -> str:
     try:
-        prompt = build_prompt(tokenizer, messages)
+        prompt = build_prompt(engine.tokenizer, messages)
     except (ValueError, TemplateError) as err:  # e.g. no user message; a template that wants alternating roles
         raise APIError(
             400, f"messages cannot be turned into a prompt: {err}", param="messages", code="invalid_messages"
         ) from None
     if not prompt.strip():
         raise APIError(400, "the prompt is empty: the user message has no text", param="messages", code="empty_prompt")
+    check_context(engine.model, len(encode_prompt(engine.tokenizer, prompt)), "prompt", param="messages", room=1)
     return prompt
 
 
@@ -220,7 +216,7 @@ class _Run:
                 self.monitoring = self.engine.monitor is not None  # as of the turn (a pack may have been loaded)
                 continue
             if isinstance(item, Failed):
-                raise as_api_error(item.error)
+                raise item.error
             if isinstance(item, Ended):
                 raise APIError(503, "the generation was cancelled before it started", code="cancelled")
             return item
@@ -310,7 +306,7 @@ class _Run:
                     yield "data: [DONE]\n\n"
                     return
                 elif isinstance(item, Failed):
-                    yield f"data: {json.dumps(as_api_error(item.error).body())}\n\n"
+                    yield f"data: {json.dumps(as_body(item.error))}\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 elif isinstance(item, Ended):
@@ -332,7 +328,7 @@ class _Run:
                 usage = self._finished(finished)
                 break
             elif isinstance(item, Failed):
-                raise as_api_error(item.error)
+                raise item.error
             elif isinstance(item, Ended):
                 raise APIError(503, "the generation was cancelled", code="cancelled")
             item = await job.next_watching(self.request)

@@ -1,6 +1,7 @@
 """One error shape for every failure: `{"error": {"message", "type", "param", "code"}}` (OpenAI's).
 
-Route code raises `APIError`; FastAPI's validation errors (bad fields, malformed JSON, a body
+Any `HatCatError` (raised by the engine or a route; `APIError` for what only HTTP knows) is
+answered with its status, code and param; FastAPI's validation errors (bad fields, malformed JSON, a body
 that is not JSON), Starlette's 404/405 and anything unexpected are turned into the same shape.
 """
 
@@ -15,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hatcat.errors import HatCatError
 
 log = logging.getLogger("hatcat.api")
 
@@ -33,8 +36,8 @@ ERROR_TYPES = {
 }
 
 
-class APIError(Exception):
-    """An error a client can act on; becomes an HTTP response (or a stream's error event)."""
+class APIError(HatCatError):
+    """An error only the HTTP layer knows about (a route, a method, a model id), with its status first."""
 
     def __init__(
         self,
@@ -45,11 +48,14 @@ class APIError(Exception):
         code: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.headers = status, message, param, code, headers
+        super().__init__(message, param=param, code=code, status=status, headers=headers)
 
-    def body(self) -> dict[str, Any]:
-        return error_body(self.status, self.message, self.param, self.code)
+
+def as_body(err: BaseException) -> dict[str, Any]:
+    """Any failure in the error shape: a HatCatError as it says, anything else a 500."""
+    if isinstance(err, HatCatError):
+        return error_body(err.status, err.message, err.param, err.code)
+    return error_body(500, f"internal error: {type(err).__name__}: {err}", code="internal_error")
 
 
 class ErrorDetail(BaseModel):
@@ -117,8 +123,8 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     )
 
 
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+async def _hatcat_error(request: Request, exc: HatCatError) -> JSONResponse:
+    return JSONResponse(as_body(exc), status_code=exc.status, headers=exc.headers)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -135,6 +141,6 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install(api: FastAPI) -> None:
     api.add_exception_handler(RequestValidationError, _validation_error)
-    api.add_exception_handler(APIError, _api_error)
+    api.add_exception_handler(HatCatError, _hatcat_error)
     api.add_exception_handler(StarletteHTTPException, _http_error)
     api.add_exception_handler(Exception, _unexpected)

@@ -8,7 +8,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from hatcat.api.errors import error_responses
-from hatcat.api.packs import installed_probe_packs
 from hatcat.api.protocol import MONITOR_MODEL_ID, ModelList
 
 router = APIRouter(prefix="/v1", responses=error_responses(401))
@@ -29,7 +28,7 @@ def list_models(request: Request) -> dict[str, Any]:
             "loaded": True,
         }
     ]
-    for pack_id, pack in installed_probe_packs(engine).items():
+    for pack_id, (_, _, pack_loaded) in engine.probe_packs().items():
         data.append(
             {
                 "id": pack_id,
@@ -37,7 +36,7 @@ def list_models(request: Request) -> dict[str, Any]:
                 "created": created,
                 "owned_by": "hatcat",
                 "probe_pack": pack_id,
-                "loaded": pack["loaded"],
+                "loaded": pack_loaded,
             }
         )
     return {"object": "list", "data": data}

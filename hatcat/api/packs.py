@@ -1,4 +1,5 @@
-"""GET /v1/concept-packs[/{id}[/concepts/{concept}]] and /v1/probe-packs[/{id}].
+"""GET /v1/concept-packs[/{id}[/concepts/{concept}]] and /v1/probe-packs[/{id}]; POST
+/v1/probe-packs/{id}/load (admin) hot-loads one.
 
 The concept pack is the one the engine loaded (with its melds). Probe packs are the ones
 installed under `probes/` (their manifests read, weights untouched) plus the loaded one,
@@ -7,7 +8,6 @@ wherever it came from (`HATCAT_PROBE_PACK`).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -19,32 +19,14 @@ from hatcat.api.auth import requires
 from hatcat.api.errors import APIError, error_responses
 from hatcat.api.records import audit
 from hatcat.engine import Engine
-from hatcat.probes import PROBES_ROOT, ProbePackError, model_slug
+from hatcat.probes import read_metrics
 
 router = APIRouter(prefix="/v1", responses=error_responses(401, 404))
 
 
-def installed_probe_packs(engine: Engine) -> dict[str, dict[str, Any]]:
-    """Probe pack id -> summary, for every manifest under `probes/` and the loaded pack."""
-    packs: dict[str, dict[str, Any]] = {}
-    for path in sorted(PROBES_ROOT.glob("*/*/manifest.json")) if PROBES_ROOT.is_dir() else []:
-        try:
-            manifest = json.loads(path.read_text())
-            packs[_pack_id(manifest)] = _summary(manifest, path.parent, loaded=False)
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not a readable pack: /health and the workbench report load errors, not this list
-    if engine.probes is not None:
-        packs[engine.probes.id] = _summary(engine.probes.manifest, engine.probes.folder, loaded=True)
-    return packs
-
-
-def _pack_id(manifest: dict[str, Any]) -> str:
-    return f"{model_slug(manifest['model'])}_{manifest['concept_pack']['id']}"
-
-
-def _summary(manifest: dict[str, Any], folder: Path, loaded: bool) -> dict[str, Any]:
+def _summary(pid: str, folder: Path, manifest: dict[str, Any], loaded: bool) -> dict[str, Any]:
     return {
-        "id": _pack_id(manifest),
+        "id": pid,
         "object": "probe_pack",
         "model": manifest["model"],
         "concept_pack": manifest["concept_pack"]["id"],
@@ -111,36 +93,27 @@ def _concept_pack_summary(engine: Engine) -> dict[str, Any]:
 
 @router.get("/probe-packs")
 def list_probe_packs(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": list(installed_probe_packs(request.app.state.engine).values())}
+    packs = request.app.state.engine.probe_packs()
+    return {"object": "list", "data": [_summary(pid, *pack) for pid, pack in packs.items()]}
 
 
-@router.get("/probe-packs/{pack_id}")
-def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
-    engine = request.app.state.engine
-    packs = installed_probe_packs(engine)
+def _installed(engine: Engine, pack_id: str) -> tuple[Path, dict[str, Any], bool]:
+    packs = engine.probe_packs()
     if pack_id not in packs:
         known = ", ".join(packs) or "none installed"
         raise APIError(
             404, f"unknown probe pack: {pack_id} (available: {known})", param="pack_id", code="probe_pack_not_found"
         )
-    summary = packs[pack_id]
-    if summary["loaded"]:
-        manifest, metrics = engine.probes.manifest, engine.probes.metrics
-    else:
-        path = _installed_folder(summary) / "manifest.json"
-        manifest = json.loads(path.read_text())
-        metrics_path = path.parent / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return packs[pack_id]
+
+
+@router.get("/probe-packs/{pack_id}")
+def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
+    engine = request.app.state.engine
+    folder, manifest, loaded = _installed(engine, pack_id)
+    metrics = engine.probes.metrics if loaded else read_metrics(folder)
     details = {k: v for k, v in manifest.items() if k not in ("thresholds", "checksums")}
-    return {**summary, "manifest": details, "metrics": metrics}
-
-
-def _installed_folder(summary: dict[str, Any]) -> Path:
-    return next(
-        p.parent
-        for p in PROBES_ROOT.glob(f"*/{summary['folder']}/manifest.json")
-        if _pack_id(json.loads(p.read_text())) == summary["id"]
-    )
+    return {**_summary(pack_id, folder, manifest, loaded), "manifest": details, "metrics": metrics}
 
 
 @router.post(
@@ -151,16 +124,7 @@ def _installed_folder(summary: dict[str, Any]) -> Path:
 def load_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
     """Hot-load an installed probe pack: every client is monitored with it from the next request on."""
     engine: Engine = request.app.state.engine
-    packs = installed_probe_packs(engine)
-    if pack_id not in packs:
-        known = ", ".join(packs) or "none installed"
-        raise APIError(
-            404, f"unknown probe pack: {pack_id} (available: {known})", param="pack_id", code="probe_pack_not_found"
-        )
-    folder = engine.probes.folder if packs[pack_id]["loaded"] else _installed_folder(packs[pack_id])
+    folder, manifest, _ = _installed(engine, pack_id)
     audit(request, "pack_loaded", pack_id, folder=str(folder))
-    try:
-        engine.load_probes(folder)
-    except ProbePackError as err:
-        raise APIError(409, f"cannot load {pack_id}: {err}", param="pack_id", code="probe_pack_mismatch") from None
-    return packs[pack_id] | {"loaded": True}
+    engine.load_probes(folder)  # a pack that does not fit the model or concept pack: its own error
+    return _summary(pack_id, folder, manifest, loaded=True)

@@ -8,7 +8,7 @@ from typing import Any
 from hatcat.api.errors import APIError
 from hatcat.engine import Engine
 from hatcat.monitor import TokenRecord
-from hatcat.steering import Steering, UnknownConcept
+from hatcat.steering import Steering
 
 TOP_DIVERGENCES = 10  # concepts per token in `top_divergences`, highest divergence first
 
@@ -44,22 +44,3 @@ def require_monitor(engine: Engine, what: str) -> None:
             f"{what} needs a probe pack and none is loaded: set HATCAT_PROBE_PACK or install one under probes/",
             code="no_probe_pack",
         )
-
-
-def as_api_error(err: BaseException) -> APIError:
-    """A failure inside a job, as the client should hear it."""
-    if isinstance(err, APIError):
-        return err
-    if isinstance(err, UnknownConcept):
-        return APIError(
-            404, f"{err}: the loaded probe pack has no probe for it", param="concept", code="concept_not_found"
-        )
-    if isinstance(err, ValueError):
-        context = "context" in str(err)
-        return APIError(
-            400,
-            str(err),
-            param="messages" if context else None,
-            code="context_length_exceeded" if context else "invalid_request",
-        )
-    return APIError(500, f"internal error: {type(err).__name__}: {err}", code="internal_error")

@@ -74,7 +74,7 @@ class Job:
                         close()
         except Cancelled:
             pass
-        except Exception as err:  # handed to the route, which answers in the error shape
+        except Exception as err:  # noqa: BLE001 - any failure is handed to the route, which answers in the error shape
             self._put(Failed(err))
         finally:
             self._put(Ended())

@@ -5,8 +5,8 @@
 id policy for melds is described in :mod:`hatcat.concepts.meld`.
 """
 
-from hatcat.concepts.meld import Meld, MeldConcept, load_meld
-from hatcat.concepts.pack import DEFAULT_PACK_DIR, Concept, ConceptPack, ConceptPackError, load_pack
+from hatcat.concepts.meld import Meld, MeldConcept, load_meld, load_pack, merge_into
+from hatcat.concepts.pack import DEFAULT_PACK_DIR, Concept, ConceptPack, ConceptPackError
 
 __all__ = [
     "DEFAULT_PACK_DIR",
@@ -17,4 +17,5 @@ __all__ = [
     "MeldConcept",
     "load_meld",
     "load_pack",
+    "merge_into",
 ]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from hatcat.concepts.build import build_pack
-from hatcat.concepts.meld import load_meld
+from hatcat.concepts.meld import load_meld, merge_into
 from hatcat.concepts.pack import DEFAULT_PACK_DIR, ConceptPack, ConceptPackError
 from hatcat.concepts.wordnet import DEFAULT_DIR as WORDNET_DIR
 from hatcat.concepts.wordnet import WordNet
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pack = ConceptPack.load(args.pack)
             for meld in args.meld:
-                pack = pack.merge(load_meld(meld))
+                pack = merge_into(pack, load_meld(meld))
             report = stats(pack)
             if args.json:
                 print(json.dumps(report, sort_keys=True))

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hatcat.concepts.pack import Concept, ConceptPack, ConceptPackError
+from hatcat.concepts.pack import DEFAULT_PACK_DIR, Concept, ConceptPack, ConceptPackError
+from hatcat.paths import sha256_file
 
 _ENTRY_KEYS = frozenset({"id", "parents", "definition", "lemmas", "layer", "positive_examples", "negative_examples"})
 
@@ -87,7 +88,7 @@ def load_meld(path: str | Path) -> Meld:
             raise ConceptPackError(f"{path}: duplicate concept id {concept.id!r}")
         seen.add(concept.id)
     description = data.get("description", "")
-    return Meld(meld_id, str(description), concepts, hashlib.sha256(raw).hexdigest())
+    return Meld(meld_id, str(description), concepts, sha256_file(path))
 
 
 def _entry(item: Any, where: str) -> MeldConcept:
@@ -174,3 +175,11 @@ def merge_into(base: ConceptPack, meld: Meld) -> ConceptPack:
             )
     checksum = hashlib.sha256(f"{base.checksum}+{meld.checksum}".encode()).hexdigest()
     return ConceptPack(f"{base.id}+{meld.id}", concepts.values(), checksum=checksum)
+
+
+def load_pack(path: str | Path | None = None, melds: Iterable[str | Path] = ()) -> ConceptPack:
+    """Load the built pack at ``path`` (default: the shipped SUMO–WordNet pack) and merge ``melds``."""
+    pack = ConceptPack.load(DEFAULT_PACK_DIR if path is None else path)
+    for meld_path in melds:
+        pack = merge_into(pack, load_meld(meld_path))
+    return pack

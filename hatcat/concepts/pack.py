@@ -11,23 +11,22 @@ stored: they are derived from the parents when the pack is loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import networkx as nx
 
-if TYPE_CHECKING:
-    from hatcat.concepts.meld import Meld
+from hatcat.errors import HatCatError
+from hatcat.paths import SHIPPED_PACK, sha256_file
 
 PACK_FILE = "pack.json"
 FORMAT_VERSION = 1
 PLACEHOLDER_PREFIX = "SUMO category: "
-DEFAULT_PACK_DIR = Path(__file__).resolve().parents[2] / "data" / "concept_packs" / "sumo-wordnet-v1"
+DEFAULT_PACK_DIR = SHIPPED_PACK
 
 # Fields stored per concept in pack.json, in addition to id, layer and parents.
 _TEXT_FIELDS = ("definition", "pos", "source")
@@ -42,8 +41,10 @@ _LIST_FIELDS = (
 )
 
 
-class ConceptPackError(ValueError):
+class ConceptPackError(HatCatError, ValueError):
     """A concept pack or meld is missing, malformed or inconsistent."""
+
+    code = "invalid_concept_pack"
 
 
 @dataclass(frozen=True)
@@ -114,11 +115,6 @@ def _strings(value: Any, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class ConceptPack:
     """A validated set of concepts with their hierarchy as a ``networkx.DiGraph``.
 
@@ -178,7 +174,7 @@ class ConceptPack:
         if not isinstance(pack_id, str) or not pack_id:
             raise ConceptPackError(f"{file}: missing pack 'id'")
         concepts = [concept_from_record(r, f"{file}:") for r in data["concepts"]]
-        return cls(pack_id, concepts, checksum=file_sha256(file))
+        return cls(pack_id, concepts, checksum=sha256_file(file))
 
     def _sorted(self, ids: Iterable[str]) -> list[str]:
         return sorted(ids, key=self._order.__getitem__)
@@ -262,22 +258,6 @@ class ConceptPack:
                 partial.append(concept)
         return exact + partial
 
-    def merge(self, meld: Meld) -> ConceptPack:
-        """A new pack with ``meld``'s concepts added to (or enriching) this pack's."""
-        from hatcat.concepts.meld import merge_into
-
-        return merge_into(self, meld)
-
 
 def _normal(text: str) -> str:
     return text.strip().lower().replace("_", " ")
-
-
-def load_pack(path: str | Path | None = None, melds: Iterable[str | Path] = ()) -> ConceptPack:
-    """Load the built pack at ``path`` (default: the shipped SUMO–WordNet pack) and merge ``melds``."""
-    from hatcat.concepts.meld import load_meld
-
-    pack = ConceptPack.load(DEFAULT_PACK_DIR if path is None else path)
-    for meld_path in melds:
-        pack = pack.merge(load_meld(meld_path))
-    return pack

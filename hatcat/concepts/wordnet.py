@@ -87,7 +87,7 @@ class WordNet:
                         symbol=symbol,
                         target=(_file_pos(target_pos), int(target)),
                         source=int(words_hex[:2], 16),
-                        target_word=int(words_hex[2:], 16),
+                        target_word=int(words_hex[2:4], 16),
                     )
                 )
             key = (file_pos, offset)
@@ -99,12 +99,11 @@ class WordNet:
                 continue
             fields = line.split()
             lemma, n_synsets = fields[0], int(fields[2])
-            rank = satellite_rank = 0
+            satellite_rank = 0
             keys = [(file_pos, int(offset)) for offset in fields[-n_synsets:]]
             self._senses[(lemma, file_pos)] = keys
-            for key in keys:
+            for rank, key in enumerate(keys, start=1):
                 synset = self._synsets[key]
-                rank += 1
                 satellite_rank += synset.pos == "s"
                 number = satellite_rank if synset.pos == "s" else rank
                 if synset.lemmas[0].lower() == lemma:

@@ -20,22 +20,32 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
+from hatcat.errors import HatCatError
 from hatcat.store.models import AuditRow, EventRow, ProfileRow
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 REVIEWS = ("reviewed", "true_positive", "false_positive")
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(HatCatError):
     """The store cannot be opened or migrated; the message is one line."""
 
+    status = 503
+    code = "store_unavailable"
 
-class StoreWriteError(RuntimeError):
+
+class StoreWriteError(HatCatError):
     """A write to the store failed; the message says where and why."""
 
+    status = 503
+    code = "store_unavailable"
 
-class ProfileOwned(PermissionError):
+
+class ProfileOwned(HatCatError):
     """Another user owns the threshold profile of that name."""
+
+    status = 403
+    code = "forbidden"
 
 
 def _one_line(err: BaseException) -> str:

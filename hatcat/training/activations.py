@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hatcat.monitor import window_means
+from hatcat.paths import model_slug
 from hatcat.tap import hidden_at
 
 POOLINGS = ("last", "mean")
@@ -30,33 +32,58 @@ def text_key(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
-class ActivationCache:
-    """Pooled activations per prompt text for one model and tap layer, stored as safetensors shards."""
+class ShardCache:
+    """Tensors per input (a prompt text, a deception item) for one model and tap layer, stored as
+    safetensors shards under `<root>/<kind>/<model slug>/layer<L>/`.
+
+    A shard is written whole, then its key list (`.json`) beside it: a killed run keeps every finished
+    shard and ignores a shard without its key list. Each input owns one row of every tensor, or with
+    `lengths` a run of rows (its tokens). Subclasses name the `kind`, how an input is keyed, and
+    (`single`) the one tensor an entry holds, if `rows[key]` is that tensor rather than a dict."""
+
+    kind = "cache"
+    single: str | None = None
 
     def __init__(self, root: Path, model_id: str, layer: int) -> None:
         self.layer = layer
-        self.folder = Path(root) / "activations" / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id) / f"layer{layer}"
+        self.folder = Path(root) / self.kind / model_slug(model_id) / f"layer{layer}"
         self.rows: dict[str, dict[str, torch.Tensor]] = {}
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
-            if not shard.with_suffix(".json").is_file():
-                continue  # a run killed between the two writes: recomputed next time
-            keys = json.loads(shard.with_suffix(".json").read_text())
-            tensors = load_file(shard)
-            for i, key in enumerate(keys):
-                self.rows[key] = {pool: tensors[pool][i] for pool in POOLINGS}
+            if shard.with_suffix(".json").is_file():
+                self._index(json.loads(shard.with_suffix(".json").read_text()), load_file(shard))
 
-    def missing(self, texts: list[str]) -> list[str]:
-        return list(dict.fromkeys(t for t in texts if text_key(t) not in self.rows))
+    @staticmethod
+    def key(thing: Any) -> str:
+        return text_key(thing)
 
-    def add(self, texts: list[str], pooled: dict[str, torch.Tensor]) -> None:
+    def _index(self, meta: list[str] | dict[str, list], tensors: dict[str, torch.Tensor]) -> None:
+        if isinstance(meta, list):  # one row per key
+            spans = [(key, i) for i, key in enumerate(meta)]
+        else:
+            ends = np.cumsum(meta["lengths"])
+            spans = [(key, slice(end - n, end)) for key, end, n in zip(meta["keys"], ends, meta["lengths"])]
+        for key, span in spans:
+            self.rows[key] = tensors[self.single][span] if self.single else {n: t[span] for n, t in tensors.items()}
+
+    def missing(self, things: list[Any]) -> list[Any]:
+        """The inputs not cached yet, each once, in order."""
+        return list({self.key(t): t for t in things if self.key(t) not in self.rows}.values())
+
+    def add(self, things: list[Any], tensors: dict[str, torch.Tensor], lengths: list[int] | None = None) -> None:
         """Store one computed chunk (written to disk at once: a killed run keeps it)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = [text_key(t) for t in texts]
+        keys = [self.key(t) for t in things]
         shard = self.folder / f"shard-{text_key(''.join(keys))}.safetensors"  # unique: concurrent runs never collide
-        save_file({pool: pooled[pool].contiguous() for pool in POOLINGS}, shard)
-        shard.with_suffix(".json").write_text(json.dumps(keys))
-        for i, key in enumerate(keys):
-            self.rows[key] = {pool: pooled[pool][i] for pool in POOLINGS}
+        save_file({name: t.contiguous() for name, t in tensors.items()}, shard)
+        meta = keys if lengths is None else {"keys": keys, "lengths": lengths}
+        shard.with_suffix(".json").write_text(json.dumps(meta))
+        self._index(meta, tensors)
+
+
+class ActivationCache(ShardCache):
+    """Pooled tap-layer states per prompt text: one row per text for each pooling."""
+
+    kind = "activations"
 
     def stack(self, texts: list[str], pooling: str) -> torch.Tensor:
         return torch.stack([self.rows[text_key(t)][pooling] for t in texts]).float()

@@ -30,15 +30,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from hatcat.paths import DATA
+from hatcat.probes import ProbePackError, replace_row
 from hatcat.tap import hidden_at
+from hatcat.training.activations import ShardCache
 from hatcat.training.fit import LinearProbes
 
-ROOT = Path(__file__).resolve().parents[2]
-FACTS = ROOT / "data" / "honesty" / "facts_true_false.csv"
-DIALOGUES = ROOT / "data" / "honesty" / "dialogues.yaml"
+FACTS = DATA / "honesty" / "facts_true_false.csv"
+DIALOGUES = DATA / "honesty" / "dialogues.yaml"
 
 # (honest, lying) pairs. The first 12 are training wordings, the last 8 unseen test wordings.
 WORDINGS: list[tuple[str, str]] = [
@@ -240,39 +243,15 @@ def build_items(
     return items
 
 
-class TokenStateCache:
-    """Per-token tap states of each item's statement span, per layer, as safetensors shards on disk."""
+class TokenStateCache(ShardCache):
+    """Per-token tap states of each item's statement span (`rows[item.key]`: [tokens, hidden] fp16)."""
 
-    def __init__(self, root: Path, model_id: str, layer: int) -> None:
-        self.layer = layer
-        self.folder = Path(root) / "token_states" / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id) / f"layer{layer}"
-        self.rows: dict[str, torch.Tensor] = {}
-        for shard in sorted(self.folder.glob("shard-*.safetensors")):
-            meta = shard.with_suffix(".json")
-            if not meta.is_file():
-                continue
-            keys = json.loads(meta.read_text())
-            states = load_file(shard)["states"]
-            offsets = np.cumsum([0] + keys["lengths"])
-            for key, a, b in zip(keys["keys"], offsets[:-1], offsets[1:]):
-                self.rows[key] = states[a:b]
+    kind = "token_states"
+    single = "states"
 
-    def missing(self, items: list[Item]) -> list[Item]:
-        seen, out = set(), []
-        for it in items:
-            if it.key not in self.rows and it.key not in seen:
-                seen.add(it.key)
-                out.append(it)
-        return out
-
-    def add(self, items: list[Item], states: list[torch.Tensor]) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        keys = [it.key for it in items]
-        name = hashlib.sha1("".join(keys).encode()).hexdigest()[:20]
-        save_file({"states": torch.cat(states).half().contiguous()}, self.folder / f"shard-{name}.safetensors")
-        (self.folder / f"shard-{name}.json").write_text(json.dumps({"keys": keys, "lengths": [len(s) for s in states]}))
-        for key, s in zip(keys, states):
-            self.rows[key] = s.half()
+    @staticmethod
+    def key(item: Item) -> str:
+        return item.key
 
 
 @torch.no_grad()
@@ -323,7 +302,7 @@ def fill_cache(
         part = todo_list[start : start + chunk]
         states = statement_states(model, tokenizer, part, layers, batch_size)
         for cache in caches:
-            cache.add(part, states[cache.layer])
+            cache.add(part, {"states": torch.cat(states[cache.layer]).half()}, [len(s) for s in states[cache.layer]])
         if progress:
             progress(len(part))
     return len(todo_list)
@@ -345,71 +324,31 @@ def save_probe(path: Path, probes: dict[int, LinearProbes], meta: dict) -> None:
 
 
 def load_probe(path: Path, layer: int) -> tuple[LinearProbes, dict]:
-    from safetensors import safe_open
-
     with safe_open(path, "pt") as fh:
         meta = json.loads(fh.metadata()["meta"])
-        if f"layer{layer}.weight" not in fh.keys():
-            have = sorted(int(k[5:].split(".")[0]) for k in fh.keys() if k.endswith(".weight"))
+        keys = list(fh.keys())
+        if f"layer{layer}.weight" not in keys:
+            have = sorted(int(k[5:].split(".")[0]) for k in keys if k.endswith(".weight"))
             raise KeyError(
                 f"{path} has no deception probe for layer {layer} (it has {have}); rerun `python -m experiments.deception --layer {layer}`"
             )
-        t = {k: fh.get_tensor(k) for k in fh.keys() if k.startswith(f"layer{layer}.")}
+        t = {k: fh.get_tensor(k) for k in keys if k.startswith(f"layer{layer}.")}
     return LinearProbes(t[f"layer{layer}.weight"][None], t[f"layer{layer}.bias"], t[f"layer{layer}.threshold"]), meta
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def inject(folder: Path, probe: LinearProbes, layer: int, note: dict, metrics: dict, concept: str = "Deception") -> int:
-    """Write `probe` as the activation row of `concept` in the probe pack at `folder`.
-
-    Only that row, its threshold, its metrics entry (and its layer's mean in `per_layer`), the
-    manifest note `deception_probe` and the checksums change. Returns the row index."""
-    folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    if concept not in manifest["concepts"]:
-        raise ValueError(f"{folder}: the pack has no {concept!r} concept to hold the deception probe")
-    if int(manifest["tap_layer"]) != layer:
-        raise ValueError(
-            f"{folder} taps layer {manifest['tap_layer']}, the deception probe was fitted at layer {layer}"
-        )
-    if probe.weight.shape[-1] != manifest["hidden_size"]:
-        raise ValueError(f"{folder}: hidden size {manifest['hidden_size']}, the probe has {probe.weight.shape[-1]}")
-    row = manifest["concepts"].index(concept)
-    path = folder / "activation.safetensors"
-    mode = path.stat().st_mode & 0o777
-    tensors = load_file(path)
-    tensors["weight"][row] = probe.weight.reshape(-1).to(tensors["weight"].dtype)
-    tensors["bias"][row] = float(probe.bias.reshape(-1)[0])
-    save_file({k: v.contiguous() for k, v in tensors.items()}, path)
-    path.chmod(mode)  # safetensors writes 0600; keep the pack readable by the image's non-root user
-    manifest["thresholds"]["activation"][row] = round(float(probe.threshold.reshape(-1)[0]), 6)
-
-    doc = json.loads((folder / "metrics.json").read_text())
-    entry = doc["per_concept"].get(concept, {})
-    doc["per_concept"][concept] = {
-        **{k: entry[k] for k in ("layer",) if k in entry},
-        **metrics,
-        "source": "deception_probe",
-    }
-    layer_of = doc["per_concept"][concept].get("layer")
-    if layer_of is not None and str(layer_of) in doc.get("per_layer", {}):
-        ms = [
-            m for m in doc["per_concept"].values() if m.get("layer") == layer_of and m.get("n_pos") and m.get("n_neg")
-        ]
-        doc["per_layer"][str(layer_of)] = {
-            "mean_f1": round(float(np.mean([m["f1"] for m in ms])), 4),
-            "mean_auroc": round(
-                float(np.nanmean([m["auroc"] if m.get("auroc") is not None else np.nan for m in ms])), 4
-            ),
-            "n": len(ms),
-        }
-    (folder / "metrics.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-
-    manifest["deception_probe"] = note
-    manifest["checksums"]["activation.safetensors"] = _sha256(folder / "activation.safetensors")
-    manifest["checksums"]["metrics.json"] = _sha256(folder / "metrics.json")
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    return row
+    """Write `probe` as the activation row of `concept` in the probe pack at `folder` (`probes.replace_row`):
+    only that row, its threshold, its metrics entry and layer mean, the manifest note `deception_probe`
+    and the checksums change. Returns the row index."""
+    tap_layer = json.loads((Path(folder) / "manifest.json").read_text())["tap_layer"]
+    if int(tap_layer) != layer:
+        raise ProbePackError(f"{folder} taps layer {tap_layer}, the deception probe was fitted at layer {layer}")
+    return replace_row(
+        folder,
+        concept,
+        probe.weight,
+        float(probe.bias.reshape(-1)[0]),
+        float(probe.threshold.reshape(-1)[0]),
+        {**metrics, "source": "deception_probe"},
+        ("deception_probe", note),
+    )

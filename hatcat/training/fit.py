@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
 
 @dataclass
@@ -182,6 +183,20 @@ def best_thresholds(probs: torch.Tensor, rows: Rows, max_fpr: float = 0.01) -> t
     return out
 
 
+def at_threshold(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    """Precision, recall, F1 (0 where undefined) and false-positive rate of `scores >= threshold`."""
+    y, pred = np.asarray(labels) == 1, np.asarray(scores) >= threshold
+    precision, recall, f1, _ = precision_recall_fscore_support(
+        y, pred, average="binary", labels=[True], zero_division=0.0
+    )
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "fpr": float((pred & ~y).sum() / max(1, (~y).sum())),
+    }
+
+
 def metrics(probs: torch.Tensor, threshold: torch.Tensor, rows: Rows) -> list[dict[str, float | int]]:
     """Held-out precision, recall, F1, AUROC on each concept's balanced set, and its false-positive
     rate over all of its negatives (what a monitor scanning many unrelated texts sees)."""
@@ -190,18 +205,12 @@ def metrics(probs: torch.Tensor, threshold: torch.Tensor, rows: Rows) -> list[di
     for c in range(probs.shape[1]):
         r, y = rows.labelled(c, balanced=True)
         s = p[r, c]
-        pred = s >= t[c]
-        tp = float((pred & (y == 1)).sum())
-        precision = tp / pred.sum() if pred.sum() else 0.0
-        recall = tp / y.sum() if y.sum() else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        point = at_threshold(s, y, t[c])
         all_r, all_y = rows.labelled(c)
         all_neg = p[all_r[all_y == 0], c]
         out.append(
             {
-                "precision": round(precision, 4),
-                "recall": round(recall, 4),
-                "f1": round(f1, 4),
+                **{k: round(point[k], 4) for k in ("precision", "recall", "f1")},
                 "auroc": round(auroc(s, y), 4),
                 "fpr_all_negatives": round(float((all_neg >= t[c]).mean()), 4) if len(all_neg) else float("nan"),
                 "fpr_background": round(float((p[rows.background, c] >= t[c]).mean()), 4)
@@ -216,15 +225,8 @@ def metrics(probs: torch.Tensor, threshold: torch.Tensor, rows: Rows) -> list[di
 
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve by ranks (ties averaged); NaN when one class is missing."""
-    pos, neg = labels == 1, labels == 0
-    if not pos.any() or not neg.any():
+    """Area under the ROC curve (scikit-learn); NaN when one class is missing."""
+    labels = np.asarray(labels)
+    if not ((labels == 1).any() and (labels == 0).any()):
         return float("nan")
-    order = scores.argsort()
-    ranks = np.empty(len(scores))
-    ranks[order] = np.arange(1, len(scores) + 1)
-    for value in np.unique(scores):  # average ranks of ties
-        tie = scores == value
-        if tie.sum() > 1:
-            ranks[tie] = ranks[tie].mean()
-    return float((ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * neg.sum()))
+    return float(roc_auc_score(labels == 1, scores))

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from hatcat.concepts import ConceptPack
+from hatcat.errors import InvalidValue
 from hatcat.model import LoadedModel
-from hatcat.probes import PROBES_ROOT, model_slug, save_pack
+from hatcat.probes import per_layer, save_pack
 from hatcat.training.activations import ActivationCache, extract, inner_token_features, text_features
 from hatcat.training.fit import LinearProbes, Rows, fit_probes, metrics
 from hatcat.training.prompts import SPLITS, Prompt, build_prompts, negatives
@@ -54,7 +55,7 @@ def select_concepts(pack: ConceptPack, settings: TrainSettings) -> list[str]:
     if settings.concepts:
         unknown = [c for c in settings.concepts if c not in pack]
         if unknown:
-            raise ValueError(f"unknown concept(s): {', '.join(unknown)}")
+            raise InvalidValue(f"unknown concept(s): {', '.join(unknown)}", param="concepts")
         chosen = [c for c in pack.ids if c in set(settings.concepts)]
     else:
         chosen = [c.id for c in pack if c.layer in settings.layers]
@@ -107,9 +108,9 @@ def plan(pack: ConceptPack, settings: TrainSettings) -> Plan:
 
 
 def train(
-    loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache_dir: Path, out: Path | None = None
+    loaded: LoadedModel, pack: ConceptPack, settings: TrainSettings, cache_dir: Path, out: Path
 ) -> tuple[Path, RunReport]:
-    """Train activation and text-side probes for the selected concepts and write a probe pack."""
+    """Train activation and text-side probes for the selected concepts and write a probe pack to `out`."""
     start = time.perf_counter()
     phases: dict[str, float] = {}
     work = plan(pack, settings)
@@ -150,7 +151,6 @@ def train(
         )
     phases["fit"] = time.perf_counter() - t0
 
-    folder = out or PROBES_ROOT / model_slug(loaded.name) / pack.id
     manifest = {
         "model": loaded.name,
         "model_class": type(loaded.model).__name__,
@@ -168,24 +168,12 @@ def train(
         },
     }
     metrics_doc = {**side_metrics["activation"], "text": side_metrics["text"]}
-    save_pack(folder, manifest, {side: (p.weight, p.bias, p.threshold) for side, p in probes.items()}, metrics_doc)
+    save_pack(out, manifest, {side: (p.weight, p.bias, p.threshold) for side, p in probes.items()}, metrics_doc)
     report = RunReport(len(trained), len(prompts), todo, time.perf_counter() - start, phases["extraction"], phases)
-    return folder, report
+    return out, report
 
 
 def _summarise(pack: ConceptPack, trained: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """`per_concept` and `per_layer` (mean F1/AUROC over concepts with both classes in the test split)."""
     per_concept = {c: {"layer": pack[c].layer, **m} for c, m in zip(trained, rows)}
-    by_layer: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for m in per_concept.values():
-        if m["n_pos"] and m["n_neg"]:
-            by_layer[m["layer"]].append(m)
-    per_layer = {
-        str(layer): {
-            "mean_f1": round(float(np.mean([m["f1"] for m in ms])), 4),
-            "mean_auroc": round(float(np.nanmean([m["auroc"] for m in ms])), 4),
-            "n": len(ms),
-        }
-        for layer, ms in sorted(by_layer.items())
-    }
-    return {"per_concept": per_concept, "per_layer": per_layer}
+    return {"per_concept": per_concept, "per_layer": per_layer(per_concept)}

@@ -1,0 +1,95 @@
+"""What tests and experiments share: a free loopback port, `python app.py` started and stopped, the
+small probe pack trained on the real model. Importing it loads no torch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from hatcat.paths import ROOT, SAFETY_MELD
+
+if TYPE_CHECKING:
+    from hatcat.model import LoadedModel
+
+# a few concepts, a parent-child pair among them
+SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def train_small_pack(loaded: LoadedModel, cache_dir: Path, out: Path) -> Path:
+    """The SMALL_PACK concepts (with the safety meld) trained on `loaded` into `out`."""
+    from hatcat.concepts import load_pack  # here, so that experiments that only start the app stay light
+    from hatcat.training.run import TrainSettings, train
+
+    folder, _ = train(loaded, load_pack(melds=[SAFETY_MELD]), TrainSettings(concepts=SMALL_PACK), cache_dir, out)
+    return folder
+
+
+def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `python app.py` to completion (for start-up failures)."""
+    return subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, log: Path | None = None) -> float:
+    """Poll `url` until it answers 200; fail early when `proc` dies. Returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-4000:] if log else ""
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered; log tail:\n{tail}")
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
+
+
+def start_app(
+    env: dict[str, str], log: Path, timeout: float = 600, prefix: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free loopback port (`env` on top of this process's), its output in `log`,
+    behind `prefix` (e.g. a privilege wrapper) when given; returns (process, base URL) once `/health` answers."""
+    port = free_port()
+    full = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), **env}
+    with log.open("w") as out:  # a file, not a pipe: a pipe nobody reads blocks the server once it fills
+        proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "app.py"], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/health", timeout, proc, log)
+    except (RuntimeError, TimeoutError):
+        stop_app(proc)
+        raise
+    return proc, base
+
+
+def stop_app(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
