@@ -1,7 +1,7 @@
 """Generation speed three ways, in one run -> results/bench_generation.json.
 
 1. plain: transformers' `generate` (greedy, KV cache), in the default dtype and in fp32;
-2. monitored: our stream with the full shipped probe pack — every concept, activation and
+2. monitored: our stream as served (the engine's batch scheduler, a batch of one) with the full shipped probe pack — every concept, activation and
    words-only side, hierarchy policy and top-k on every token (the default configuration);
 3. reference: a re-creation of the original's per-token loop: no KV cache (the whole sequence
    again for every token), `output_hidden_states` for all layers, and 100 small MLP probes
@@ -28,7 +28,7 @@ from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
 from hatcat.model import load_model
 from hatcat.paths import RESULTS
-from hatcat.pipeline import MonitoredToken, monitored_generation
+from hatcat.pipeline import MonitoredToken
 
 OUT = RESULTS / "bench_generation.json"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
@@ -48,10 +48,9 @@ def plain(model, tokenizer, tokens: int) -> int:
 
 
 def monitored(engine: Engine, tokens: int) -> int:
+    """One stream as served: through the engine's batch scheduler (a batch of one)."""
     settings = GenerationSettings(max_tokens=tokens, temperature=0)
-    with engine.exclusive():
-        events = monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, PROMPT, settings)
-        return sum(isinstance(e, MonitoredToken) for e in events)
+    return sum(isinstance(e, MonitoredToken) for e in engine.generate(PROMPT, settings))
 
 
 def reference_probes(hidden: int, n: int = 100) -> list[nn.Module]:

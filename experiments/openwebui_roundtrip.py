@@ -31,8 +31,11 @@ Steps, each recorded with pass/fail, seconds and details in `results/openwebui.j
               history (the last one done) are saved on the message (`GET /api/v1/chats/{id}`);
 12. action   - the Action on the older (first) message (`POST /api/chat/actions/hatcat_analyze`):
               its embed, re-scored through `/v1/analyze`, is saved on that message;
-13. embed_rendered - the chat page in headless Chromium (Debian's): both messages show the embed's
-              coloured tokens in their iframes; `results/screenshots/openwebui.png`.
+13. server_event_line - the zero-install path: the Filter switched off, `X-HatCat-OpenWebUI-Events: 1`
+              set on OpenWebUI's connection (`/openai/config/update`); a third turn's embed and its
+              one (final) status come from HatCat's own event lines;
+14. embed_rendered - the chat page in headless Chromium (Debian's): every answer shows the embed's
+              coloured tokens in its iframe, resized to its content; `results/screenshots/openwebui.png`.
 """
 
 from __future__ import annotations
@@ -292,6 +295,26 @@ class UIChat:
         }
 
 
+def server_event_line(webui: str, token: str, ui: UIChat) -> dict[str, Any]:
+    """The zero-install path: the Filter switched off, the opt-in header set on OpenWebUI's connection
+    to HatCat; a new turn's embed and status come from HatCat's own event lines."""
+    from hatcat.api.openwebui_events import HEADER
+
+    headers = {"Authorization": f"Bearer {token}"}
+    toggled = httpx.post(f"{webui}/api/v1/functions/id/hatcat_divergence/toggle", headers=headers, timeout=30)
+    toggled.raise_for_status()
+    config = httpx.get(f"{webui}/openai/config", headers=headers, timeout=30).json()
+    config["OPENAI_API_CONFIGS"] = {"0": {"enable": True, "headers": {HEADER: "1"}}}
+    httpx.post(f"{webui}/openai/config/update", json=config, headers=headers, timeout=30).raise_for_status()
+    turn = ui.turn("Write about loud music at night.", expect_embed=True)
+    only_the_server = turn["status_history"] and all(s.startswith("max divergence") for s in turn["status_history"])
+    checks = {
+        "filter_off": toggled.json()["is_active"] is False,
+        "one_final_status_only": len(turn["status_history"]) == 1 and bool(only_the_server),
+    }
+    return {**turn, **checks, "ok": turn["ok"] and all(checks.values())}
+
+
 def screenshot(webui: str, token: str, chat_id: str, messages: int) -> dict[str, Any]:
     """The chat in OpenWebUI's own page, in Debian's headless Chromium: every assistant message shows its embed."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -300,7 +323,7 @@ def screenshot(webui: str, token: str, chat_id: str, messages: int) -> dict[str,
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         # tall enough for the whole chat: OpenWebUI scrolls its message pane, not the page
-        page = browser.new_page(viewport={"width": 1280, "height": 1800})
+        page = browser.new_page(viewport={"width": 1280, "height": 2200})
         page.goto(f"{webui}/auth", wait_until="domcontentloaded", timeout=120_000)
         page.evaluate("t => localStorage.setItem('token', t)", token)
         page.goto(f"{webui}/c/{chat_id}", wait_until="domcontentloaded", timeout=120_000)
@@ -326,13 +349,17 @@ def screenshot(webui: str, token: str, chat_id: str, messages: int) -> dict[str,
             )
         except PlaywrightTimeout:
             resized = False
+        first = embeds.evaluate_all("fs => fs.map(f => f.offsetHeight)")
+        page.wait_for_timeout(6000)  # the embeds re-send their height for a few seconds: it must stay put
         heights = embeds.evaluate_all("fs => fs.map(f => f.offsetHeight)")
+        page.mouse.move(1270, 5)  # no hover tooltip in the picture
         page.wait_for_timeout(1000)
         SHOT.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(SHOT), full_page=True)
         browser.close()
     return {
-        "ok": len(coloured) >= messages and all(coloured) and resized,
+        "ok": len(coloured) >= messages and all(coloured) and resized and heights == first,
+        "iframe_heights_stable": heights == first,
         "iframes_resized_to_their_content": resized,
         "iframes": len(coloured),
         "coloured_tokens_per_iframe": coloured,
@@ -405,7 +432,8 @@ def main() -> int:
                 "-c",
                 (
                     "import importlib.metadata as m, sys, json; "
-                    "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], 'torch': m.version('torch')}))"
+                    "print(json.dumps({'open-webui': m.version('open-webui'), 'python': sys.version.split()[0], "
+                    "'torch': m.version('torch')}))"
                 ),
             ],
             capture_output=True,
@@ -655,6 +683,7 @@ def main() -> int:
         run.step("function_installed", lambda: install_functions(webui, admin_password, hatcat_url, key))
         run.step("ui_chat", lambda: ui.turn("Tell me about a frightened driver.", expect_embed=True))
         run.step("action", ui.action_on_first)
+        run.step("server_event_line", lambda: server_event_line(webui, state["token"], ui))
         run.step("embed_rendered", lambda: screenshot(webui, state["token"], ui.chat_id, len(ui.assistant_ids)))
         passed = True
     except StepFailed:

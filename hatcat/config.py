@@ -43,6 +43,8 @@ class Settings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_tokens: int = 2048
+    max_batch: int = 8
+    max_queue: int = 64
     hf_offline: bool = False
     users_file: Path | None = None
     db: str | None = None  # a SQLAlchemy URL or a SQLite file path; None: <cache dir>/hatcat.db
@@ -84,6 +86,8 @@ class Settings:
             api_key=get("HATCAT_API_KEY") or None,
             cors_origins=_origins("HATCAT_CORS_ORIGINS", get("HATCAT_CORS_ORIGINS")),
             max_tokens=_int("HATCAT_MAX_TOKENS", get("HATCAT_MAX_TOKENS"), defaults.max_tokens, 1, 1_000_000),
+            max_batch=_int("HATCAT_MAX_BATCH", get("HATCAT_MAX_BATCH"), defaults.max_batch, 1, 256),
+            max_queue=_int("HATCAT_MAX_QUEUE", get("HATCAT_MAX_QUEUE"), defaults.max_queue, 0, 100_000),
             hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
             users_file=Path(get("HATCAT_USERS_FILE")).expanduser() if get("HATCAT_USERS_FILE") else None,
             db=get("HATCAT_DB") or None,

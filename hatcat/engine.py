@@ -15,14 +15,18 @@ from pathlib import Path
 from typing import Self
 
 from hatcat.access import Directory
+from hatcat.analyze import analyses, check_request
+from hatcat.batching import Generation, Scheduler
 from hatcat.concepts import ConceptPack, load_pack
 from hatcat.config import Settings
-from hatcat.errors import Cancelled
+from hatcat.errors import Cancelled, Conflict
+from hatcat.generation import GenerationSettings
 from hatcat.model import LoadedModel, load_model
 from hatcat.monitor import Monitor
 from hatcat.paths import SAFETY_MELD
+from hatcat.pipeline import ANALYZE_BATCH
 from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_id
-from hatcat.steering import SteeringRegistry, SteeringVectors
+from hatcat.steering import Steering, SteeringRegistry, SteeringVectors
 from hatcat.store import Store
 
 
@@ -68,7 +72,7 @@ class FairLock:
 
 
 class Engine:
-    """Model + tokenizer, concept pack, probe bank + monitor, steering, and a generation lock."""
+    """Model + tokenizer, concept pack, probe bank + monitor, steering, the batch scheduler and a fair lock."""
 
     def __init__(
         self,
@@ -93,9 +97,12 @@ class Engine:
         if users is None and settings.access_control:
             users = Directory.load(settings.users_file, settings.api_key)
         self.users, self.records = users, records
-        # The model's forward hooks and KV state are not re-entrant: one generation at a time,
-        # granted in arrival order.
+        # The model's forward hooks are not re-entrant: one forward (a batch step, an analysis batch,
+        # a pack load) at a time, granted in arrival order.
         self._lock = FairLock()
+        self.scheduler = Scheduler(
+            self.model, self.tokenizer, self.exclusive, max_batch=settings.max_batch, max_queue=settings.max_queue
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
@@ -172,6 +179,24 @@ class Engine:
         scores = self.bank.score(cache.stack([texts[i] for i in index], self.bank.pooling).to(self.loaded.device))
         return scores[:, self.bank.index[concept]].tolist(), labels.astype(int).tolist()
 
+    def generate(self, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> Generation:
+        """Start a generation in the running batch (continuous batching, see `hatcat.batching`):
+        monitored (MonitoredToken ... MonitoredFinish) when a probe pack is loaded, else TokenStep ...
+        Finished. Raises QueueFull (429) past HATCAT_MAX_QUEUE waiting; `cancel()` the result to stop."""
+        monitor, vectors = self.monitor, self.vectors
+        return self.scheduler.submit(prompt, settings, steerings if monitor else (), monitor, vectors)
+
+    def analyze(
+        self, texts: list[str], concepts: list[str] | None = None, top_k: int = 10, batch_size: int = ANALYZE_BATCH
+    ) -> Iterator[tuple[int, dict[str, object]]]:
+        """(index, analysis document) per text, scored in padded batches (see `hatcat.analyze`); the
+        model is held per batch, so generations interleave. Raises HatCatError for a bad request."""
+        monitor = self.monitor
+        if monitor is None:
+            raise Conflict("analysis needs a probe pack and none is loaded", code="no_probe_pack")
+        check_request(self.model, self.tokenizer, monitor, texts, concepts)
+        return analyses(self.model, self.tokenizer, monitor, texts, concepts, top_k, batch_size, hold=self.exclusive)
+
     @contextmanager
     def exclusive(self, cancel: threading.Event | None = None) -> Iterator[None]:
         """Hold the model for one generation or analysis, after everyone who asked earlier.
@@ -186,8 +211,8 @@ class Engine:
 
     @property
     def queue_depth(self) -> int:
-        """Generations running or waiting for the model."""
-        return self._lock.depth
+        """Generations running or waiting in the batch, and other work waiting for the model."""
+        return self.scheduler.depth + self._lock.depth
 
     def info(self) -> dict[str, object]:
         """What `/health` reports about the loaded model and packs."""
@@ -196,6 +221,7 @@ class Engine:
             "model_class": type(self.model).__name__,
             "device": str(self.loaded.device),
             "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "dtype_choice": self.loaded.dtype_choice,
             "layers": len(self.loaded.layers),
             "hidden_size": self.loaded.hidden_size,
             "load_seconds": round(self.loaded.load_seconds, 3),

@@ -25,7 +25,8 @@ STYLE = """
 
 EMBED_STYLE = """
 <style>
-body {margin: 0; padding: 8px 10px; font-family: system-ui, sans-serif; font-size: 14px; background: #fff;}
+body {margin: 0; font-family: system-ui, sans-serif; font-size: 14px; background: #fff;}
+.hc-root {padding: 8px 10px; overflow: hidden;}
 .hc-summary {margin: 0 0 6px; color: #222;}
 .hc-scale {display: inline-block; width: 120px; height: 10px; vertical-align: middle; border: 1px solid #ccc;
   background: linear-gradient(to right, #0000ff, #ffffff, #ff0000);}
@@ -35,18 +36,20 @@ body {margin: 0; padding: 8px 10px; font-family: system-ui, sans-serif; font-siz
 </style>
 """
 
-# Tells OpenWebUI's embed iframe (sandboxed, no same-origin) how tall the document is. The page may
-# attach its listener after the document loaded (it re-renders messages), so the height is sent
-# again for a few seconds, and whenever the size changes.
+# Tells OpenWebUI's embed iframe (sandboxed, no same-origin) how tall the document is: the height
+# of its content (never the viewport's, which the message would make grow). The page may attach its
+# listener after the document loaded (it re-renders messages), so the height is sent again for a
+# few seconds, and whenever the content's size changes.
 HEIGHT_SCRIPT = """
 <script>
 (function () {
+  var root = document.querySelector('.hc-root');
   function post() {
-    parent.postMessage({type: 'iframe:height', height: document.documentElement.scrollHeight}, '*');
+    parent.postMessage({type: 'iframe:height', height: Math.ceil(root.getBoundingClientRect().height)}, '*');
   }
   var repeats = 0, timer = setInterval(function () { post(); if (++repeats >= 20) clearInterval(timer); }, 500);
+  if (window.ResizeObserver) new ResizeObserver(post).observe(root);
   window.addEventListener('load', post);
-  window.addEventListener('resize', post);
   post();
 })();
 </script>
@@ -137,10 +140,11 @@ def embed_document(records: list[dict], summary: dict | None, shown: int = 8, fu
         '<!DOCTYPE html><html><head><meta charset="utf-8">'
         + STYLE
         + EMBED_STYLE
-        + "</head><body>"
+        + '</head><body><div class="hc-root">'
         + head
         + trace_html(spans, legend)
         + chart
+        + "</div>"
         + HEIGHT_SCRIPT
         + "</body></html>"
     )

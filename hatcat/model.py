@@ -18,7 +18,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -32,6 +32,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from hatcat import cpu_dtype
 from hatcat.errors import ContextLengthExceeded, HatCatError
 from hatcat.paths import CACHE, sha256_file
 
@@ -76,6 +77,7 @@ class LoadedModel:
     dtype: torch.dtype
     load_seconds: float
     from_cache: bool  # True when a converted copy in the cache was reused
+    dtype_choice: dict[str, object] = field(default_factory=dict)  # why this dtype (see hatcat.cpu_dtype)
 
     @property
     def layers(self) -> nn.ModuleList:
@@ -86,8 +88,9 @@ class LoadedModel:
         return hidden_size(self.model)
 
 
-def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype]:
-    """Pick device and dtype once: CUDA+bf16 when present, CPU+bf16 with native bf16, else fp32."""
+def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype | None]:
+    """Pick the device and dtype once: CUDA + bf16 when present; None = decide on this CPU by
+    timing the loaded model (`hatcat.cpu_dtype`)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
@@ -96,17 +99,10 @@ def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[tor
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ModelLoadError(f"HATCAT_DEVICE={device} but MPS is not available; use cpu or auto")
     if dtype == "auto":
-        native_bf16 = dev.type == "cuda" or (dev.type == "cpu" and _cpu_has_native_bf16())
-        return dev, torch.bfloat16 if native_bf16 else torch.float32
+        if dev.type == "cpu":
+            return dev, None
+        return dev, torch.bfloat16 if dev.type == "cuda" else torch.float32
     return dev, getattr(torch, dtype)
-
-
-def _cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def load_model(
@@ -132,9 +128,13 @@ def load_model(
             raise ModelLoadError(f"model folder {name} does not exist or has no config.json")
     else:
         source = name  # a hub id
-    model, tokenizer = _load_transformers(str(source), torch_dtype, offline, name)
+    model, tokenizer = _load_transformers(str(source), torch_dtype or torch.float32, offline, name)
     model.to(dev).eval()
-    return LoadedModel(name, model, tokenizer, dev, torch_dtype, time.perf_counter() - start, from_cache)
+    dtype_choice = {"dtype": str(torch_dtype).removeprefix("torch."), "rule": "set" if dtype != "auto" else "device"}
+    if torch_dtype is None:  # auto on a CPU: whichever dtype decodes faster here
+        torch_dtype, dtype_choice = cpu_dtype.choose(model, name, cache_dir)
+        model.to(torch_dtype)
+    return LoadedModel(name, model, tokenizer, dev, torch_dtype, time.perf_counter() - start, from_cache, dtype_choice)
 
 
 def _looks_like_path(name: str) -> bool:

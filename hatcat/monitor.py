@@ -18,6 +18,7 @@ words do not say.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -92,8 +93,8 @@ class Monitor:
         self.layers = torch.tensor(self.layer_of, device=device)
         parents = [[bank.index[p] for p in pack.parents(c) if p in bank.index] for c in bank.concepts]
         children = [[bank.index[k] for k in pack.children(c) if k in bank.index] for c in bank.concepts]
-        self.parent_idx = _padded(parents, device)  # [N, max parents], -1 = none
-        self.child_idx = _padded(children, device)
+        self.parent_edges = _edges(parents, device)  # (concept, one of its parents) pairs
+        self.child_edges = _edges(children, device)
         always = torch.tensor([not p for p in parents], device=device)
         self.always_eligible = always | torch.isin(self.layers, torch.tensor(base_layers, device=device))
         self.thresholds = bank.act_threshold.clone()
@@ -106,11 +107,17 @@ class Monitor:
     def score(self, hidden: torch.Tensor, window: torch.Tensor, tokens: list[str], start: int = 0) -> list[TokenRecord]:
         """Records for T tokens at once: hidden [T, d] at the tap, window [T, d] mean input embeddings."""
         act = self.bank.score(hidden)  # [T, N]
-        text = self.bank.score_text(window)
+        return self.records(act, self.bank.score_text(window), tokens, range(start, start + len(tokens)))
+
+    def records(
+        self, act: torch.Tensor, text: torch.Tensor, tokens: list[str], indices: Sequence[int]
+    ) -> list[TokenRecord]:
+        """Records for T tokens from their scores (act and text [T, N]); `indices[t]` is token t's
+        position in its own text (tokens of several texts or streams can be scored together)."""
         fired = act >= self.thresholds
-        parent_fired = _any_at(fired, self.parent_idx)
+        parent_fired = _any_at(fired, self.parent_edges)
         eligible = self.always_eligible | parent_fired
-        child_fired = _any_at(fired & eligible, self.child_idx)
+        child_fired = _any_at(fired & eligible, self.child_edges)
         candidate = eligible & ~child_fired
         k = min(self.keep_top_k, act.shape[1])
         ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
@@ -126,19 +133,25 @@ class Monitor:
                 if a >= 0  # -1 marks a concept that was not a candidate
             )
             top = max((c.divergence for c in concepts), default=0.0)
-            records.append(TokenRecord(start + t, token, concepts, top, divergence_colour(top)))
+            records.append(TokenRecord(indices[t], token, concepts, top, divergence_colour(top)))
         return records
 
 
-def _padded(lists: list[list[int]], device: torch.device) -> torch.Tensor:
-    width = max((len(x) for x in lists), default=0) or 1
-    return torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.long, device=device)
+def _edges(lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(owner, member) index pairs of the non-empty lists: owner i, member j for each j in lists[i]."""
+    owners = [i for i, members in enumerate(lists) for _ in members]
+    members = [j for ms in lists for j in ms]
+    return torch.tensor(owners, dtype=torch.long, device=device), torch.tensor(members, dtype=torch.long, device=device)
 
 
-def _any_at(flags: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """[T, N]: for each concept, whether any of the concepts in its index row is flagged."""
-    padded = torch.cat([flags, torch.zeros_like(flags[:, :1])], dim=1)  # column N = "none" (-1)
-    return padded[:, index].any(dim=-1)
+def _any_at(flags: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """[T, N]: for each concept, whether any of its members (parents or children) is flagged.
+
+    One gather and one scatter-add over the edges (cost T x edges), not a [T, N, widest list]
+    gather: a concept with hundreds of children would make every token pay for that width."""
+    owners, members = edges
+    counts = torch.zeros(flags.shape, dtype=torch.float32, device=flags.device)
+    return counts.index_add_(1, owners, flags[:, members].float()) > 0
 
 
 class TextWindow:

@@ -110,7 +110,8 @@ def test_compose_installs_the_openwebui_functions_once_openwebui_is_healthy() ->
         command = service["command"]
         arg = {flag: command[command.index(flag) + 1] for flag in ("--url", "--hatcat-url", "--email", "--password")}
         assert command[:4] == ["python", "-m", "hatcat.openwebui", "install"]
-        assert service["image"] == services[backend]["image"] and service["restart"] == "no"
+        assert service["image"] == services[backend]["image"] and service["build"] == services[backend]["build"]
+        assert service["restart"] == "no"
         assert service["depends_on"][webui]["condition"] == "service_healthy" and "healthcheck" in services[webui]
         assert arg["--url"] == f"http://{webui}:8080" and arg["--hatcat-url"] == f"http://{backend}:8765"
         # the installer signs in as the admin OpenWebUI creates at its first start

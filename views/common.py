@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import gradio as gr
 
 from hatcat.engine import Engine
+from hatcat.errors import HatCatError
 from hatcat.generation import GenerationSettings, build_prompt
-from hatcat.pipeline import MonitoredFinish, monitored_generation
+from hatcat.pipeline import MonitoredFinish
 from hatcat.steering import Steering
 from hatcat.store.events import record_response
 from views.access import current_actor
@@ -52,17 +53,16 @@ def settings_from(max_tokens: float, temperature: float, seed: float | None) -> 
 def stream_trace(
     engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering] = (), chat: bool = True
 ) -> Iterator[tuple[list[dict], dict | None]]:
-    """Generate under the engine lock; yields (records so far, summary dict or None until the end)."""
+    """Generate in the engine's running batch; yields (records so far, summary dict or None until the end)."""
     require_probes(engine)
     if not prompt or not prompt.strip():
         raise gr.Error("Write a prompt first.", print_exception=False)
     records: list[dict] = []
     try:
-        with engine.exclusive():
-            text = build_prompt(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
-            for event in monitored_generation(
-                engine.model, engine.tokenizer, engine.monitor, engine.vectors, text, settings, list(steerings)
-            ):
+        text = build_prompt(engine.tokenizer, [{"role": "user", "content": prompt}]) if chat else prompt
+        generation = engine.generate(text, settings, list(steerings))  # joins the running batch
+        try:
+            for event in generation:
                 if isinstance(event, MonitoredFinish):
                     record_response(engine, records, f"workbench-{uuid.uuid4().hex}", current_actor())
                     summary = {
@@ -74,7 +74,9 @@ def stream_trace(
                     return
                 records = records + [event.record.to_dict()]
                 yield records, None
-    except (ValueError, KeyError) as err:
+        finally:
+            generation.cancel()  # the browser went away (or the generation ended): leave the batch
+    except (ValueError, KeyError, HatCatError) as err:
         raise user_error(err) from None
 
 

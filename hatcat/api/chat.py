@@ -10,10 +10,12 @@ A failure after the stream began is sent as `data: {"error": {...}}` followed by
 Not streamed: the OpenAI answer plus an extra `hatcat` field with the same per-token data and
 the analysis. Without a probe pack, chat still works and `monitoring` is false.
 
-The request waits for its turn on the model (first come, first served) before any byte is
-sent, so errors found when generation starts (a prompt longer than the context) still get a
-proper status code. A client that disconnects — while waiting or while reading — cancels its
-job: the generator is closed and the model handed to the next request at once.
+Concurrent requests decode together (continuous batching, `hatcat.batching`): a request joins
+the running batch at the next step and leaves when it ends. Past `HATCAT_MAX_QUEUE` waiting
+requests the answer is a 429. The first token (or the error that stopped the request) is
+awaited before any byte is sent, so errors still get a proper status code. A client that
+disconnects — while waiting or while reading — cancels its generation: its row leaves the
+batch at the next step.
 """
 
 from __future__ import annotations
@@ -36,10 +38,10 @@ from hatcat.api.protocol import MONITOR_MODEL_ID, ChatCompletion, ChatCompletion
 from hatcat.api.reports import divergence, steering_state, token_report
 from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
 from hatcat.engine import Engine
-from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, encode_prompt, generate
+from hatcat.generation import Finished, GenerationSettings, TokenStep, build_prompt, encode_prompt
 from hatcat.model import check_context
 from hatcat.monitor import ResponseSummary, TokenRecord
-from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
+from hatcat.pipeline import MonitoredFinish, MonitoredToken
 from hatcat.steering import Steering
 from hatcat.store.events import record_response
 
@@ -76,7 +78,7 @@ STREAM_RESPONSE = {
 @router.post(
     "/chat/completions",
     response_model=ChatCompletion,
-    responses={**error_responses(400, 401, 404, 409), **STREAM_RESPONSE},
+    responses={**error_responses(400, 401, 404, 409, 429), **STREAM_RESPONSE},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
     engine: Engine = request.app.state.engine
@@ -86,7 +88,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     steerings = engine.steering.list(session_key(request, body.session_id))
     slots = request.app.state.streams
     slot = slots.take(request) if body.stream else None  # 429 past HATCAT_MAX_STREAMS open streams per key
-    job = Job(engine, lambda: _generation(engine, prompt, settings, steerings))
+    try:
+        generation = engine.generate(prompt, settings, steerings)  # QueueFull: 429 before any byte is sent
+    except BaseException:
+        slots.give(slot)
+        raise
+    job = Job(engine, lambda: generation, exclusive=False)
     run = _Run(request, body, steerings, engine)
     first = None
     try:
@@ -160,15 +167,6 @@ def _prompt(engine: Engine, messages: list[dict]) -> str:
         raise APIError(400, "the prompt is empty: the user message has no text", param="messages", code="empty_prompt")
     check_context(engine.model, len(encode_prompt(engine.tokenizer, prompt)), "prompt", param="messages", room=1)
     return prompt
-
-
-def _generation(engine: Engine, prompt: str, settings: GenerationSettings, steerings: list[Steering]):
-    """Runs in the job's thread, holding the model: monitored when a probe pack is loaded."""
-    if engine.monitor is None:
-        return generate(engine.model, engine.tokenizer, prompt, settings, tap_layer=0)
-    return monitored_generation(
-        engine.model, engine.tokenizer, engine.monitor, engine.vectors, prompt, settings, steerings
-    )
 
 
 def _token(item: Any) -> tuple[str, TokenRecord | None] | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hatcat.generation import MAX_TEMPERATURE
 from hatcat.steering import MAX_STRENGTH
@@ -19,6 +19,7 @@ from hatcat.steering import MAX_STRENGTH
 MONITOR_MODEL_ID = "hatcat-divergence"
 DEFAULT_SESSION = "default"
 MAX_ANALYZE_CHARS = 20_000
+MAX_ANALYZE_TEXTS = 256  # texts per /v1/analyze request
 MAX_STOP_SEQUENCES = 4
 
 SessionId = Annotated[
@@ -214,12 +215,34 @@ class SteeringCleared(BaseModel):
 # ---- analyze ------------------------------------------------------------------------------
 
 
+AnalyzeText = Annotated[str, Field(min_length=1, max_length=MAX_ANALYZE_CHARS)]
+
+
 class AnalyzeRequest(_Request):
-    text: str = Field(min_length=1, max_length=MAX_ANALYZE_CHARS)
+    text: AnalyzeText | None = Field(None, description="one text (answered with one `analysis`)")
+    input: AnalyzeText | list[AnalyzeText] | None = Field(
+        None,
+        description=f"a text or a list of at most {MAX_ANALYZE_TEXTS} texts, scored in padded batches "
+        "(answered with a `list` of analyses, as OpenAI's embeddings); give `text` or `input`",
+    )
     concepts: list[ConceptId] | None = Field(
         None, min_length=1, max_length=1000, description="concepts to summarise; default: the top_k by max divergence"
     )
     top_k: int = Field(10, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> AnalyzeRequest:
+        if (self.text is None) == (self.input is None):
+            raise ValueError("give exactly one of `text` (one text) or `input` (a text or a list of texts)")
+        if isinstance(self.input, list) and not 1 <= len(self.input) <= MAX_ANALYZE_TEXTS:
+            raise ValueError(f"`input` must hold 1 to {MAX_ANALYZE_TEXTS} texts, got {len(self.input)}")
+        return self
+
+    @property
+    def texts(self) -> list[str]:
+        if self.text is not None:
+            return [self.text]
+        return self.input if isinstance(self.input, list) else [self.input]
 
 
 class ConceptStats(BaseModel):
@@ -240,4 +263,12 @@ class Analysis(BaseModel):
     concepts: list[ConceptStats]
     summary: dict[str, Any]
     summary_line: str
+    usage: Usage
+    index: int | None = Field(None, description="position in `input` (list answers only)")
+
+
+class AnalysisList(BaseModel):
+    object: Literal["list"] = "list"
+    probe_pack: str
+    data: list[Analysis]
     usage: Usage

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,15 +43,23 @@ class ClientGone(Exception):
 
 
 class Job:
-    def __init__(self, engine: Engine, work: Callable[[], Iterator[Any]]) -> None:
+    """`exclusive=False`: the work takes the model itself when it needs it (batched analysis, the
+    batch scheduler), and `Started` comes at once."""
+
+    def __init__(self, engine: Engine, work: Callable[[], Iterator[Any]], exclusive: bool = True) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._cancel = threading.Event()
         self._pending: asyncio.Task | None = None
+        self._items: Iterator[Any] | None = None
+        self._exclusive = exclusive
         threading.Thread(target=self._run, args=(engine, work), name="hatcat-job", daemon=True).start()
 
     def cancel(self) -> None:
         self._cancel.set()
+        stop = getattr(self._items, "cancel", None)  # a batched generation stops at once, even while queued
+        if stop is not None:
+            stop()
 
     def _put(self, item: Any) -> None:
         try:
@@ -60,9 +69,11 @@ class Job:
 
     def _run(self, engine: Engine, work: Callable[[], Iterator[Any]]) -> None:
         try:
-            with engine.exclusive(self._cancel):
+            with engine.exclusive(self._cancel) if self._exclusive else nullcontext():
                 self._put(Started())
-                items = work()
+                items = self._items = work()
+                if self._cancel.is_set():  # cancelled before `_items` was there to stop
+                    self.cancel()
                 try:
                     for item in items:
                         if self._cancel.is_set():

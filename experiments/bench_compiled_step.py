@@ -1,0 +1,123 @@
+"""Does a static KV cache + `torch.compile` speed up the monitored decode step? -> results/bench_compiled_step.json
+
+The step measured is the monitored one: one single-token forward with the KV cache, the tap
+layer's state, and the probe bank's matrix product over all concepts (activation side), in
+eager mode with transformers' `DynamicCache` vs compiled (inductor) with a `StaticCache`. The
+compile time (first calls) is reported apart from the steady-state step. Ways are interleaved
+over `--repeats` rounds; the median per-step time counts. The load average is recorded.
+
+    python -m experiments.bench_compiled_step [--steps 24] [--repeats 3] [--batch 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from transformers import DynamicCache, StaticCache
+
+from hatcat.config import Settings
+from hatcat.cpu_dtype import cpu_name
+from hatcat.engine import Engine
+from hatcat.paths import RESULTS
+
+OUT = RESULTS / "bench_compiled_step.json"
+
+
+def make_step(engine: Engine):
+    model, bank = engine.model, engine.bank
+    layer = bank.tap_layer
+
+    def step(ids: torch.Tensor, positions: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model(
+            input_ids=ids,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=True,
+        )
+        hidden = out.hidden_states[layer + 1][:, -1].float()
+        return out.logits[:, -1].float(), torch.sigmoid(hidden @ bank.act_weight.T + bank.act_bias)
+
+    return step
+
+
+@torch.inference_mode()
+def run(step, engine: Engine, cache, batch: int, steps: int) -> tuple[float, list[float]]:
+    """Prefill 16 tokens, then `steps` greedy steps; (first-step seconds, later steps' seconds)."""
+    device = engine.loaded.device
+    ids = torch.arange(100, 116, device=device).repeat(batch, 1)
+    positions = torch.arange(16, device=device).repeat(batch, 1)
+    out = engine.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
+    token = out.logits[:, -1:].argmax(-1)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        logits, _probs = step(token, torch.full((batch, 1), 16 + i, device=device), cache)
+        token = logits.argmax(-1, keepdim=True)
+        times.append(time.perf_counter() - start)
+    return times[0], times[1:]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=24)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1)
+    args = ap.parse_args()
+    load_before = os.getloadavg()
+    engine = Engine.from_settings(Settings.from_env())
+    if engine.bank is None:
+        raise SystemExit("the benchmark needs the shipped probe pack (or HATCAT_PROBE_PACK)")
+    config, dtype = engine.model.config, engine.loaded.dtype
+    eager = make_step(engine)
+    compiled = torch.compile(make_step(engine), dynamic=False)
+
+    def static():
+        return StaticCache(config=config, max_cache_len=16 + args.steps + 1)
+
+    start = time.perf_counter()
+    run(compiled, engine, static(), args.batch, 2)  # compiles
+    compile_s = time.perf_counter() - start
+    per_step: dict[str, list[float]] = {"eager_dynamic": [], "compiled_static": []}
+    for _ in range(args.repeats):
+        per_step["eager_dynamic"].append(
+            statistics.median(run(eager, engine, DynamicCache(), args.batch, args.steps)[1])
+        )
+        per_step["compiled_static"].append(
+            statistics.median(run(compiled, engine, static(), args.batch, args.steps)[1])
+        )
+    eager_s, compiled_s = (statistics.median(v) for v in per_step.values())
+    result = {
+        "model": engine.loaded.name,
+        "device": str(engine.loaded.device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch": args.batch,
+        "n_concepts": len(engine.bank),
+        "eager_step_s": round(eager_s, 5),
+        "compiled_step_s": round(compiled_s, 5),
+        "compiled_speedup": round(eager_s / compiled_s, 3),
+        "compile_s": round(compile_s, 1),
+        "runs_step_s": {k: [round(x, 5) for x in v] for k, v in per_step.items()},
+        "machine": {
+            "cpu": cpu_name(),
+            "threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        },
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

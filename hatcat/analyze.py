@@ -1,0 +1,229 @@
+"""Analyse given texts instead of generating: one document per text, texts scored in padded batches.
+
+The API (`POST /v1/analyze`), the Python API (`Engine.analyze`) and the CLI share `analyses`:
+
+    python -m hatcat.analyze texts.jsonl --out scores.parquet [--top-k 10] [--concepts Fear,Music]
+
+Each JSONL line is a JSON string or an object with a `text` field (an `id` field is carried
+through). One forward per batch of similar-length texts stops at the tap layer; the probe bank
+scores every concept on every token of the batch in one matrix product per side. A document
+holds the per-token `TokenRecord`s, the response summary and, per concept asked for (or the `top_k`
+with the highest max divergence), the max and mean activation, words-only score and divergence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hatcat.errors import HatCatError, InvalidValue, NotFound
+from hatcat.model import check_context
+from hatcat.monitor import Monitor, TokenRecord, summarise
+from hatcat.pipeline import ANALYZE_BATCH, batched_text_states
+
+STAT_NAMES = (
+    "max_activation",
+    "mean_activation",
+    "max_text_similarity",
+    "mean_text_similarity",
+    "max_divergence",
+    "mean_divergence",
+)
+
+
+def check_request(
+    model: torch.nn.Module, tokenizer, monitor: Monitor, texts: list[str], concepts: list[str] | None
+) -> None:
+    """Refuse unknown concepts, empty texts and texts longer than the context, naming the first offender."""
+    unknown = [c for c in concepts or () if c not in monitor.bank.index]
+    if unknown:
+        raise NotFound(
+            f"unknown concept: {', '.join(unknown[:5])} (the loaded probe pack has no probe for it)",
+            param="concepts",
+            code="concept_not_found",
+        )
+    for i, text in enumerate(texts):
+        n = len(tokenizer(text).input_ids)
+        where = "text" if len(texts) == 1 else f"input[{i}]"
+        if not text or n == 0:
+            raise InvalidValue(f"{where} encodes to no tokens", param="input", code="empty_text")
+        check_context(model, n, where, param="input")
+
+
+def analyses(
+    model: torch.nn.Module,
+    tokenizer,
+    monitor: Monitor,
+    texts: list[str],
+    concepts: list[str] | None = None,
+    top_k: int = 10,
+    batch_size: int = ANALYZE_BATCH,
+    hold: Callable[[], AbstractContextManager] | None = None,
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(index into `texts`, analysis document) for every text, batch by batch (batch order).
+
+    `hold()` (e.g. `Engine.exclusive`) is entered around each batch's model work, so other
+    work on the model interleaves between batches."""
+    batches = batched_text_states(model, tokenizer, monitor, texts, batch_size=batch_size)
+    while True:
+        with hold() if hold is not None else nullcontext():
+            batch = next(batches, None)
+            if batch is None:
+                return
+            documents = _documents(monitor, [states for _, states in batch], concepts, top_k)
+        yield from zip([i for i, _ in batch], documents)
+
+
+@torch.inference_mode()
+def _documents(
+    monitor: Monitor,
+    states: list[tuple[torch.Tensor, torch.Tensor, list[str]]],
+    concepts: list[str] | None,
+    top_k: int,
+) -> list[dict[str, Any]]:
+    """Documents for a batch of texts: every concept on every token of the batch in one matrix
+    product per side and one monitor pass; then per text its slice."""
+    bank = monitor.bank
+    act = bank.score(torch.cat([hidden for hidden, _, _ in states]))  # [sum T, N]
+    text = bank.score_text(torch.cat([windows for _, windows, _ in states]))
+    tokens = [t for _, _, own in states for t in own]
+    indices = [t for _, _, own in states for t in range(len(own))]
+    records = monitor.records(act, text, tokens, indices)
+    documents, start = [], 0
+    for _, _, own in states:
+        end = start + len(own)
+        documents.append(_document(monitor, act[start:end], text[start:end], records[start:end], concepts, top_k))
+        start = end
+    return documents
+
+
+def _document(
+    monitor: Monitor,
+    act: torch.Tensor,
+    text: torch.Tensor,
+    records: list[TokenRecord],
+    concepts: list[str] | None,
+    top_k: int,
+) -> dict[str, Any]:
+    bank = monitor.bank
+    div = act - text
+    if concepts:
+        chosen = torch.tensor([bank.index[c] for c in concepts], device=act.device)
+    else:
+        chosen = div.max(0).values.topk(min(top_k, div.shape[1])).indices
+    stats = (
+        torch.stack([act.max(0).values, act.mean(0), text.max(0).values, text.mean(0), div.max(0).values, div.mean(0)])[
+            :, chosen
+        ]
+        .T.cpu()
+        .tolist()
+    )
+    summary = summarise(records)
+    return {
+        "records": records,
+        "concepts": [
+            {
+                "concept": bank.concepts[i],
+                "layer": monitor.layer_of[i],
+                **{n: round(v, 4) for n, v in zip(STAT_NAMES, row)},
+            }
+            for i, row in zip(chosen.tolist(), stats)
+        ],
+        "summary": summary.to_dict(),
+        "summary_line": summary.line(),
+        "n_tokens": len(records),
+    }
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> tuple[list[str], list[Any]]:
+    """Texts and ids (the line number where a line has no `id`) from a JSONL file."""
+    texts, ids = [], []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise InvalidValue(f"cannot read {path}: {err.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            raise InvalidValue(f"{path}:{number}: not JSON") from None
+        text = value.get("text") if isinstance(value, dict) else value
+        if not isinstance(text, str) or not text:
+            raise InvalidValue(f"{path}:{number}: expected a non-empty string or an object with a `text` string")
+        texts.append(text)
+        ids.append(value.get("id", number) if isinstance(value, dict) else number)
+    if not texts:
+        raise InvalidValue(f"{path} holds no texts")
+    return texts, ids
+
+
+def _row(identifier: Any, text: str, document: dict[str, Any]) -> dict[str, Any]:
+    """One Parquet row: the text, its per-token maxima and top concepts, the summary, the concept stats."""
+    summary = document["summary"]
+    return {
+        "id": str(identifier),
+        "text": text,
+        "n_tokens": document["n_tokens"],
+        "tokens": [r.token for r in document["records"]],
+        "token_max_divergence": [r.max_divergence for r in document["records"]],
+        "token_top_concepts": [[c.concept for c in r.concepts[:5]] for r in document["records"]],
+        "mean_divergence": summary["mean_divergence"],
+        "max_divergence": summary["max_divergence"],
+        "top_concepts": [c["concept"] for c in summary["top_concepts"]],
+        "concepts": document["concepts"],
+        "summary_line": document["summary_line"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    from hatcat.config import Settings
+    from hatcat.engine import Engine
+
+    parser = argparse.ArgumentParser(prog="python -m hatcat.analyze", description=__doc__.split("\n\n")[0])
+    parser.add_argument("jsonl", type=Path, help="one text per line: a JSON string or {'text': ..., 'id': ...}")
+    parser.add_argument("--out", type=Path, required=True, help="Parquet file to write")
+    parser.add_argument("--top-k", type=int, default=10, help="concepts summarised per text (by max divergence)")
+    parser.add_argument("--concepts", default="", help="comma-separated concepts to summarise instead of the top k")
+    parser.add_argument("--batch-size", type=int, default=ANALYZE_BATCH, help="texts per padded forward")
+    args = parser.parse_args(argv)
+    try:
+        if args.top_k < 1 or args.batch_size < 1:
+            raise InvalidValue("--top-k and --batch-size must be >= 1")
+        texts, ids = read_jsonl(args.jsonl)
+        engine = Engine.from_settings(Settings.from_env())
+        if engine.monitor is None:
+            raise InvalidValue("no probe pack is loaded: set HATCAT_PROBE_PACK or install the default pack")
+        concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] or None
+        check_request(engine.model, engine.tokenizer, engine.monitor, texts, concepts)
+        rows: list[dict[str, Any] | None] = [None] * len(texts)
+        with tqdm(total=len(texts), unit="text", desc="analysing") as bar:
+            for i, document in engine.analyze(texts, concepts, args.top_k, args.batch_size):
+                rows[i] = _row(ids[i], texts[i], document)
+                bar.update(1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), args.out)
+    except HatCatError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(texts)} analyses to {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
