@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from hatcat.errors import HatCatError, InvalidValue, NotFound
 from hatcat.model import check_context
-from hatcat.monitor import Monitor, TokenRecord, summarise
+from hatcat.monitor import Monitor, summarise
 from hatcat.pipeline import ANALYZE_BATCH, batched_text_states
 
 STAT_NAMES = (
@@ -94,64 +95,59 @@ def _documents(
     top_k: int,
 ) -> list[dict[str, Any]]:
     """Documents for a batch of texts: every concept on every token of the batch in one matrix
-    product per side and one monitor pass; then per text its slice."""
+    product per side and one monitor pass; per-text statistics over a padded [texts, tokens, N] view."""
     bank = monitor.bank
     act, text, div = bank.scores(
         torch.cat([hidden for hidden, _, _ in states]), torch.cat([windows for _, windows, _ in states])
     )  # [sum T, N] each
     tokens = [t for _, _, own in states for t in own]
-    indices = [t for _, _, own in states for t in range(len(own))]
-    records = monitor.records(act, text, div, tokens, indices)
+    lengths = [len(own) for _, _, own in states]
+    records = monitor.records(act, text, div, tokens, [t for n in lengths for t in range(n)])
+    stats = _per_text_stats(act, text, div, lengths)  # [texts, 9, N]
+    if concepts:
+        chosen = torch.tensor([bank.index[c] for c in concepts], device=act.device).expand(len(lengths), -1)
+    else:
+        chosen = stats[:, STAT_NAMES.index("max_divergence")].topk(min(top_k, act.shape[1]), dim=1).indices
+    picked = stats.gather(2, chosen[:, None, :].expand(-1, len(STAT_NAMES), -1)).transpose(1, 2)  # [texts, k, 9]
     documents, start = [], 0
-    for _, _, own in states:
-        end = start + len(own)
+    for n, rows, ids in zip(lengths, picked.cpu().tolist(), chosen.cpu().tolist()):
+        own = records[start : start + n]
+        start += n
+        summary = summarise(own)
         documents.append(
-            _document(monitor, act[start:end], text[start:end], div[start:end], records[start:end], concepts, top_k)
+            {
+                "records": own,
+                "concepts": [
+                    {
+                        "concept": bank.concepts[i],
+                        "layer": monitor.layer_of[i],
+                        **{name: round(v, 6) for name, v in zip(STAT_NAMES, row)},
+                    }
+                    for i, row in zip(ids, rows)
+                ],
+                "summary": summary.to_dict(),
+                "summary_line": summary.line(),
+                "n_tokens": n,
+            }
         )
-        start = end
     return documents
 
 
-def _document(
-    monitor: Monitor,
-    act: torch.Tensor,
-    text: torch.Tensor,
-    div: torch.Tensor,
-    records: list[TokenRecord],
-    concepts: list[str] | None,
-    top_k: int,
-) -> dict[str, Any]:
-    bank = monitor.bank
-    if concepts:
-        chosen = torch.tensor([bank.index[c] for c in concepts], device=act.device)
-    else:
-        chosen = div.max(0).values.topk(min(top_k, div.shape[1])).indices
-    stats = (
-        torch.stack(
-            [
-                *(act.max(0).values, act.mean(0), act[-1]),
-                *(text.max(0).values, text.mean(0), text[-1]),
-                *(div.max(0).values, div.mean(0), div[-1]),
-            ]
-        )[:, chosen]
-        .T.cpu()
-        .tolist()
-    )
-    summary = summarise(records)
-    return {
-        "records": records,
-        "concepts": [
-            {
-                "concept": bank.concepts[i],
-                "layer": monitor.layer_of[i],
-                **{n: round(v, 6) for n, v in zip(STAT_NAMES, row)},
-            }
-            for i, row in zip(chosen.tolist(), stats)
-        ],
-        "summary": summary.to_dict(),
-        "summary_line": summary.line(),
-        "n_tokens": len(records),
-    }
+def _per_text_stats(act: torch.Tensor, text: torch.Tensor, div: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """Max, mean and last (the state after the whole text) over each text's tokens of activation,
+    words-only score and divergence, in `STAT_NAMES` order: [texts, 9, N], from tokens of all texts
+    laid end to end ([sum T, N] each)."""
+    real = torch.zeros(len(lengths), max(lengths), 1, dtype=torch.bool, device=act.device)
+    for i, n in enumerate(lengths):
+        real[i, :n] = True
+    out = []
+    last = torch.tensor(lengths, device=act.device).cumsum(0) - 1  # each text's last token
+    for values in (act, text, div):
+        padded = pad_sequence(values.split(lengths), batch_first=True)  # [texts, Tmax, N], zeros after each text
+        out.append(padded.masked_fill(~real, float("-inf")).amax(1))
+        out.append(padded.sum(1) / torch.tensor(lengths, device=act.device, dtype=values.dtype)[:, None])
+        out.append(values[last])
+    return torch.stack(out, dim=1)
 
 
 # ---- CLI -------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ lock, so analyses and pack loads interleave between steps):
    in a fresh KV cache, and merged into the running cache (both left-padded to one length);
    each gets its first token from its own prefill logits;
 2. step: one single-token forward for every row: `input_ids` [B, 1], the 2-D padding mask,
-   per-row `position_ids` (a row's real length, so RoPE never sees the padding);
+   per-row `position_ids` (a row's real length, so RoPE never sees the padding) — or, while no
+   row is padded (one request, or requests of one length), neither, as in a plain decode;
 3. per row: its own sampler (temperature, top-p/k, repetition penalty, seed), detokenizer, stop
    sequences, max tokens and token records; the tap state of the whole batch [B, d] is scored by
    the probe bank in one matrix product per side and one monitor pass;
@@ -144,6 +145,7 @@ class Scheduler:
         self.rows: list[_Row] = []
         self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # [B, L] long, 1 = a real token
+        self.padded = False  # any 0 in `mask`: without padding, forwards take no mask and no positions
 
     # ---- the caller's side ---------------------------------------------------------------
 
@@ -224,11 +226,14 @@ class Scheduler:
             ids[i, width - len(row.prompt_ids) :] = torch.tensor(row.prompt_ids)
             mask[i, width - len(row.prompt_ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
+        padded = bool((mask == 0).any())
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        logits, hidden = self._forward(rows, ids, mask, positions, cache)
-        _zero_padding(cache, mask)  # padded positions' states stay out of every later sum
+        logits, hidden = self._forward(rows, ids, mask if padded else None, positions if padded else None, cache)
+        if padded:
+            _zero_padding(cache, mask)  # padded positions' states stay out of every later sum
         self.cache, self.mask = _merge(self.cache, self.mask, cache, mask)
+        self.padded = bool((self.mask == 0).any())
         self.rows = self.rows + rows
         self._emit(rows, logits, hidden)
         self._drop_finished()
@@ -253,18 +258,26 @@ class Scheduler:
         rows = self.rows
         ids = torch.tensor([[r.last_token] for r in rows], dtype=torch.long, device=self.device)
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(rows), 1))], dim=1)
-        positions = torch.tensor(
-            [[len(r.prompt_ids) + r.generated - 1] for r in rows], dtype=torch.long, device=self.device
-        )
-        logits, hidden = self._forward(rows, ids, self.mask, positions, self.cache)
+        if self.padded:  # rows of different lengths: the padding mask and each row's own position
+            positions = torch.tensor(
+                [[len(r.prompt_ids) + r.generated - 1] for r in rows], dtype=torch.long, device=self.device
+            )
+            logits, hidden = self._forward(rows, ids, self.mask, positions, self.cache)
+        else:  # one row, or rows of one length: positions follow the cache, as in a plain decode
+            logits, hidden = self._forward(rows, ids, None, None, self.cache)
         self._emit(rows, logits, hidden)
         self._drop_finished()
 
     def _forward(
-        self, rows: list[_Row], ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: DynamicCache
+        self,
+        rows: list[_Row],
+        ids: torch.Tensor,
+        mask: torch.Tensor | None,
+        positions: torch.Tensor | None,
+        cache: DynamicCache,
     ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
         """One forward of `rows` with their steering and taps: last-position logits [B, V] (fp32) and
-        {tap layer: states [B, d]} at the last position."""
+        {tap layer: states [B, d]} at the last position. `mask`/`positions` None: nothing is padded."""
         with ExitStack() as stack:
             for layer in sorted({layer for r in rows for layer in r.steer}):
                 vectors = torch.stack([r.steer.get(layer, self._zeros) for r in rows])  # [B, d]
@@ -365,6 +378,7 @@ class Scheduler:
         self.mask = self.mask[index]
         used = int(self.mask.any(0).nonzero()[0])  # leading columns only padding uses
         self.mask = self.mask[:, used:]
+        self.padded = bool((self.mask == 0).any())
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, used:]
             layer.values = layer.values[index, :, used:]

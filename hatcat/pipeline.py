@@ -79,7 +79,7 @@ def text_states(
 
 # Texts per padded forward, and the most (padded) tokens one forward may hold: a 270M model's
 # activations for 8k tokens stay near 0.5 GB at the tap layer.
-ANALYZE_BATCH = 16
+ANALYZE_BATCH = 64
 ANALYZE_BATCH_TOKENS = 8192
 
 

@@ -41,6 +41,12 @@ def test_batched_analysis_matches_each_text_alone(engine: Engine) -> None:
             same = {c.concept: c.activation for c in a.concepts}
             worst = max([worst] + [abs(c.activation - same[c.concept]) for c in b.concepts if c.concept in same])
     assert worst <= TOLERANCE[engine.loaded.dtype], worst
+    # per-text statistics over the padded batch == those of the text analysed on its own
+    alone = dict(engine.analyze([TEXTS[2]], concepts=["Fear", "Music"]))[0]["concepts"]
+    batched = dict(engine.analyze(TEXTS, concepts=["Fear", "Music"]))[2]["concepts"]
+    for a, b in zip(alone, batched):
+        assert a["concept"] == b["concept"] and a["max_activation"] >= a["mean_activation"]
+        assert all(abs(a[k] - b[k]) <= TOLERANCE[engine.loaded.dtype] for k in a if k not in ("concept", "layer"))
 
 
 def test_analyze_api_takes_a_list_of_texts_in_order(server: str) -> None:
