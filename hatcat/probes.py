@@ -268,10 +268,6 @@ class ProbeBank:
         """Activation probabilities for hidden states [..., d] -> [..., N]."""
         return torch.sigmoid(hidden.float() @ self.act_weight.T + self.act_bias)
 
-    def score_text(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Words-only probabilities for mean input embeddings [..., d] -> [..., N]."""
-        return torch.sigmoid(embedding.float() @ self.text_weight.T + self.text_bias)
-
     def scores(self, hidden: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(activation, words-only, divergence), each [..., N]: one matmul per side."""
         act = hidden.float() @ self.act_weight.T + self.act_bias
