@@ -164,6 +164,7 @@ def _tiny_pack(folder, hidden: int = 8, layer: int = 3):
         "pooling": "last",
         "concept_pack": {"id": "p", "checksum": "x"},
         "concepts": concepts,
+        "divergence_scale": [1.0, 1.0, 1.0],
     }
     return save_pack(folder, manifest, weights, metrics)
 
