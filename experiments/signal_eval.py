@@ -40,8 +40,51 @@ PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
 EMOTIONS = ["Anger", "Fear", "Sadness", "Joy", "Disgust", "Embarrassment"]
 
 
-def analyze(client: httpx.Client, texts: list[str], concepts: list[str] | None = None) -> list[dict]:
+class Offline:
+    """The same documents from cached token states (`--offline`): the bank's `scores` and the
+    monitor's `records`, as /v1/analyze computes them, without a server or a forward pass."""
+
+    def __init__(self, pack: Path) -> None:
+        from experiments.recipe_compare import WordsOnly
+        from hatcat.analyze import STAT_NAMES
+        from hatcat.concepts import load_pack
+        from hatcat.config import Settings
+        from hatcat.monitor import Monitor
+        from hatcat.probes import ProbeBank, ProbePack
+        from hatcat.train import DEFAULT_MELDS
+        from hatcat.training.states import TokenStateCache, words_windows
+
+        settings = Settings.from_env()
+        self.bank = ProbeBank(ProbePack.load(pack))
+        self.monitor = Monitor(
+            self.bank, load_pack(None, melds=DEFAULT_MELDS), settings.base_layers, settings.keep_top_k
+        )
+        words = WordsOnly(settings)
+        self.windows = lambda t: words_windows(words.model, words.tokenizer, t)
+        self.cache = TokenStateCache(settings.cache_dir, self.bank.pack.manifest["model"], self.bank.tap_layer)
+        self.names = STAT_NAMES
+
+    def analyze(self, texts: list[str], concepts: list[str] | None) -> list[dict]:
+        out = []
+        for text in texts:
+            act, words, div = self.bank.scores(self.cache.get(text), self.windows(text))
+            records = self.monitor.records(act, words, div, [""] * len(act), range(len(act)))
+            cols = [self.bank.index[c] for c in concepts or ()]
+            stats = [(v.max(0).values, v.mean(0), v[-1]) for v in (act, words, div)]
+            rows = [dict(zip(self.names, (float(x[c]) for triple in stats for x in triple))) for c in cols]
+            out.append(
+                {
+                    "concepts": [{"concept": c, **r} for c, r in zip(concepts or (), rows)],
+                    "tokens": [{"divergence": {"max_divergence": r.max_divergence}} for r in records],
+                }
+            )
+        return out
+
+
+def analyze(client, texts: list[str], concepts: list[str] | None = None) -> list[dict]:
     """One analysis per text, in order (lists of up to 64 texts per request, scored in batches)."""
+    if isinstance(client, Offline):
+        return client.analyze(texts, concepts)
     out = []
     for start in range(0, len(texts), 64):
         body = {"input": texts[start : start + 64], **({"concepts": concepts} if concepts else {"top_k": 1})}
@@ -92,7 +135,7 @@ def divergence_pairs(client: httpx.Client) -> dict:
 def control(client: httpx.Client, pack: Path) -> dict:
     colours = [r["divergence"]["max_divergence"] for a in analyze(client, control_texts("test")) for r in a["tokens"]]
     metrics = json.loads((pack / "metrics.json").read_text())["per_concept"]
-    fpr = np.array([m["control_fpr_test"] for m in metrics.values()])
+    fpr = np.array([m["control_fpr_test"] for m in metrics.values() if "control_fpr_test" in m])  # not an injected row
     return {
         "tokens": len(colours),
         "share_beyond_colour_midpoint": round(float(np.mean(np.abs(colours) >= 0.5)), 4),
@@ -106,6 +149,9 @@ def control(client: httpx.Client, pack: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.signal_eval", description=__doc__.splitlines()[0])
     ap.add_argument("--pack", type=Path, default=PACK)
+    ap.add_argument(
+        "--offline", action="store_true", help="score cached token states with the bank directly (no server)"
+    )
     args = ap.parse_args(argv)
     t0 = time.time()
     wordnet = yaml.safe_load((ROOT / "data" / "signal" / "wordnet_examples.yaml").read_text())
@@ -113,34 +159,45 @@ def main(argv: list[str] | None = None) -> int:
         c["id"]: c["scenes"]
         for c in yaml.safe_load((ROOT / "data" / "eval" / "natural_scenes.yaml").read_text())["concepts"]
     }
-    proc, base = start_app({"HATCAT_PROBE_PACK": str(args.pack)}, Path("/tmp/hatcat-signal-eval.log"))
-    try:
-        with httpx.Client(base_url=base) as client:
-            doc = {
-                "command": "python -m experiments.signal_eval",
-                "pack": str(args.pack.relative_to(ROOT) if args.pack.is_relative_to(ROOT) else args.pack),
-                "score": "/v1/analyze last_activation (words-only: last_text_similarity)",
-                "test": {
-                    "wordnet_concepts": concept_set(client, wordnet["concepts"]),
-                    "wordnet_emotions": {
-                        "n_concepts": len(wordnet["emotions"]),
-                        "note": "too few emotion concepts with unused WordNet examples for a 6-way test",
-                    },
-                    "control": control(client, args.pack),
-                },
-                "dev": {
-                    "natural_scenes": concept_set(client, scenes),
-                    "natural_scenes_emotions": concept_set(client, {c: scenes[c] for c in EMOTIONS}),
-                    "divergence_pairs": divergence_pairs(client),
-                },
-            }
-    finally:
-        stop_app(proc)
+    if args.offline:
+        doc = evaluate(Offline(args.pack), args, wordnet, scenes)
+        doc["score"] += (
+            " — offline: ProbeBank.scores + Monitor.records on cached token states, as /v1/analyze computes them"
+        )
+    else:
+        proc, base = start_app({"HATCAT_PROBE_PACK": str(args.pack)}, Path("/tmp/hatcat-signal-eval.log"))
+        try:
+            with httpx.Client(base_url=base) as client:
+                doc = evaluate(client, args, wordnet, scenes)
+        finally:
+            stop_app(proc)
     doc["seconds"] = round(time.time() - t0, 1)
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     README.write_text(render(README.read_text()))
     print("\n".join(" | ".join(row) for row in signal_rows()))
     return 0
+
+
+def evaluate(client, args, wordnet, scenes) -> dict:
+    """The evaluation document (test sets, then dev sets)."""
+    return {
+        "command": "python -m experiments.signal_eval" + (" --offline" if args.offline else ""),
+        "pack": str(args.pack.relative_to(ROOT) if args.pack.is_relative_to(ROOT) else args.pack),
+        "score": "/v1/analyze last_activation (words-only: last_text_similarity)",
+        "test": {
+            "wordnet_concepts": concept_set(client, wordnet["concepts"]),
+            "wordnet_emotions": {
+                "n_concepts": len(wordnet["emotions"]),
+                "note": "too few emotion concepts with unused WordNet examples for a 6-way test",
+            },
+            "control": control(client, args.pack),
+        },
+        "dev": {
+            "natural_scenes": concept_set(client, scenes),
+            "natural_scenes_emotions": concept_set(client, {c: scenes[c] for c in EMOTIONS}),
+            "divergence_pairs": divergence_pairs(client),
+        },
+    }
 
 
 if __name__ == "__main__":
