@@ -109,12 +109,14 @@ class Generation:
 
     def __next__(self) -> object:
         while True:
+            if self._cancel is not None and self._cancel.is_set():
+                self.cancel()
+                raise StopIteration
             try:
                 item = self._row.out.get(timeout=CANCEL_POLL_S if self._cancel is not None else None)
                 break
             except queue.Empty:
-                if self._cancel.is_set():
-                    self.cancel()
+                continue
         if item is _END:
             self._row.out.put(_END)  # later calls end too
             raise StopIteration

@@ -137,7 +137,7 @@ def test_a_cancelled_row_leaves_and_the_others_complete(engine: Engine, schedule
     assert list(generations[1]) == []  # iteration ends at once
     next(flagged)
     flag.set()  # a request's cancel flag (the API sets it when the client goes away) ends it too
-    assert all(isinstance(e, MonitoredToken) for e in flagged)
+    assert list(flagged) == []
     done = collect_all([g for i, g in enumerate(generations) if i != 1])
     assert all(isinstance(events[-1], MonitoredFinish) for events in done)
     deadline = time.monotonic() + 30
