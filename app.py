@@ -19,8 +19,15 @@ from views import build_workbench
 
 
 def build_app(engine: Engine) -> FastAPI:
-    """The API routes first, then the workbench at `/` (routes defined earlier win)."""
-    return gr.mount_gradio_app(create_api(engine), build_workbench(engine), path="/")
+    """The API routes first, then the workbench at `/` (routes defined earlier win). With access
+    control the workbench and its Gradio API need a login: a user's password or one of their keys."""
+    return gr.mount_gradio_app(
+        create_api(engine),
+        build_workbench(engine),
+        path="/",
+        auth=engine.users.login if engine.users else None,  # a User (truthy) or None
+        auth_message="HatCat: log in with your name and password (or one of your API keys).",
+    )
 
 
 def main() -> int:

@@ -1,13 +1,16 @@
-"""Fuzz the `/v1` routes from `/openapi.json` with schemathesis; no request may get a 5xx.
+"""Fuzz the `/v1` routes from `/openapi.json` with schemathesis, access control on; no request may get a 5xx.
 
-    python -m experiments.fuzz_api                      # trains the 7-concept test pack, fuzzes ~5 min
-    python -m experiments.fuzz_api --probe-pack PATH --max-examples 30 --max-time 120
+    python -m experiments.fuzz_api                      # trains the 7-concept test pack, fuzzes ~5 min per seed
+    python -m experiments.fuzz_api --probe-pack PATH --seeds 0 1 2 --max-time 120
 
-Starts `python app.py` on a free loopback port (HATCAT_MAX_TOKENS=8 keeps generations short),
-runs `st run` against it with every check, then reads the server's own request counter
-(`/metrics`, by route and status) for the ground truth on status codes. Writes
-`results/fuzz_api.json`: cases run, responses by status, 5xx found (expected 0), and the
-schemathesis checks that failed (non-5xx findings, kept for the record).
+Starts `python app.py` on a free loopback port with a users file (the fuzzer sends an admin's
+key, so every route is reachable; schemathesis' `ignored_auth` check also sends none and a
+wrong one), its own SQLite record store and HATCAT_MAX_TOKENS=8 (short generations); the rate
+limit is off so that the fuzzer is not answered 429 throughout. Runs `st run` once per seed with
+every check, then reads the server's own request counter (`/metrics`, by route and status) for
+the ground truth on status codes. Writes `results/fuzz_api.json`: cases run, responses by
+status, 5xx found (expected 0), and the schemathesis checks that failed per seed (non-5xx
+findings, kept for the record).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import httpx
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from hatcat.paths import RESULTS, ROOT
@@ -55,12 +59,57 @@ def junit_failures(path: Path) -> dict[str, list[str]]:
     return failures
 
 
+def users_file(work: Path) -> tuple[Path, str]:
+    """A users file with one admin who has one key; returns it and the key."""
+    from hatcat.access import new_key
+
+    key_id, key, stored = new_key()
+    path = work / "users.yaml"
+    path.write_text(yaml.safe_dump({"users": {"fuzzer": {"role": "admin", "keys": {key_id: stored}}}}))
+    return path, key
+
+
+def fuzz(base: str, key: str, seed: int, args: argparse.Namespace, junit: Path) -> subprocess.CompletedProcess:
+    command = [
+        "st",
+        "run",
+        f"{base}/openapi.json",
+        "--include-path-regex",
+        "^/v1/",
+        "--header",
+        f"Authorization: Bearer {key}",
+        "--checks",
+        "all",
+        "--max-examples",
+        str(args.max_examples),
+        "--max-time",
+        str(args.max_time),
+        "--seed",
+        str(seed),
+        "--generation-database",
+        "none",  # no .schemathesis/ folder in the work tree
+        "--workers",
+        "1",
+        "--request-timeout",
+        "120",
+        "--max-response-time",
+        "120",  # 2 shared cores: a long prompt can take 10+ s
+        "--continue-on-failure",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(junit),
+        "--no-color",
+    ]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probe-pack", type=Path, help="probe pack folder (default: train the 7-concept test pack)")
     parser.add_argument("--max-examples", type=int, default=40, help="examples per operation and phase")
-    parser.add_argument("--max-time", type=int, default=300, help="time budget for the fuzzing, seconds")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-time", type=int, default=300, help="time budget per seed, seconds")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", type=Path, default=RESULTS / "fuzz_api.json")
     args = parser.parse_args()
 
@@ -75,42 +124,29 @@ def main() -> int:
         del loaded
     else:
         pack = args.probe_pack
-    proc, base = start_app(
-        {"HATCAT_PROBE_PACK": str(pack), "HATCAT_MAX_TOKENS": "8", "HATCAT_API_KEY": ""}, work / "server.log"
-    )
+    users, key = users_file(work)
+    env = {
+        "HATCAT_PROBE_PACK": str(pack),
+        "HATCAT_MAX_TOKENS": "8",
+        "HATCAT_API_KEY": "",
+        "HATCAT_USERS_FILE": str(users),
+        "HATCAT_DB": str(work / "hatcat.db"),
+        "HATCAT_RATE_LIMIT": "0",
+    }
+    proc, base = start_app(env, work / "server.log")
+    runs = {}
     try:
         before = request_counts(base)
         started = time.monotonic()
-        command = [
-            "st",
-            "run",
-            f"{base}/openapi.json",
-            "--include-path-regex",
-            "^/v1/",
-            "--checks",
-            "all",
-            "--max-examples",
-            str(args.max_examples),
-            "--max-time",
-            str(args.max_time),
-            "--seed",
-            str(args.seed),
-            "--generation-database",
-            "none",  # no .schemathesis/ folder in the work tree
-            "--workers",
-            "1",
-            "--request-timeout",
-            "120",
-            "--max-response-time",
-            "120",  # 2 shared cores: a long prompt can take 10+ s
-            "--continue-on-failure",
-            "--report",
-            "junit",
-            "--report-junit-path",
-            str(work / "junit.xml"),
-            "--no-color",
-        ]
-        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        for seed in args.seeds:
+            junit = work / f"junit-{seed}.xml"
+            run = fuzz(base, key, seed, args, junit)
+            (work / f"schemathesis-{seed}.txt").write_text(run.stdout + run.stderr)
+            runs[seed] = {
+                "schemathesis_exit_code": run.returncode,
+                "schemathesis_failures": junit_failures(junit),
+                "schemathesis_summary": run.stdout.strip().splitlines()[-12:],
+            }
         seconds = time.monotonic() - started
         counts = request_counts(base) - before
     finally:
@@ -124,23 +160,21 @@ def main() -> int:
     server_errors = {
         f"{method} {route} -> {status}": n for (route, method, status), n in v1.items() if status.startswith("5")
     }
-    failures = junit_failures(work / "junit.xml")
     result = {
         "tool": f"schemathesis {version('schemathesis')}",
         "command": "python -m experiments.fuzz_api " + " ".join(sys.argv[1:]),
+        "access_control": "users file, admin key sent; the ignored_auth check sends none or a wrong one",
         "checks": "all",
         "max_examples": args.max_examples,
-        "max_time_s": args.max_time,
-        "seed": args.seed,
+        "max_time_s_per_seed": args.max_time,
+        "seeds": args.seeds,
         "seconds": round(seconds, 1),
         "cases_run": sum(v1.values()),
         "responses_by_status": dict(sorted(by_status.items())),
         "requests_by_operation": dict(sorted(by_operation.items())),
         "server_errors_5xx": sum(server_errors.values()),
         "server_error_operations": server_errors,
-        "schemathesis_exit_code": run.returncode,
-        "schemathesis_failures": failures,
-        "schemathesis_summary": run.stdout.strip().splitlines()[-12:],
+        "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -150,7 +184,6 @@ def main() -> int:
         )
     )
     print(f"wrote {args.out}; schemathesis output and server log in {work}")
-    (work / "schemathesis.txt").write_text(run.stdout + run.stderr)
     return 1 if result["server_errors_5xx"] else 0
 
 

@@ -46,6 +46,23 @@ class Settings:
     max_batch: int = 8
     max_queue: int = 64
     hf_offline: bool = False
+    users_file: Path | None = None
+    db: str | None = None  # a SQLAlchemy URL or a SQLite file path; None: <cache dir>/hatcat.db
+    max_body_bytes: int = 1_048_576
+    rate_limit: int = 120  # requests per minute per key (with access control); 0 = off
+    max_streams: int = 4  # concurrent streamed chat completions per key; 0 = off
+
+    @property
+    def access_control(self) -> bool:
+        """Whether the workbench and /v1 need a login or a key."""
+        return self.users_file is not None or self.api_key is not None
+
+    @property
+    def db_url(self) -> str:
+        """The record store's SQLAlchemy URL (SQLite under the cache dir unless HATCAT_DB says otherwise)."""
+        if self.db and "://" in self.db:
+            return self.db
+        return f"sqlite:///{Path(self.db).expanduser() if self.db else self.cache_dir / 'hatcat.db'}"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +89,13 @@ class Settings:
             max_batch=_int("HATCAT_MAX_BATCH", get("HATCAT_MAX_BATCH"), defaults.max_batch, 1, 256),
             max_queue=_int("HATCAT_MAX_QUEUE", get("HATCAT_MAX_QUEUE"), defaults.max_queue, 0, 100_000),
             hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
+            users_file=Path(get("HATCAT_USERS_FILE")).expanduser() if get("HATCAT_USERS_FILE") else None,
+            db=get("HATCAT_DB") or None,
+            max_body_bytes=_int(
+                "HATCAT_MAX_BODY_BYTES", get("HATCAT_MAX_BODY_BYTES"), defaults.max_body_bytes, 1024, 1 << 30
+            ),
+            rate_limit=_int("HATCAT_RATE_LIMIT", get("HATCAT_RATE_LIMIT"), defaults.rate_limit, 0, 1_000_000),
+            max_streams=_int("HATCAT_MAX_STREAMS", get("HATCAT_MAX_STREAMS"), defaults.max_streams, 0, 10_000),
         )
 
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Self
 
+from hatcat.access import Directory
 from hatcat.analyze import analyses, check_request
 from hatcat.batching import Generation, Scheduler
 from hatcat.concepts import ConceptPack, load_pack
@@ -26,6 +27,7 @@ from hatcat.paths import SAFETY_MELD
 from hatcat.pipeline import ANALYZE_BATCH
 from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_id
 from hatcat.steering import Steering, SteeringRegistry, SteeringVectors
+from hatcat.store import Store
 
 
 class FairLock:
@@ -72,7 +74,14 @@ class FairLock:
 class Engine:
     """Model + tokenizer, concept pack, probe bank + monitor, steering, the batch scheduler and a fair lock."""
 
-    def __init__(self, settings: Settings, loaded: LoadedModel, concepts: ConceptPack) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        loaded: LoadedModel,
+        concepts: ConceptPack,
+        users: Directory | None = None,
+        records: Store | None = None,
+    ) -> None:
         self.settings = settings
         self.loaded = loaded
         self.model = loaded.model
@@ -84,6 +93,10 @@ class Engine:
         self.monitor: Monitor | None = None
         self.vectors: SteeringVectors | None = None
         self.steering = SteeringRegistry()
+        # who may do what (None: no access control); the record store (None: nothing is recorded)
+        if users is None and settings.access_control:
+            users = Directory.load(settings.users_file, settings.api_key)
+        self.users, self.records = users, records
         # The model's forward hooks are not re-entrant: one forward (a batch step, an analysis batch,
         # a pack load) at a time, granted in arrival order.
         self._lock = FairLock()
@@ -93,7 +106,10 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        """Load the configured model, the concept pack (+ safety meld) and the probe pack if one fits."""
+        """Open the users file and the record store, then load the configured model, the concept
+        pack (+ safety meld) and the probe pack if one fits."""
+        users = Directory.load(settings.users_file, settings.api_key) if settings.access_control else None
+        records = Store(settings.db_url)
         loaded = load_model(
             settings.model_name,
             device=settings.device,
@@ -101,7 +117,7 @@ class Engine:
             cache_dir=settings.cache_dir,
             offline=settings.hf_offline,
         )
-        engine = cls(settings, loaded, load_pack(melds=[SAFETY_MELD]))
+        engine = cls(settings, loaded, load_pack(melds=[SAFETY_MELD]), users, records)
         folder = settings.probe_pack or engine.default_probe_folder()
         if settings.probe_pack or folder.is_dir():
             engine.load_probes(folder)
@@ -131,6 +147,13 @@ class Engine:
         with self._lock:  # never swap under a running generation
             self.probes, self.bank, self.monitor, self.vectors, self.concepts = pack, bank, monitor, vectors, concepts
         return pack
+
+    def reset_thresholds(self, overrides: dict[str, float]) -> list[str]:
+        """The pack's thresholds, then `overrides` (a threshold profile); returns the concepts not in the pack."""
+        known = {c: float(v) for c, v in overrides.items() if c in self.bank.index}
+        self.monitor.set_thresholds(dict(zip(self.bank.concepts, self.bank.act_threshold.tolist())))
+        self.monitor.set_thresholds(known)
+        return sorted(set(overrides) - set(known))
 
     def held_out_scores(self, concept: str, split: str = "val") -> tuple[list[float], list[int]]:
         """The loaded activation probe's scores for `concept` on its `split` prompts (labels: 1

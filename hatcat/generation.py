@@ -309,14 +309,15 @@ class _Sampler:
         if s.greedy:
             token = int(logits.argmax().item())
         else:
-            logits = logits / s.temperature
             if s.top_k and s.top_k < logits.shape[-1]:
                 values, indices = logits.topk(s.top_k)  # sorted descending
             elif s.top_p < 1.0:
                 values, indices = logits.sort(descending=True)
             else:
                 values, indices = logits, None
-            probs = torch.softmax(values, dim=-1)
+            # The largest logit shifted to 0, then divided in float64: any accepted temperature
+            # (down to the smallest positive double) gives scores that are finite or -inf, never NaN.
+            probs = torch.softmax((values - values.max()).double() / s.temperature, dim=-1)
             if s.top_p < 1.0:
                 # Keep the smallest prefix (by descending probability) whose mass reaches top_p.
                 drop = probs.cumsum(-1) - probs >= s.top_p
@@ -334,7 +335,10 @@ class _Sampler:
         if self.last is not None:
             self.seen[self.last] = True
         p = self.settings.repetition_penalty
-        return torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        penalised = torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
+        # a tiny penalty overflows positive logits to inf: keep them finite so the shift above stays a number
+        bound = torch.finfo(penalised.dtype).max
+        return penalised.clamp(-bound, bound)
 
 
 class _Detokenizer:

@@ -14,6 +14,7 @@ pack, and refuses a mismatch with the reason (`ProbePackError`). Never pickle.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -176,6 +177,11 @@ class ProbePack:
     @property
     def id(self) -> str:
         return pack_id(self.manifest)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 over the manifest's per-file checksums: one fingerprint for the pack's weights and metrics."""
+        return hashlib.sha256(json.dumps(self.manifest.get("checksums", {}), sort_keys=True).encode()).hexdigest()
 
     @classmethod
     def load(cls, folder: str | Path, model_id: str | None = None, hidden_size: int | None = None) -> ProbePack:

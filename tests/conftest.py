@@ -52,8 +52,12 @@ def probed_engine(engine: Engine, small_probe_pack: Path) -> Engine:
 
 @pytest.fixture(scope="session")
 def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`python app.py` with the small probe pack, serving on a free loopback port; yields its base URL."""
-    proc, base = start_app({"HATCAT_PROBE_PACK": str(small_probe_pack)}, tmp_path_factory.mktemp("server") / "app.log")
+    """`python app.py` with the small probe pack (and a record store of its own), serving on a free
+    loopback port; yields its base URL."""
+    folder = tmp_path_factory.mktemp("server")
+    proc, base = start_app(
+        {"HATCAT_PROBE_PACK": str(small_probe_pack), "HATCAT_DB": str(folder / "hatcat.db")}, folder / "app.log"
+    )
     try:
         yield base
     finally:

@@ -66,13 +66,17 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
     raise TimeoutError(f"{url} did not answer 200 within {timeout:.0f} s")
 
 
-def start_app(env: dict[str, str], log: Path, timeout: float = 600) -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free loopback port (`env` on top of this process's), its output in `log`;
-    returns (process, base URL) once `/health` answers."""
+def start_app(
+    env: dict[str, str], log: Path, timeout: float = 600, prefix: list[str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`python app.py` on a free loopback port (`env` on top of this process's), its output in `log`,
+    behind `prefix` (e.g. a privilege wrapper) when given; returns (process, base URL) once `/health` answers."""
     port = free_port()
     full = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), **env}
     with log.open("w") as out:  # a file, not a pipe: a pipe nobody reads blocks the server once it fills
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, "app.py"], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/health", timeout, proc, log)

@@ -111,7 +111,8 @@ def test_stream_ends_with_done_on_the_wire(server: str) -> None:
         ({"messages": PROMPT, "temperature": -0.5}, 400, "temperature", ["greater than or equal to 0"]),
         ({"messages": PROMPT, "top_p": 0}, 400, "top_p", []),
         ({"messages": PROMPT, "model": "gpt-4"}, 404, "model", ["unknown model: gpt-4"]),
-        ({"messages": [{"role": "user"}]}, 400, "messages", ["prompt is empty"]),
+        ({"messages": [{"role": "user"}]}, 400, "messages.0.user.content", ["Field required"]),
+        ({"messages": [{"role": "user", "content": "  "}]}, 400, "messages.0.user.content", ["pattern"]),
     ],
     ids=[
         "empty-messages",
@@ -121,7 +122,8 @@ def test_stream_ends_with_done_on_the_wire(server: str) -> None:
         "negative-temperature",
         "zero-top-p",
         "unknown-model",
-        "empty-prompt",
+        "user-message-without-content",
+        "user-message-of-spaces",
     ],
 )
 def test_bad_chat_requests_get_an_openai_error(

@@ -52,6 +52,9 @@ def test_values_are_parsed_from_environment() -> None:
         ("HATCAT_DEVICE", "tpu"),
         ("HATCAT_DTYPE", "int3"),
         ("HF_HUB_OFFLINE", "maybe"),
+        ("HATCAT_MAX_BODY_BYTES", "10"),
+        ("HATCAT_RATE_LIMIT", "-1"),
+        ("HATCAT_MAX_STREAMS", "lots"),
     ],
 )
 def test_bad_value_raises_one_line_naming_the_variable(name: str, value: str) -> None:
@@ -70,6 +73,15 @@ def test_app_refuses_bad_setting_with_exit_2_and_one_line(env: dict[str, str]) -
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert next(iter(env)) in lines[0]
+
+
+def test_record_store_url_defaults_to_sqlite_under_the_cache_dir() -> None:
+    assert Settings.from_env({"HATCAT_CACHE_DIR": "/srv/hc"}).db_url == "sqlite:////srv/hc/hatcat.db"
+    assert Settings.from_env({"HATCAT_DB": "/var/lib/hc.db"}).db_url == "sqlite:////var/lib/hc.db"
+    url = "postgresql+psycopg://hc:pw@db/hatcat"
+    assert Settings.from_env({"HATCAT_DB": url}).db_url == url
+    assert not Settings.from_env({}).access_control
+    assert Settings.from_env({"HATCAT_USERS_FILE": "/etc/hc/users.yaml"}).access_control
 
 
 def test_port_and_host_come_from_spaces_variables_when_hatcat_ones_are_unset() -> None:

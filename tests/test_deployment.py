@@ -91,7 +91,10 @@ def test_compose_wires_openwebui_to_hatcat() -> None:
     for webui, backend in (("open-webui", "hatcat"), ("open-webui-gpu", "hatcat-gpu")):
         env = services[webui]["environment"]
         assert env["OPENAI_API_BASE_URLS"] == f"http://{backend}:8765/v1"
-        assert env["OPENAI_API_KEYS"] == services[backend]["environment"]["HATCAT_API_KEY"]
+        # access control on by default: users from the mounted users file, OpenWebUI on its service key
+        assert services[backend]["environment"]["HATCAT_USERS_FILE"] == "/config/users.yaml"
+        assert "./deploy/users.yaml:/config/users.yaml:ro" in services[backend]["volumes"]
+        assert env["OPENAI_API_KEYS"] == "${HATCAT_OPENWEBUI_KEY:-}"
         assert env["DEFAULT_MODELS"] == "hatcat-divergence" and env["ENABLE_SIGNUP"] == "false"
         assert services[webui]["depends_on"][backend]["condition"] == "service_healthy"
     assert services["hatcat-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
@@ -113,5 +116,6 @@ def test_compose_installs_the_openwebui_functions_once_openwebui_is_healthy() ->
         assert arg["--url"] == f"http://{webui}:8080" and arg["--hatcat-url"] == f"http://{backend}:8765"
         # the installer signs in as the admin OpenWebUI creates at its first start
         assert (arg["--email"], arg["--password"]) == (env["WEBUI_ADMIN_EMAIL"], env["WEBUI_ADMIN_PASSWORD"])
-        assert command[command.index("--api-key") + 1] == services[backend]["environment"]["HATCAT_API_KEY"]
+        # the Action calls HatCat with OpenWebUI's service key, as OpenWebUI itself does
+        assert command[command.index("--api-key") + 1] == env["OPENAI_API_KEYS"]
         assert services[webui]["image"].endswith(":v0.12.4")  # the version the functions are checked against

@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from hatcat.engine import Engine
-from views import graph, monitor, report, status, steering, thresholds, training
+from views import graph, monitor, report, review, status, steering, thresholds, training
 
 
 def build_workbench(engine: Engine) -> gr.Blocks:
@@ -25,6 +25,7 @@ def build_workbench(engine: Engine) -> gr.Blocks:
             ("Steering", lambda: steering.build(engine)),
             ("Training", lambda: training.build(engine)),
             ("Pack report", lambda: report.build(engine)),
+            ("Review", lambda: review.build(engine)),
             ("Status", lambda: status.build(engine)),
         )
         with gr.Tabs():

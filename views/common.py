@@ -6,6 +6,7 @@ traces as plain dicts (`TokenRecord.to_dict()`), which Gradio state and JSON exp
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 
 import gradio as gr
@@ -15,6 +16,8 @@ from hatcat.errors import HatCatError
 from hatcat.generation import GenerationSettings, build_prompt
 from hatcat.pipeline import MonitoredFinish
 from hatcat.steering import Steering
+from hatcat.store.events import record_response
+from views.access import current_actor
 
 NO_PACK = (
     "**No probe pack is loaded.** Train one in the *Training* tab (it is hot-loaded when done), "
@@ -61,6 +64,7 @@ def stream_trace(
         try:
             for event in generation:
                 if isinstance(event, MonitoredFinish):
+                    record_response(engine, records, f"workbench-{uuid.uuid4().hex}", current_actor())
                     summary = {
                         **event.summary.to_dict(),
                         "line": event.summary.line(),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gradio as gr
 
+from hatcat.access import Role
 from hatcat.engine import Engine
 from views import trace as tr
+from views.access import guard
 from views.common import current_threshold, probe_concepts, settings_from, stream_trace
 
 
@@ -40,6 +42,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     with gr.Accordion("raw trace (JSON)", open=False):
         raw = gr.JSON()
 
+    @guard(engine, Role.viewer, "monitoring")
     def generate(text: str, n: float, temp: float, seed_value: float | None, concept: str):
         settings = settings_from(n, temp, seed_value)
         threshold = current_threshold(engine, concept)

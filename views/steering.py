@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import gradio as gr
 
+from hatcat.access import Role
 from hatcat.engine import Engine
 from hatcat.steering import Steering, UnknownConcept
 from views import trace as tr
+from views.access import audit, guard
 from views.common import probe_concepts, require_probes, run_trace, settings_from, user_error
 
 HEADERS = ["concept", "strength", "layer"]
@@ -49,10 +51,12 @@ def build(engine: Engine) -> tuple:
             steered = gr.HTML(tr.heatmap_html([]), elem_id="steering-steered")
             steered_md = gr.Markdown()
 
+    @guard(engine, Role.researcher, "steering")
     def change(c: str, s: float, block: str | int, request: gr.Request):
         require_probes(engine)
         if c not in engine.bank.index:
             raise gr.Error("Pick a concept of the loaded probe pack.", print_exception=False)
+        audit(engine, "steering_added", c, session=session_of(request), strength=float(s))
         try:
             engine.steering.add(
                 session_of(request), Steering(c, float(s), None if block in (None, TAP) else int(block))
@@ -61,17 +65,22 @@ def build(engine: Engine) -> tuple:
             raise user_error(err) from None
         return rows(engine, session_of(request))
 
+    @guard(engine, Role.researcher, "steering")
     def drop(c: str, request: gr.Request):
+        audit(engine, "steering_removed", c, session=session_of(request))
         try:
             engine.steering.remove(session_of(request), c)
         except UnknownConcept as err:
             raise user_error(ValueError(f"{err} is not steered in this session")) from None
         return rows(engine, session_of(request))
 
+    @guard(engine, Role.researcher, "steering")
     def clear_all(request: gr.Request):
+        audit(engine, "steering_cleared", session_of(request))
         engine.steering.clear(session_of(request))
         return []
 
+    @guard(engine, Role.researcher, "steering")
     def side_by_side(text: str, n: float, seed_value: float | None, request: gr.Request):
         steerings = engine.steering.list(session_of(request))
         if not steerings:

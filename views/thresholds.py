@@ -1,14 +1,13 @@
 """Thresholds panel: score distributions, ROC/PR, a threshold slider, and named threshold profiles.
 
-Applying a threshold changes the engine's one monitor, so the API serves with it too. Profiles
-are JSON files `{name, probe_pack, thresholds: {concept: value}}` under `<cache dir>/profiles/`.
+Applying a threshold changes the engine's one monitor, so the API serves with it too (admin).
+Profiles (the monitor's overrides plus the slider's concept) live in the record store, owned
+by the researcher who saved them.
 """
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import gradio as gr
 import numpy as np
@@ -16,10 +15,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from hatcat.access import Role
 from hatcat.engine import Engine
+from hatcat.store import ProfileOwned, Store, StoreWriteError
 from hatcat.training.fit import at_threshold, auroc
 from views import trace as tr
+from views.access import audit, current_actor, current_user, guard
 from views.common import current_threshold, probe_concepts, require_probes, user_error
+from views.review import reviewed_line
 
 
 def curves_figure(concept: str, scores: list[float], labels: list[int], threshold: float) -> go.Figure:
@@ -56,13 +59,8 @@ def curves_figure(concept: str, scores: list[float], labels: list[int], threshol
     return fig
 
 
-def profile_dir(engine: Engine) -> Path:
-    return engine.settings.cache_dir / "profiles"
-
-
 def saved_profiles(engine: Engine) -> list[str]:
-    folder = profile_dir(engine)
-    return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
+    return [p["name"] for p in engine.records.profiles()] if engine.records else []
 
 
 def overrides(engine: Engine) -> dict[str, float]:
@@ -71,30 +69,37 @@ def overrides(engine: Engine) -> dict[str, float]:
     return {c: round(a, 4) for c, a, b in zip(engine.bank.concepts, now, pack) if abs(a - b) > 1e-6}
 
 
-def save_profile(engine: Engine, name: str) -> str:
+def _store(engine: Engine) -> Store:
+    if engine.records is None:
+        raise gr.Error("This workbench runs without a record store (profiles live there).", print_exception=False)
+    return engine.records
+
+
+def save_profile(engine: Engine, name: str, thresholds: dict[str, float]) -> str:
+    """Save `thresholds` as a profile owned by the current user (only its owner or an admin may replace it)."""
     require_probes(engine)
     if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", name or ""):
         raise gr.Error("A profile name is 1-64 letters, digits, '.', '_' or '-'.", print_exception=False)
-    folder = profile_dir(engine)
-    folder.mkdir(parents=True, exist_ok=True)
-    body = {"name": name, "probe_pack": engine.probes.id, "thresholds": overrides(engine)}
-    (folder / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
-    return f"Saved profile **{name}** ({len(body['thresholds'])} thresholds) to `{folder / (name + '.json')}`."
+    user = current_user()
+    try:
+        _store(engine).save_profile(
+            name, current_actor(), engine.probes.id, thresholds, admin=user is None or user.role >= Role.admin
+        )
+    except (ProfileOwned, StoreWriteError) as err:
+        raise user_error(err) from None
+    return f"Saved profile **{name}** ({len(thresholds)} thresholds) as {current_actor()}."
 
 
 def load_profile(engine: Engine, name: str) -> str:
     """Reset to the pack's thresholds, then apply the profile's (unknown concepts are skipped, and said)."""
     require_probes(engine)
-    path = profile_dir(engine) / f"{name}.json"
-    try:
-        wanted = json.loads(path.read_text())["thresholds"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise user_error(ValueError(f"cannot read profile {name!r}: {err}")) from None
-    known = {c: float(v) for c, v in wanted.items() if c in engine.bank.index}
-    engine.monitor.set_thresholds(dict(zip(engine.bank.concepts, engine.bank.act_threshold.tolist())))
-    engine.monitor.set_thresholds(known)
-    skipped = sorted(set(wanted) - set(known))
-    return f"Loaded profile **{name}**: {len(known)} thresholds applied to the monitor (the API uses them too)." + (
+    profile = _store(engine).profile(name or "")
+    if profile is None:
+        raise gr.Error(f"No profile {name!r}.", print_exception=False)
+    audit(engine, "thresholds_applied", name, probe_pack=engine.probes.id)
+    skipped = engine.reset_thresholds(profile["thresholds"])
+    applied = len(profile["thresholds"]) - len(skipped)
+    return f"Loaded profile **{name}**: {applied} thresholds applied to the monitor (the API uses them too)." + (
         f" Skipped (not in this pack): {', '.join(skipped)}." if skipped else ""
     )
 
@@ -112,21 +117,26 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     with gr.Row():
         apply = gr.Button("apply to the monitor", variant="primary")
         name = gr.Textbox(label="profile name", placeholder="strict-deception", scale=2)
-        save = gr.Button("save profile")
+        save_btn = gr.Button("save profile")
         profiles = gr.Dropdown(saved_profiles(engine), label="saved profiles", scale=2)
         load_p = gr.Button("load profile")
     status = gr.Markdown()
 
     def show(c: str, t: float, cache: dict, records: list[dict]):
+        reviewed = reviewed_line(engine, c, t)
         if not c or c not in cache:
-            return "", None, tr.heatmap_html(records or [], c or tr.BY_DIVERGENCE, t)
+            return reviewed, None, tr.heatmap_html(records or [], c or tr.BY_DIVERGENCE, t)
         s, y = cache[c]
         m = at_threshold(s, y, t)
         md = (
             f"At **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
             f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}"
         )
-        return md, curves_figure(c, s, y, t), tr.heatmap_html(records or [], c, t)
+        return (
+            md + (f"\n\n{reviewed}" if reviewed else ""),
+            curves_figure(c, s, y, t),
+            tr.heatmap_html(records or [], c, t),
+        )
 
     def compute(c: str, which: str, cache: dict, records: list[dict], progress=gr.Progress()):
         require_probes(engine)
@@ -141,23 +151,33 @@ def build(engine: Engine, trace: gr.State) -> tuple:
         t = current_threshold(engine, c)
         return cache, t, *show(c, t, cache, records)
 
+    @guard(engine, Role.admin, "setting the monitor's thresholds")
     def apply_now(c: str, t: float):
         require_probes(engine)
         if c not in engine.bank.index:
             raise gr.Error("Pick a concept of the loaded pack.", print_exception=False)
+        audit(engine, "threshold_set", c, threshold=t, probe_pack=engine.probes.id)
         engine.monitor.set_thresholds({c: t})
         return f"Monitor threshold of **{c}** is now {t:.2f} (the API uses it too). Changed: {overrides(engine)}"
 
     load.click(compute, [concept, split, scores, trace], [scores, threshold, stats, curves, highlights], api_name=False)
     threshold.change(show, [concept, threshold, scores, trace], [stats, curves, highlights], api_name=False)
     apply.click(apply_now, [concept, threshold], status, api_name=False)
-    save.click(
-        lambda n: (save_profile(engine, n), gr.Dropdown(choices=saved_profiles(engine))),
-        name,
-        [status, profiles],
+
+    @guard(engine, Role.researcher, "saving a threshold profile")
+    def save(n: str, c: str, t: float):
+        require_probes(engine)
+        # the monitor's overrides, with the concept on the slider at the slider's value
+        wanted = {**overrides(engine), **({c: round(t, 4)} if c in engine.bank.index else {})}
+        return save_profile(engine, n, wanted), gr.Dropdown(choices=saved_profiles(engine))
+
+    save_btn.click(save, [name, concept, threshold], [status, profiles], api_name=False)
+    load_p.click(
+        guard(engine, Role.admin, "applying a threshold profile")(lambda n: load_profile(engine, n)),
+        profiles,
+        status,
         api_name=False,
     )
-    load_p.click(lambda n: load_profile(engine, n), profiles, status, api_name=False)
 
     def refresh(records: list[dict]):
         fired = [c["concept"] for r in records or [] for c in r["concepts"]]

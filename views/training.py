@@ -9,11 +9,13 @@ from pathlib import Path
 
 import gradio as gr
 
+from hatcat.access import Role
 from hatcat.concepts import ConceptPack, ConceptPackError
 from hatcat.concepts.meld import load_meld, merge_into
 from hatcat.engine import Engine
 from hatcat.probes import ProbePackError
 from hatcat.training.run import TrainSettings, train
+from views.access import audit, guard
 from views.common import user_error
 
 ID = re.compile(r"[A-Z][A-Za-z0-9]{1,63}")
@@ -75,6 +77,7 @@ def build(engine: Engine) -> tuple:
         folder = gr.Textbox(label="probe pack folder", value=str(engine.default_probe_folder()), scale=4)
         load_btn = gr.Button("load probe pack", scale=1)
 
+    @guard(engine, Role.admin, "training probes")
     def run(
         concepts: list[str],
         custom: str,
@@ -93,6 +96,7 @@ def build(engine: Engine) -> tuple:
             raise gr.Error("Pick at least one concept or write a custom one.", print_exception=False)
         tap = engine.bank.tap_layer if engine.bank else TrainSettings().tap_layer
         out = engine.settings.cache_dir / "packs" / f"workbench-{time.strftime('%Y%m%d-%H%M%S')}"
+        audit(engine, "training_run", ", ".join(chosen)[:300], concepts=chosen, tap_layer=tap, out=str(out))
         progress(0.05, desc=f"training {len(chosen)} concept(s) at layer {tap}")
         try:
             with engine.exclusive():
@@ -104,6 +108,7 @@ def build(engine: Engine) -> tuple:
                     out,
                 )
             progress(0.95, desc="hot-loading")
+            audit(engine, "pack_hot_loaded", str(trained))
             loaded = engine.load_probes(trained, concepts=pack)
         except (ValueError, ProbePackError) as err:
             raise user_error(err) from None
@@ -115,7 +120,9 @@ def build(engine: Engine) -> tuple:
             f"hot-loaded `{trained}`.\n\n| concept | F1 | AUROC | threshold |\n|---|---|---|---|\n{table}"
         ), str(trained)
 
+    @guard(engine, Role.admin, "loading a probe pack")
     def load(path: str):
+        audit(engine, "pack_loaded", str(path))
         try:
             recorded = json.loads((Path(path) / "manifest.json").read_text())["concept_pack"]["id"]
             loaded = engine.load_probes(path, concepts=known.get(recorded, engine.concepts))

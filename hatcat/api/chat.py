@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -31,6 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from jinja2 import TemplateError
 
+from hatcat.api.auth import actor, session_key
 from hatcat.api.errors import APIError, as_body, error_responses
 from hatcat.api.openwebui_events import OpenWebUIEvents
 from hatcat.api.protocol import MONITOR_MODEL_ID, ChatCompletion, ChatCompletionRequest
@@ -42,6 +43,7 @@ from hatcat.model import check_context
 from hatcat.monitor import ResponseSummary, TokenRecord
 from hatcat.pipeline import MonitoredFinish, MonitoredToken
 from hatcat.steering import Steering
+from hatcat.store.events import record_response
 
 router = APIRouter(prefix="/v1")
 
@@ -52,7 +54,23 @@ MIN_TOP_P = 1e-9  # keeps only the most likely token, as any smaller top_p does
 STREAM_RESPONSE = {
     200: {
         "description": "a chat.completion, or with `stream: true` SSE chat.completion.chunk events",
-        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        # OpenAPI 3.1 reads an event stream's `schema` as the schema of one event
+        "content": {
+            "text/event-stream": {
+                "schema": {
+                    "type": "object",
+                    "required": ["data"],
+                    "properties": {
+                        "event": {"type": "string", "const": "message"},
+                        "data": {
+                            "type": "string",
+                            "description": "a chat.completion.chunk as JSON, an error object "
+                            '({"error": {...}}) when generation fails mid-stream, or [DONE] last',
+                        },
+                    },
+                }
+            }
+        },
     }
 }
 
@@ -67,19 +85,32 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
     _check_model(engine, body.model)
     settings = _generation_settings(body, engine.settings.max_tokens)
     prompt = await run_in_threadpool(_prompt, engine, [m.model_dump(exclude_none=True) for m in body.messages])
-    steerings = engine.steering.list(body.session_id)
-    generation = engine.generate(prompt, settings, steerings)  # QueueFull: 429 before any byte is sent
+    steerings = engine.steering.list(session_key(request, body.session_id))
+    slots = request.app.state.streams
+    slot = slots.take(request) if body.stream else None  # 429 past HATCAT_MAX_STREAMS open streams per key
+    try:
+        generation = engine.generate(prompt, settings, steerings)  # QueueFull: 429 before any byte is sent
+    except BaseException:
+        slots.give(slot)
+        raise
     job = Job(engine, lambda: generation, exclusive=False)
     run = _Run(request, body, steerings, engine)
+    first = None
     try:
         first = await run.first(job)
     except ClientGone:
-        return None  # nobody is listening
+        pass  # nobody is listening
+    finally:
+        if first is None:
+            slots.give(slot)  # no stream will be sent: its slot is free again
+    if first is None:
+        return None
     if body.stream:
         return _EventStream(
             run.stream(job, first),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            on_close=lambda: slots.give(slot),
         )
     try:
         return await run.collect(job, first)
@@ -171,6 +202,7 @@ class _Run:
         self.steering = steering_state(steerings, body.session_id)
         self.monitoring = engine.monitor is not None
         self.started = time.perf_counter()
+        self.records: list[TokenRecord] = []
         self.openwebui = OpenWebUIEvents.requested(request) if body.stream else None
 
     async def first(self, job: Job) -> Any:
@@ -190,9 +222,11 @@ class _Run:
     def _observe(self, record: TokenRecord | None) -> None:
         if record is not None:
             self.metrics.divergence.observe(record.max_divergence)
+            self.records.append(record)
 
     def _finished(self, finished: Finished) -> dict[str, int]:
         self.metrics.generation(finished.completion_tokens, time.perf_counter() - self.started)
+        record_response(self.engine, self.records, self.id, actor(self.request))
         return {
             "prompt_tokens": finished.prompt_tokens,
             "completion_tokens": finished.completion_tokens,
@@ -322,10 +356,18 @@ class _Run:
 
 
 class _EventStream(StreamingResponse):
-    """Closes its body iterator however the response ends, so the job is always cancelled."""
+    """Closes its body iterator however the response ends, so the job is always cancelled, then
+    gives its stream slot back."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_close = on_close
 
     async def __call__(self, scope, receive, send) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            await self.body_iterator.aclose()
+            try:
+                await self.body_iterator.aclose()
+            finally:
+                self.on_close()

@@ -8,6 +8,7 @@ that is not JSON), Starlette's 404/405 and anything unexpected are turned into t
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -23,6 +24,7 @@ log = logging.getLogger("hatcat.api")
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
+    403: "permission_error",
     404: "not_found_error",
     405: "invalid_request_error",
     409: "conflict_error",
@@ -98,7 +100,14 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
             code="unsupported_content_type",
         )
     first = errors[0] if errors else {}
-    loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path", "header")]
+    # not the location's parts that name where (body, query...) or which branch of a union it was
+    loc = [
+        str(part)
+        for part in first.get("loc", ())
+        if part not in ("body", "query", "path", "header", "str") and not re.search(r"[\[-]", str(part))
+    ]
+    if first.get("type") in ("union_tag_invalid", "union_tag_not_found"):  # e.g. a message's unknown role
+        loc.append(str((first.get("ctx") or {}).get("discriminator", "")).strip("'\""))
     param = ".".join(loc) or None
     if first.get("type") == "json_invalid":
         detail = (first.get("ctx") or {}).get("error", "")

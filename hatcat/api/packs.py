@@ -1,4 +1,5 @@
-"""GET /v1/concept-packs[/{id}[/concepts/{concept}]] and /v1/probe-packs[/{id}].
+"""GET /v1/concept-packs[/{id}[/concepts/{concept}]] and /v1/probe-packs[/{id}]; POST
+/v1/probe-packs/{id}/load (admin) hot-loads one.
 
 The concept pack is the one the engine loaded (with its melds). Probe packs are the ones
 installed under `probes/` (their manifests read, weights untouched) plus the loaded one,
@@ -11,9 +12,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 
+from hatcat.access import Role
+from hatcat.api.auth import requires
 from hatcat.api.errors import APIError, error_responses
+from hatcat.api.records import audit
 from hatcat.engine import Engine
 from hatcat.probes import read_metrics
 
@@ -93,16 +97,34 @@ def list_probe_packs(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": [_summary(pid, *pack) for pid, pack in packs.items()]}
 
 
-@router.get("/probe-packs/{pack_id}")
-def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
-    engine = request.app.state.engine
+def _installed(engine: Engine, pack_id: str) -> tuple[Path, dict[str, Any], bool]:
     packs = engine.probe_packs()
     if pack_id not in packs:
         known = ", ".join(packs) or "none installed"
         raise APIError(
             404, f"unknown probe pack: {pack_id} (available: {known})", param="pack_id", code="probe_pack_not_found"
         )
-    folder, manifest, loaded = packs[pack_id]
+    return packs[pack_id]
+
+
+@router.get("/probe-packs/{pack_id}")
+def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
+    engine = request.app.state.engine
+    folder, manifest, loaded = _installed(engine, pack_id)
     metrics = engine.probes.metrics if loaded else read_metrics(folder)
     details = {k: v for k, v in manifest.items() if k not in ("thresholds", "checksums")}
     return {**_summary(pack_id, folder, manifest, loaded), "manifest": details, "metrics": metrics}
+
+
+@router.post(
+    "/probe-packs/{pack_id}/load",
+    dependencies=[Depends(requires(Role.admin, "loading a probe pack"))],
+    responses=error_responses(403, 409, 503),
+)
+def load_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
+    """Hot-load an installed probe pack: every client is monitored with it from the next request on."""
+    engine: Engine = request.app.state.engine
+    folder, manifest, _ = _installed(engine, pack_id)
+    audit(request, "pack_loaded", pack_id, folder=str(folder))
+    engine.load_probes(folder)  # a pack that does not fit the model or concept pack: its own error
+    return _summary(pack_id, folder, manifest, loaded=True)

@@ -42,9 +42,28 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(_Request):
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "assistant"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+
+
+# A user message is the prompt: it needs text that is more than white space.
+Text = Annotated[str, Field(pattern=r"\S")]
+
+
+class UserTextPart(BaseModel):
+    type: Literal["text"]
+    text: Text
+
+
+class UserMessage(_Request):
+    role: Literal["user"]
+    content: Text | Annotated[list[UserTextPart], Field(min_length=1)]
+    name: str | None = None
+
+
+Message = Annotated[UserMessage | ChatMessage, Field(discriminator="role")]
+HAS_USER_MESSAGE = {"contains": {"type": "object", "properties": {"role": {"const": "user"}}, "required": ["role"]}}
 
 
 class StreamOptions(_Request):
@@ -52,7 +71,9 @@ class StreamOptions(_Request):
 
 
 class ChatCompletionRequest(_Request):
-    messages: list[ChatMessage] = Field(min_length=1)
+    messages: list[Message] = Field(
+        min_length=1, description="at least one user message", json_schema_extra=HAS_USER_MESSAGE
+    )
     model: str = Field(MONITOR_MODEL_ID, min_length=1, max_length=200)
     max_completion_tokens: int | None = Field(None, ge=1, description="alias of max_tokens")
     max_tokens: int | None = Field(None, ge=1, description="at most HATCAT_MAX_TOKENS")
