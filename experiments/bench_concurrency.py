@@ -41,7 +41,7 @@ from hatcat.batching import Scheduler
 from hatcat.config import Settings
 from hatcat.cpu_dtype import cpu_name
 from hatcat.engine import Engine
-from hatcat.generation import GenerationSettings, TokenStep, build_prompt, encode_prompt
+from hatcat.generation import GenerationSettings, build_prompt, encode_prompt
 from hatcat.paths import RESULTS
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 
@@ -163,7 +163,7 @@ def greedy_flips(engine: Engine, model: torch.nn.Module, texts: list[str], token
     greedy = GenerationSettings(max_tokens=tokens, temperature=0)
 
     def ids(events: list) -> list[int]:
-        return [e.token_id for e in events if isinstance(e, TokenStep)]
+        return [e.step.token_id for e in events if isinstance(e, MonitoredToken)]
 
     alone = [ids(list(scheduler.submit(t, greedy))) for t in texts]
     generations = [scheduler.submit(t, greedy) for t in texts]

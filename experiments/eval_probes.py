@@ -24,6 +24,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import brier_score_loss
 
 from hatcat.paths import RESULTS, ROOT, SHIPPED_PROBES
 
@@ -49,29 +51,25 @@ def summarise(per_concept: dict[str, dict]) -> dict:
 
 
 def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> dict:
+    """Reliability table (scikit-learn's calibration curve, uniform bins), ECE and Brier score."""
     edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(probs, edges) - 1, 0, bins - 1)
-    table = []
-    for b in range(bins):
-        sel = which == b
-        table.append(
-            {
-                "bin": [round(edges[b], 2), round(edges[b + 1], 2)],
-                "n": int(sel.sum()),
-                "mean_prob": round(float(probs[sel].mean()), 4) if sel.any() else None,
-                "frac_positive": round(float(labels[sel].mean()), 4) if sel.any() else None,
-            }
-        )
-    ece = float(
-        sum(
-            abs(probs[which == b].mean() - labels[which == b].mean()) * (which == b).sum()
-            for b in range(bins)
-            if (which == b).any()
-        )
-        / len(probs)
-    )
-    brier = float(((probs - labels) ** 2).mean())
-    return {"bins": table, "ece": round(ece, 4), "brier": round(brier, 4), "n": len(probs)}
+    counts = np.bincount(np.searchsorted(edges[1:-1], probs), minlength=bins)  # calibration_curve's binning
+    frac, mean_prob = calibration_curve(labels, probs, n_bins=bins)
+    filled = np.flatnonzero(counts)
+    table = [
+        {
+            "bin": [round(edges[b], 2), round(edges[b + 1], 2)],
+            "n": int(counts[b]),
+            "mean_prob": None,
+            "frac_positive": None,
+        }
+        for b in range(bins)
+    ]
+    for b, f, m in zip(filled, frac, mean_prob):
+        table[b] |= {"mean_prob": round(float(m), 4), "frac_positive": round(float(f), 4)}
+    ece = float((np.abs(frac - mean_prob) * counts[filled]).sum() / len(probs))
+    brier = brier_score_loss(labels, probs)
+    return {"bins": table, "ece": round(ece, 4), "brier": round(float(brier), 4), "n": len(probs)}
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Continuous batching: concurrent generations decode together in ONE running batch.
 
     generation = scheduler.submit(prompt, settings, steerings, monitor, vectors)  # QueueFull past the bound
-    for event in generation:      # MonitoredToken ... MonitoredFinish (TokenStep ... Finished unmonitored)
+    for event in generation:      # MonitoredToken ... MonitoredFinish (record / summary None unmonitored)
         ...
     generation.cancel()           # the row leaves the batch at the next step
 
@@ -61,6 +61,7 @@ from hatcat.steering import Steering, SteeringVectors
 from hatcat.tap import Tap, tap
 
 _END = object()
+CANCEL_POLL_S = 0.1  # how often a reader waiting for its next event looks at its cancel flag
 
 
 class QueueFull(HatCatError):
@@ -96,16 +97,26 @@ class _Row:
 
 
 class Generation:
-    """A submitted request's events, in order; iterating blocks until the next one arrives."""
+    """A submitted request's events, in order; iterating blocks until the next one arrives, and
+    ends (the row leaving the batch) once the request's `cancel` flag is set."""
 
-    def __init__(self, row: _Row) -> None:
+    def __init__(self, row: _Row, cancel: threading.Event | None = None) -> None:
         self._row = row
+        self._cancel = cancel
 
     def __iter__(self) -> Iterator[object]:
         return self
 
     def __next__(self) -> object:
-        item = self._row.out.get()
+        while True:
+            if self._cancel is not None and self._cancel.is_set():
+                self.cancel()
+                raise StopIteration
+            try:
+                item = self._row.out.get(timeout=CANCEL_POLL_S if self._cancel is not None else None)
+                break
+            except queue.Empty:
+                continue
         if item is _END:
             self._row.out.put(_END)  # later calls end too
             raise StopIteration
@@ -156,6 +167,7 @@ class Scheduler:
         steerings: list[Steering] | tuple[Steering, ...] = (),
         monitor: Monitor | None = None,
         vectors: SteeringVectors | None = None,
+        cancel: threading.Event | None = None,
     ) -> Generation:
         """Queue a generation; it joins the running batch at the next step with room.
 
@@ -180,7 +192,7 @@ class Scheduler:
                 self._thread = threading.Thread(target=self._run, name="hatcat-batch", daemon=True)
                 self._thread.start()
             self._cond.notify_all()
-        return Generation(row)
+        return Generation(row, cancel)
 
     @property
     def depth(self) -> int:
@@ -348,16 +360,14 @@ class Scheduler:
     def _release(self, row: _Row, steps: Iterator[TokenStep]) -> None:
         for step in steps:
             record = row.unreleased.pop(step.index, None)
-            if record is None:
-                row.out.put(step)
-                continue
-            record = replace(record, token=step.text)
-            row.records.append(record)
+            if record is not None:
+                record = replace(record, token=step.text)
+                row.records.append(record)
             row.out.put(MonitoredToken(step, record))
 
     def _finish(self, row: _Row, reason: str) -> None:
         finished = Finished(reason, len(row.prompt_ids), row.generated, row.stops.emitted_text)
-        row.out.put(MonitoredFinish(finished, summarise(row.records)) if row.monitor is not None else finished)
+        row.out.put(MonitoredFinish(finished, summarise(row.records) if row.monitor is not None else None))
         row.out.put(_END)
         row.done = True
 

@@ -181,8 +181,8 @@ class Engine:
 
     def generate(self, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> Generation:
         """Start a generation in the running batch (continuous batching, see `hatcat.batching`):
-        monitored (MonitoredToken ... MonitoredFinish) when a probe pack is loaded, else TokenStep ...
-        Finished. Raises QueueFull (429) past HATCAT_MAX_QUEUE waiting; `cancel()` the result to stop."""
+        MonitoredToken ... MonitoredFinish (records and summary None without a probe pack).
+        Raises QueueFull (429) past HATCAT_MAX_QUEUE waiting; `cancel()` the result to stop."""
         monitor, vectors = self.monitor, self.vectors
         return self.scheduler.submit(prompt, settings, steerings if monitor else (), monitor, vectors)
 

@@ -93,3 +93,33 @@ def stop_app(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+def tiny_probe_pack(folder: Path, hidden: int = 8, layer: int = 3, model: str = "m") -> Path:
+    """A valid three-concept probe pack (Music, Deception, Fear) with random weights, for model-free tests."""
+    import torch
+
+    from hatcat.probes import save_pack
+
+    concepts = ["Music", "Deception", "Fear"]
+    gen = torch.Generator().manual_seed(0)
+    weights = {
+        side: (torch.randn(3, hidden, generator=gen), torch.randn(3, generator=gen), torch.tensor([0.4, 0.5, 0.6]))
+        for side in ("activation", "text")
+    }
+    m = {"layer": 1, "f1": 0.8, "auroc": 0.9, "precision": 0.8, "recall": 0.8, "threshold": 0.5, "n_pos": 4, "n_neg": 4}
+    per = {c: dict(m) for c in concepts}
+    metrics = {
+        "per_concept": per,
+        "per_layer": {"1": {"mean_f1": 0.8, "mean_auroc": 0.9, "n": 3}},
+        "text": {"per_concept": per, "per_layer": {}},
+    }
+    manifest = {
+        "model": model,
+        "hidden_size": hidden,
+        "tap_layer": layer,
+        "pooling": "last",
+        "concept_pack": {"id": "p", "checksum": "x"},
+        "concepts": concepts,
+    }
+    return save_pack(folder, manifest, weights, metrics)

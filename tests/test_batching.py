@@ -130,9 +130,14 @@ def test_a_cancelled_row_leaves_and_the_others_complete(engine: Engine, schedule
     generations = [
         scheduler.submit(prompt(engine, q), settings, (), engine.monitor, engine.vectors) for q in QUESTIONS[:4]
     ]
+    flag = threading.Event()
+    flagged = scheduler.submit(prompt(engine, QUESTIONS[4]), settings, (), engine.monitor, engine.vectors, cancel=flag)
     next(generations[1])
     generations[1].cancel()
     assert list(generations[1]) == []  # iteration ends at once
+    next(flagged)
+    flag.set()  # a request's cancel flag (the API sets it when the client goes away) ends it too
+    assert list(flagged) == []
     done = collect_all([g for i, g in enumerate(generations) if i != 1])
     assert all(isinstance(events[-1], MonitoredFinish) for events in done)
     deadline = time.monotonic() + 30

@@ -11,10 +11,11 @@ import torch
 import yaml
 
 from hatcat.paths import DATA
-from hatcat.probes import ProbePack, save_pack
+from hatcat.probes import ProbePack
 from hatcat.training import deception as d
 from hatcat.training import deception_recipes as r
 from hatcat.training.fit import LinearProbes, auroc
+from tests.support import tiny_probe_pack
 
 
 def test_splits_are_disjoint_by_fact_and_wording() -> None:
@@ -132,44 +133,8 @@ def test_recipe_trains_and_scores_on_a_few_real_texts(engine, tmp_path) -> None:
     assert auroc(scores, np.array([it.label for it in instructed], dtype=float)) >= 0.9
 
 
-def _tiny_pack(folder, hidden: int = 8, layer: int = 3):
-    concepts = ["Music", "Deception", "Fear"]
-    gen = torch.Generator().manual_seed(0)
-    weights = {
-        side: (torch.randn(3, hidden, generator=gen), torch.randn(3, generator=gen), torch.tensor([0.4, 0.5, 0.6]))
-        for side in ("activation", "text")
-    }
-    per = {
-        c: {
-            "layer": 1,
-            "f1": 0.8,
-            "auroc": 0.9,
-            "precision": 0.8,
-            "recall": 0.8,
-            "threshold": 0.5,
-            "n_pos": 4,
-            "n_neg": 4,
-        }
-        for c in concepts
-    }
-    metrics = {
-        "per_concept": per,
-        "per_layer": {"1": {"mean_f1": 0.8, "mean_auroc": 0.9, "n": 3}},
-        "text": {"per_concept": per, "per_layer": {}},
-    }
-    manifest = {
-        "model": "m",
-        "hidden_size": hidden,
-        "tap_layer": layer,
-        "pooling": "last",
-        "concept_pack": {"id": "p", "checksum": "x"},
-        "concepts": concepts,
-    }
-    return save_pack(folder, manifest, weights, metrics)
-
-
 def test_inject_changes_only_the_deception_row(tmp_path) -> None:
-    folder = _tiny_pack(tmp_path / "pack")
+    folder = tiny_probe_pack(tmp_path / "pack")
     before = ProbePack.load(folder)
     probe = LinearProbes(torch.full((1, 8), 0.25), torch.tensor([-1.0]), torch.tensor([0.7]))
     metrics = {"precision": 1.0, "recall": 0.5, "f1": 0.6667, "auroc": 0.95, "threshold": 0.7, "n_pos": 10, "n_neg": 10}
@@ -197,7 +162,7 @@ def test_inject_changes_only_the_deception_row(tmp_path) -> None:
 
 
 def test_inject_refuses_another_tap_layer(tmp_path) -> None:
-    folder = _tiny_pack(tmp_path / "pack", layer=5)
+    folder = tiny_probe_pack(tmp_path / "pack", layer=5)
     manifest = (folder / "manifest.json").read_text()
     probe = LinearProbes(torch.zeros(1, 8), torch.zeros(1), torch.tensor([0.5]))
     with pytest.raises(ValueError, match="taps layer 5"):
