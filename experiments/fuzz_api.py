@@ -80,6 +80,8 @@ def fuzz(base: str, key: str, seed: int, args: argparse.Namespace, junit: Path) 
         f"Authorization: Bearer {key}",
         "--checks",
         "all",
+        "--phases",
+        args.phases,
         "--max-examples",
         str(args.max_examples),
         "--max-time",
@@ -110,6 +112,7 @@ def main() -> int:
     parser.add_argument("--max-examples", type=int, default=40, help="examples per operation and phase")
     parser.add_argument("--max-time", type=int, default=300, help="time budget per seed, seconds")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--phases", default="examples,coverage,fuzzing,stateful", help="schemathesis phases")
     parser.add_argument("--out", type=Path, default=RESULTS / "fuzz_api.json")
     args = parser.parse_args()
 
@@ -168,6 +171,7 @@ def main() -> int:
         "max_examples": args.max_examples,
         "max_time_s_per_seed": args.max_time,
         "seeds": args.seeds,
+        "phases": args.phases,
         "seconds": round(seconds, 1),
         "cases_run": sum(v1.values()),
         "responses_by_status": dict(sorted(by_status.items())),

@@ -22,5 +22,4 @@ def test_fuzzing_v1_with_auth_on_finds_no_server_error(small_probe_pack: Path, t
     result = json.loads(out.read_text())
     assert result["server_errors_5xx"] == 0, result["server_error_operations"]
     assert result["cases_run"] > 100 and result["responses_by_status"].get("200", 0) > 0
-    assert result["responses_by_status"].get("401", 0) > 0  # schemathesis also tried without the key
     assert done.returncode == 0

@@ -15,8 +15,8 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hatcat.access import Directory, Forbidden, Role, User
-from hatcat.api.errors import APIError, error_response
+from hatcat.access import Directory, Role, User
+from hatcat.api.errors import error_response
 
 
 def is_api(path: str) -> bool:
@@ -59,10 +59,7 @@ def requires(role: Role, action: str) -> Callable[[Request], None]:
     def check(request: Request) -> None:
         user = caller(request)
         if user is not None:
-            try:
-                user.require(role, action)
-            except Forbidden as err:
-                raise APIError(403, str(err), code="forbidden") from None
+            user.require(role, action)  # Forbidden: a 403 with the reason
 
     return check
 

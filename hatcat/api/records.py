@@ -20,7 +20,7 @@ from hatcat.api.errors import APIError, error_responses
 from hatcat.api.protocol import ConceptId, _Request
 from hatcat.api.reports import require_monitor
 from hatcat.engine import Engine
-from hatcat.store import ProfileOwned, Store, StoreWriteError
+from hatcat.store import Store, StoreWriteError
 
 router = APIRouter(prefix="/v1", responses=error_responses(400, 401, 403, 503))
 
@@ -41,10 +41,6 @@ def store_of(engine: Engine) -> Store:
     if engine.records is None:
         raise APIError(503, "this server runs without a record store", code="store_unavailable")
     return engine.records
-
-
-def written(err: StoreWriteError) -> APIError:
-    return APIError(503, str(err), code="store_unavailable")
 
 
 def audit(request: Request, action: str, target: str, **detail: Any) -> None:
@@ -74,10 +70,7 @@ def list_events(
 
 @router.post("/events/review", dependencies=[Depends(requires(Role.admin, "reviewing events"))])
 def review_events(body: ReviewBody, request: Request) -> dict[str, Any]:
-    try:
-        found = store_of(request.app.state.engine).mark(body.ids, body.review, actor(request))
-    except StoreWriteError as err:
-        raise written(err) from None
+    found = store_of(request.app.state.engine).mark(body.ids, body.review, actor(request))  # 503 when it cannot
     return {"object": "review", "review": body.review, "marked": found}
 
 
@@ -105,14 +98,10 @@ def save_profile(name: ProfileName, body: ProfileBody, request: Request) -> dict
         message = f"no probe for {', '.join(unknown[:5])} in the loaded pack {engine.probes.id}"
         raise APIError(400, message, param="thresholds", code="concept_not_found")
     user = caller(request)
-    try:
-        store_of(engine).save_profile(
-            name, actor(request), engine.probes.id, body.thresholds, admin=user is None or user.role >= Role.admin
-        )
-    except ProfileOwned as err:
-        raise APIError(403, str(err), code="forbidden") from None
-    except StoreWriteError as err:
-        raise written(err) from None
+    # another owner's profile: 403; a store that cannot write: 503 (both HatCatErrors)
+    store_of(engine).save_profile(
+        name, actor(request), engine.probes.id, body.thresholds, admin=user is None or user.role >= Role.admin
+    )
     return store_of(engine).profile(name)
 
 
