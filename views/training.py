@@ -114,10 +114,15 @@ def build(engine: Engine) -> tuple:
             raise user_error(err) from None
         known[pack.id] = pack
         per = loaded.metrics["per_concept"]
-        table = "\n".join(f"| {c} | {m['f1']} | {m['auroc']} | {m['threshold']} |" for c, m in per.items())
+        table = "\n".join(
+            f"| {c} | {m['threshold']} | {m.get('control_fpr_test', '–')} | {m.get('natural_recall', '–')} "
+            f"| {m.get('f1', '–')} |"
+            for c, m in per.items()
+        )
         return (
             f"Trained {run_report.concepts} concept(s) on {run_report.prompts} prompts in {run_report.wall_seconds:.0f} s; "
-            f"hot-loaded `{trained}`.\n\n| concept | F1 | AUROC | threshold |\n|---|---|---|---|\n{table}"
+            f"hot-loaded `{trained}`.\n\n| concept | threshold | control FPR (held-out) | natural recall "
+            f"| template F1 |\n|---|---|---|---|---|\n{table}"
         ), str(trained)
 
     @guard(engine, Role.admin, "loading a probe pack")
