@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--method",
         choices=METHODS,
         default=defaults.method,
-        help=f"probe directions (default {defaults.method}, chosen in results/recipe_compare.json)",
+        help=f"probe directions (default {defaults.method}, chosen on dev data, see the README)",
     )
     ap.add_argument(
         "--k-texts", type=int, default=defaults.k_texts, help=f"training texts per concept (default {defaults.k_texts})"

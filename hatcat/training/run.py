@@ -1,6 +1,6 @@
 """One training run: concepts -> texts -> cached token states -> probes -> a probe pack on disk.
 
-The recipe (chosen on dev data written by others, results/recipe_compare.json):
+The recipe (chosen on dev data written by others; see the README):
 1. per concept a few training texts (hatcat/training/recipe.training_texts), pooled per text;
 2. one-matrix LDA directions (or difference of means, logistic: `method`) against hard, easy and
    background negatives, where the background is every token of the control corpus's dev part
@@ -61,7 +61,7 @@ class TrainSettings:
     concepts: tuple[str, ...] = ()  # empty: every concept of the chosen layers
     limit: int | None = None  # at most this many concepts (first in pack order), for quick runs
     tap_layer: int = 15  # results/tap_sweep.json
-    method: str = "lda"  # results/recipe_compare.json: LDA over the training templates won on dev
+    method: str = "lda"  # LDA over the training templates won on dev (README)
     pooling: str = "last"
     k_texts: int = 12  # every training-split text of a concept (templates, definition, examples)
     target_fpr: float = 0.01

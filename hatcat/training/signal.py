@@ -24,7 +24,7 @@ divergence = tanh((min(z, z_threshold) - z_words) / D_c): the activation evidenc
 the concept's firing point, that the words do not account for. Capping matters: a text that names
 a concept drives the activation far past its threshold, and an uncapped difference then grows with
 how loudly the concept is named (on the dev pairs, named text scored higher than implied text
-without the cap: token-mean AUROC 0.78 uncapped vs 0.94 capped, results/recipe_compare.json).
+without the cap: token-mean AUROC 0.78 uncapped vs 0.94 capped, on dev).
 D_c puts the colour scale's midpoint (0.5) at DIV_MID_SD of the concept's own residual standard
 deviations on control text, or more where needed so that at most 5% of the control corpus's dev
 tokens are coloured beyond it.
