@@ -119,13 +119,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any
 
 
 def _check_model(engine: Engine, model: str) -> None:
-    if model == MONITOR_MODEL_ID or (engine.probes is not None and model == engine.probes.id):
+    loaded = engine.probe_pack_id
+    if model in (MONITOR_MODEL_ID, loaded):
         return
     packs = engine.probe_packs()
     if model in packs:
         raise APIError(
             409,
-            f"probe pack {model} is installed but not loaded (loaded: {engine.probes.id if engine.probes else 'none'}); "
+            f"probe pack {model} is installed but not loaded (loaded: {loaded or 'none'}); "
             "load it in the workbench or set HATCAT_PROBE_PACK",
             param="model",
             code="model_not_loaded",
@@ -200,7 +201,7 @@ class _Run:
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.steering = steering_state(steerings, body.session_id)
-        self.monitoring = engine.monitor is not None
+        self.monitoring = engine.probe_pack_id is not None
         self.started = time.perf_counter()
         self.records: list[TokenRecord] = []
         self.openwebui = OpenWebUIEvents.requested(request) if body.stream else None
@@ -211,7 +212,7 @@ class _Run:
             item = await job.next_watching(self.request)
             if isinstance(item, Started):
                 self.started = time.perf_counter()
-                self.monitoring = self.engine.monitor is not None  # as of the turn (a pack may have been loaded)
+                self.monitoring = self.engine.probe_pack_id is not None  # as of the turn (a pack may have been loaded)
                 continue
             if isinstance(item, Failed):
                 raise item.error
@@ -346,7 +347,7 @@ class _Run:
             "usage": usage,
             "hatcat": {
                 "monitoring": self.monitoring,
-                "probe_pack": self.engine.probes.id if self.monitoring and self.engine.probes else None,
+                "probe_pack": self.engine.probe_pack_id if self.monitoring else None,
                 "tokens": tokens,
                 "analysis": summary.to_dict() if summary else None,
                 "analysis_line": _analysis_line(summary) if summary else None,
