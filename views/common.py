@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from hatcat.api.prompt import build_prompt
 from hatcat.engine import Engine
 from hatcat.errors import HatCatError
-from hatcat.generation import GenerationSettings, build_prompt
+from hatcat.generation import GenerationSettings
 from hatcat.pipeline import MonitoredFinish
 from hatcat.steering import Steering
 from hatcat.store.events import record_response

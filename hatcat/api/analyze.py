@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from hatcat.api.errors import APIError, error_responses
 from hatcat.api.protocol import Analysis, AnalysisList, AnalyzeRequest
 from hatcat.api.reports import token_report
-from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
+from hatcat.api.worker import ClientGone, Ended, Failed, Job
 from hatcat.engine import Engine
 
 router = APIRouter(prefix="/v1")
@@ -30,14 +30,13 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     pack_id = engine.require_probes("analysis").probes.id
     texts = body.texts
     answers: list[dict[str, Any] | None] = [None] * len(texts)
-    job = Job(engine, lambda: engine.analyze(texts, body.concepts, body.top_k), exclusive=False)
+    job = Job(lambda: engine.analyze(texts, body.concepts, body.top_k))
     try:
         while not isinstance(item := await job.next_watching(request), Ended):
             if isinstance(item, Failed):
                 raise item.error
-            if not isinstance(item, Started):
-                index, document = item
-                answers[index] = _answer(pack_id, document, None if body.text is not None else index)
+            index, document = item
+            answers[index] = _answer(pack_id, document, None if body.text is not None else index)
     except ClientGone:
         return None
     if any(a is None for a in answers):
