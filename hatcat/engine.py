@@ -31,7 +31,8 @@ from hatcat.monitor import Monitor
 from hatcat.paths import SAFETY_MELD
 from hatcat.pipeline import ANALYZE_BATCH
 from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_id
-from hatcat.steering import Steering, SteeringRegistry, SteeringVectors
+from hatcat.sessions import open_session_store
+from hatcat.steering import Steering, SteeringVectors
 from hatcat.store import Store
 
 if TYPE_CHECKING:
@@ -108,7 +109,7 @@ class Engine:
         self.loaded_at = time.time()
         self.packs = Packs(concepts)
         self._concept_packs = {concepts.id: concepts}  # every concept pack a probe pack may be checked against
-        self.steering = SteeringRegistry()
+        self.steering = open_session_store(settings.session_store)  # steerings per session (Redis: shared)
         self.auto_trainer = None  # hatcat.auto_train.AutoTrainer while a pack trains in the background
         # who may do what (None: no access control); the record store (None: nothing is recorded)
         if users is None and settings.access_control:
