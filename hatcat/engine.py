@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
 from hatcat.access import Directory
-from hatcat.analyze import analyses, check_request
+from hatcat.analysis import analyses, check_request
 from hatcat.batching import Generation, Scheduler
 from hatcat.concepts import ConceptPack, load_pack
 from hatcat.config import Settings
@@ -295,7 +295,7 @@ class Engine:
     def analyze(
         self, texts: list[str], concepts: list[str] | None = None, top_k: int = 10, batch_size: int = ANALYZE_BATCH
     ) -> Iterator[tuple[int, dict[str, object]]]:
-        """(index, analysis document) per text, scored in padded batches (see `hatcat.analyze`); the
+        """(index, analysis document) per text, scored in padded batches (see `hatcat.analysis`); the
         model is held per batch, so generations interleave. Raises HatCatError for a bad request."""
         monitor = self.require_probes("analysis").monitor
         check_request(self.model, self.tokenizer, monitor, texts, concepts)

@@ -332,3 +332,15 @@ class AnalysisList(BaseModel):
     probe_pack: str
     data: list[Analysis]
     usage: Usage
+
+
+# ---- the record store -------------------------------------------------------------------------
+
+
+class ProfileBody(_Request):
+    thresholds: dict[ConceptId, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(max_length=100_000)
+
+
+class ReviewBody(_Request):
+    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(min_length=1, max_length=10_000)
+    review: Literal["reviewed", "true_positive", "false_positive"]

@@ -12,28 +12,17 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import Field
 
 from hatcat.access import Role
 from hatcat.api.auth import actor, caller, requires
 from hatcat.api.errors import APIError, error_responses
-from hatcat.api.protocol import ConceptId, _Request
+from hatcat.api.protocol import ProfileBody, ReviewBody
 from hatcat.engine import Engine
 from hatcat.store import Store, StoreWriteError
 
 router = APIRouter(prefix="/v1", responses=error_responses(400, 401, 403, 503))
 
 ProfileName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Review = Literal["reviewed", "true_positive", "false_positive"]
-
-
-class ProfileBody(_Request):
-    thresholds: dict[ConceptId, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(max_length=100_000)
-
-
-class ReviewBody(_Request):
-    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(min_length=1, max_length=10_000)
-    review: Review
 
 
 def store_of(engine: Engine) -> Store:
