@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import os
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -240,7 +240,7 @@ def _session(request: Any, body: bytes) -> str | None:
     return value.get("session_id") if isinstance(value, dict) and isinstance(value.get("session_id"), str) else None
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Scale:
     """How many model replicas and what each takes; fixed (`replicas`) or autoscaled (min..max)."""
 
@@ -288,6 +288,20 @@ def build(settings: Settings, scale: Scale) -> Any:
         ).bind(settings)
     ingress = serve.deployment(Ingress, name="Ingress", max_ongoing_requests=1024, ray_actor_options={"num_cpus": 0})
     return ingress.bind(model, workbench, settings.max_body_bytes, scale.session_affinity)
+
+
+def app(args: dict[str, Any]) -> Any:
+    """Application builder for a Serve config file (`import_path: hatcat.serve_ray:app`, KubeRay's
+    `serveConfigV2`): settings from the environment, `args` as `Scale`'s fields."""
+    from hatcat.store import Store
+
+    settings = Settings.from_env()
+    Store(settings.db_url)
+    fields = [f.name for f in dataclasses.fields(Scale)]
+    unknown = sorted(set(args) - set(fields))
+    if unknown:
+        raise InvalidValue(f"unknown application args: {', '.join(unknown)}; allowed: {', '.join(fields)}")
+    return build(settings, Scale(**args))
 
 
 def deploy(settings: Settings, scale: Scale, blocking: bool = False) -> None:
