@@ -53,6 +53,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     rate_limit: int = 120  # requests per minute per key (with access control); 0 = off
     max_streams: int = 4  # concurrent streamed chat completions per key; 0 = off
+    session_store: str | None = None  # a redis:// URL: steering per session shared by replicas; None: in-process
 
     @property
     def access_control(self) -> bool:
@@ -102,6 +103,7 @@ class Settings:
             ),
             rate_limit=_int("HATCAT_RATE_LIMIT", get("HATCAT_RATE_LIMIT"), defaults.rate_limit, 0, 1_000_000),
             max_streams=_int("HATCAT_MAX_STREAMS", get("HATCAT_MAX_STREAMS"), defaults.max_streams, 0, 10_000),
+            session_store=_session_store("HATCAT_SESSION_STORE", get("HATCAT_SESSION_STORE")),
         )
 
 
@@ -141,6 +143,17 @@ def _origins(name: str, raw: str) -> tuple[str, ...]:
             f"{name}={raw!r} is invalid; allowed: * alone, or comma-separated origins like https://chat.example.org"
         )
     return origins
+
+
+def _session_store(name: str, raw: str) -> str | None:
+    """Unset: in-process; else a Redis URL (`redis://`, `rediss://` or `unix://`)."""
+    if not raw:
+        return None
+    if not raw.startswith(("redis://", "rediss://", "unix://")) or not raw.split("://", 1)[1]:
+        raise ConfigError(
+            f"{name}={raw!r} is invalid; allowed: unset (in-process) or a Redis URL like redis://host:6379/0"
+        )
+    return raw
 
 
 def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:

@@ -26,7 +26,8 @@ from hatcat.monitor import Monitor
 from hatcat.paths import SAFETY_MELD
 from hatcat.pipeline import ANALYZE_BATCH
 from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_id
-from hatcat.steering import Steering, SteeringRegistry, SteeringVectors
+from hatcat.sessions import open_session_store
+from hatcat.steering import Steering, SteeringVectors
 from hatcat.store import Store
 
 
@@ -92,7 +93,7 @@ class Engine:
         self.bank: ProbeBank | None = None
         self.monitor: Monitor | None = None
         self.vectors: SteeringVectors | None = None
-        self.steering = SteeringRegistry()
+        self.steering = open_session_store(settings.session_store)  # steerings per session (Redis: shared)
         self.auto_trainer = None  # hatcat.auto_train.AutoTrainer while a pack trains in the background
         # who may do what (None: no access control); the record store (None: nothing is recorded)
         if users is None and settings.access_control:

@@ -7,7 +7,7 @@ import pytest
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings, collect, generate
 from hatcat.model import decoder_layers
-from hatcat.steering import Steering, SteeringRegistry, UnknownConcept, steered
+from hatcat.steering import Steering, UnknownConcept, steered
 from hatcat.tap import hidden_at
 
 PROMPT = "Yesterday afternoon I went outside and"
@@ -57,17 +57,6 @@ def test_steering_hooks_are_removed_even_when_generation_fails(probed_engine: En
         assert len(layer._forward_hooks) == before + 1
         raise RuntimeError("boom")
     assert len(layer._forward_hooks) == before
-
-
-def test_registry_keeps_sessions_apart_and_names_unknown_concepts() -> None:
-    registry = SteeringRegistry()
-    registry.add("a", Steering("Music", 0.3))
-    registry.add("b", Steering("Fear", -0.2))
-    assert [s.concept for s in registry.list("a")] == ["Music"]
-    assert registry.update("a", "Music", strength=0.5).strength == 0.5
-    with pytest.raises(UnknownConcept, match="Fear"):
-        registry.remove("a", "Fear")
-    assert registry.clear("b") == 1 and registry.list("b") == []
 
 
 def test_steering_an_unknown_concept_is_refused(probed_engine: Engine) -> None:
