@@ -11,7 +11,9 @@ is scored on the project's natural scenes (each implies its concept without nami
 - pooling of a training text: its last token, its mean (or every token as a row: `--pooling all`);
 - k: training texts per concept (1 or 3);
 - continuations: with or without the model's own continuations of a prompt about the concept
-  (re-encoded without the prompt) as extra positives.
+  (re-encoded without the prompt) as extra positives (`True`), or as positives of their concept
+  and hard negatives of every other dev concept (`"contrast"`: the style of generated prose
+  is then no evidence for any one concept).
 Scores are standardised on control tokens (hatcat/training/signal.py) so that top-1 among the
 42 concepts compares like with like. A scene's score is read three ways: at its last token (the
 response-level `last_activation`), as the mean over its tokens (`mean_activation`) and the max.
@@ -98,8 +100,11 @@ def pooled(rows: list[torch.Tensor], pooling: str) -> tuple[torch.Tensor, list[i
     return torch.cat(rows), [len(r) for r in rows]
 
 
-def build_rows(side, concepts, texts_of, neg, background_texts, pooling) -> tuple[torch.Tensor, Rows, torch.Tensor]:
-    """Feature matrix and Rows: concept texts (pooled), then every control token (background)."""
+def build_rows(
+    side, concepts, texts_of, neg, background_texts, pooling, contrast: tuple[str, ...] = ()
+) -> tuple[torch.Tensor, Rows, torch.Tensor]:
+    """Feature matrix and Rows: concept texts (pooled), then every control token (background).
+    `contrast` texts (among the concepts' texts) are hard negatives of every concept they do not teach."""
     order = list(dict.fromkeys(t for c in concepts for t in texts_of[c]))
     x, counts = pooled([side(t) for t in order], pooling)
     start = np.concatenate([[0], np.cumsum(counts)])
@@ -110,9 +115,10 @@ def build_rows(side, concepts, texts_of, neg, background_texts, pooling) -> tupl
     ).astype(np.int64)
     background = torch.cat([side(t) for t in background_texts])
     n = len(x)
+    shared = np.unique(np.concatenate([span[t] for t in contrast] or [[]])).astype(np.int64)
     rows = Rows(
         pos=[rows_of([c]) for c in concepts],
-        hard=[rows_of(neg[c][0]) if c in neg else np.zeros(0, np.int64) for c in concepts],
+        hard=[np.union1d(rows_of(neg[c][0]), shared) if c in neg else np.zeros(0, np.int64) for c in concepts],
         easy=[rows_of(neg[c][1]) if c in neg else np.zeros(0, np.int64) for c in concepts],
         background=np.arange(n, n + len(background)),
     )
@@ -250,10 +256,10 @@ def main(argv: list[str] | None = None) -> int:
                 named,
             )
             finish(row)
-    for pooling, k, use_cont, method in product(args.pooling, args.k, (False, True), args.methods):
+    for pooling, k, use_cont, method in product(args.pooling, args.k, (False, True, "contrast"), args.methods):
         row = {"method": method, "pooling": pooling, "k_texts": k, "continuations": use_cont}
-        if method == "logistic" and pooling == "all":
-            continue  # per-concept fits over every token row: too slow to compare here
+        if method == "logistic" and (pooling == "all" or use_cont == "contrast"):
+            continue  # per-concept fits: too slow (every token row) or already behind (contrast) to compare here
         if _key(row) in done:
             results.append(done[_key(row)])
             continue
@@ -261,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
             c: training_texts(pack[c], k) + ([t for t in conts.get(c, []) if t] if use_cont else []) for c in concepts
         }
         sub = [concepts.index(c) for c in dev]
-        act_x, act_rows, _ = build_rows(f.act, concepts, texts_of, neg, control, pooling)
+        contrast = tuple(t for ts in conts.values() for t in ts if t) if use_cont == "contrast" else ()
+        act_x, act_rows, _ = build_rows(f.act, concepts, texts_of, neg, control, pooling, contrast)
         w, b = directions(act_x, subset(act_rows, sub), method)
         del act_x
-        txt_x, txt_rows, _ = build_rows(f.text, concepts, texts_of, neg, control, pooling)
+        txt_x, txt_rows, _ = build_rows(f.text, concepts, texts_of, neg, control, pooling, contrast)
         tw, tb = directions(txt_x, subset(txt_rows, sub), method)
         del txt_x
         row["activation"] = evaluate(w, b, f.act, scenes, dev, ctl)
