@@ -109,17 +109,20 @@ def held_out_level(
     groups = np.unique(source)
     if len(groups) < 2:
         return target  # one source: nothing to hold out
-    level = target
-    for _ in range(steps):
-        held = []
-        for g in groups:
-            out = torch.from_numpy(source == g)
-            threshold = control_thresholds(z_control[~out], level)
-            held.append((z_control[out] >= threshold).float().mean(0) <= target)
-        if float(torch.stack(held).float().mean()) >= share:
+    levels = [target * 0.75**i for i in range(steps)]
+    held = torch.zeros(len(levels))
+    for g in groups:
+        out = torch.from_numpy(source == g)
+        kept = z_control[~out].float().sort(dim=0).values  # every level's threshold from one sort
+        left_out = z_control[out].float()
+        for i, level in enumerate(levels):
+            threshold = kept[max(0, math.ceil((1 - level) * len(kept)) - 1)]
+            held[i] += float(((left_out >= threshold).float().mean(0) <= target).float().mean())
+        del kept
+    for level, ok in zip(levels, held / len(groups)):
+        if ok >= share:
             return level
-        level *= 0.75
-    return level / 0.75
+    return levels[-1]
 
 
 def capped_residual(z: torch.Tensor, z_words: torch.Tensor, z_threshold: torch.Tensor) -> torch.Tensor:
