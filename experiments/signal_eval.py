@@ -127,17 +127,17 @@ def concept_set(client: httpx.Client, texts_of: dict[str, list[str]], read_out: 
 
 
 def divergence_pairs(client: httpx.Client) -> dict:
+    """AUROC implied vs named of each pair's concept's last and mean divergence (all pairs in one batch)."""
     pairs = yaml.safe_load((ROOT / "data" / "eval" / "divergence_pairs.yaml").read_text())["pairs"]
-    vals: dict[str, dict[str, list[float]]] = {k: {"implied": [], "named": []} for k in ("last", "mean")}
-    for p in pairs:
-        for kind, analysis in zip(("implied", "named"), analyze(client, [p["implied"], p["named"]], [p["concept"]])):
-            s = analysis["concepts"][0]
-            vals["last"][kind].append(s["last_divergence"])
-            vals["mean"][kind].append(s["mean_divergence"])
+    concepts = sorted({p["concept"] for p in pairs})
+    texts = [p[kind] for p in pairs for kind in ("implied", "named")]
+    stats = [{s["concept"]: s for s in a["concepts"]} for a in analyze(client, texts, concepts)]
     out = {"n_pairs": len(pairs)}
-    for pool, v in vals.items():
-        y = [1] * len(v["implied"]) + [0] * len(v["named"])
-        out[f"auroc_implied_vs_named_{pool}"] = round(roc_auc_score(y, v["implied"] + v["named"]), 4)
+    for pool in ("last", "mean"):
+        implied = [stats[2 * i][p["concept"]][f"{pool}_divergence"] for i, p in enumerate(pairs)]
+        named = [stats[2 * i + 1][p["concept"]][f"{pool}_divergence"] for i, p in enumerate(pairs)]
+        y = [1] * len(implied) + [0] * len(named)
+        out[f"auroc_implied_vs_named_{pool}"] = round(roc_auc_score(y, implied + named), 4)
     return out
 
 
