@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -93,6 +94,7 @@ def main() -> None:
         "reference": lambda: reference(engine.model, engine.tokenizer, probes, engine.bank.tap_layer, n),
     }
     speed: dict[str, list[float]] = {name: [] for name in ways}
+    load_before = os.getloadavg()  # on a shared machine absolute rates move with the neighbours
     for _ in range(args.repeats):  # interleaved, so drift in machine speed hits every way alike
         for name, fn in ways.items():
             seconds, produced = timed(fn)
@@ -119,6 +121,8 @@ def main() -> None:
             "platform": platform.platform(),
             "torch": torch.__version__,
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

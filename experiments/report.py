@@ -61,6 +61,8 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
     for name, where in (("bench_generation.json", "this CPU"), ("bench_generation_h200.json", "H200")):
         gen = _load(name)
         if gen:
+            if "load_average_before" in gen["machine"]:  # the last minute's load, before -> after the run
+                where = f"{where}, load {gen['machine']['load_average_before'][0]}→{gen['machine']['load_average_after'][0]}"
             out += [
                 (
                     f"Monitored / plain generate, {gen['new_tokens']} tokens, {gen['n_concepts']} concepts ({where}, {gen['dtype']})",
