@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -139,8 +138,6 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidValue(f"{args.output} already exists; remove it or choose another --output")
         import ray
 
-        if args.address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
         ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
         concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] or None
         try:

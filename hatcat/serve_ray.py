@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -364,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         import ray
 
-        if args.address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
         ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
         deploy(settings, scale, blocking=True)
     except HatCatError as err:
