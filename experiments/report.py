@@ -174,18 +174,19 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     rc = _load("recipe_compare.json")
     cmd = "`python -m experiments.recipe_compare`"
-    if rc:
-        chosen = rc["chosen"]
-        best = next(r for r in rc["recipes"] if all(r[k] == chosen[k] for k in chosen))
+    if rc and rc.get("chosen"):
+        chosen, recipe = rc["chosen"], ("method", "pooling", "k_texts", "continuations")
+        pool = chosen["read_out"]
+        best = next(r for r in rc["recipes"] if all(r[k] == chosen[k] for k in recipe))
         few = max(
             (r for r in rc["recipes"] if r["k_texts"]),
-            key=lambda r: r["activation"]["last"]["mean_auroc"] + r["activation"]["last"]["top1"],
+            key=lambda r: r["activation"][pool]["mean_auroc"] + r["activation"][pool]["top1"],
         )
-        a, b = best["activation"]["last"], few["activation"]["last"]
+        a, b = best["activation"][pool], few["activation"][pool]
         label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){' + continuation' if few['continuations'] else ''}"
         out.append(
             (
-                f"Recipe on dev scenes (42-way, last token): chosen {chosen['method']} / best on few texts ({label})",
+                f"Recipe on dev scenes (42-way, {pool}_activation): chosen {chosen['method']} / best on few texts ({label})",
                 f"AUROC {_f(a['mean_auroc'])}, top-1 {_f(a['top1'])} / AUROC {_f(b['mean_auroc'])}, top-1 {_f(b['top1'])}",
                 "",
                 cmd,
@@ -197,15 +198,16 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
         return [*out, ("Signal validity through /v1/analyze", "not run", "", cmd)]
     wn, ctl = ev["test"]["wordnet_concepts"], ev["test"]["control"]
     gap = wn["activation_minus_words_auroc"]
+    r = ev.get("read_out", "last")
     out += [
         (
-            f"Test: WordNet examples, {wn['n_concepts']} concepts ({wn['n_texts']} texts): AUROC / top-1 of last_activation",
+            f"Test: WordNet examples, {wn['n_concepts']} concepts ({wn['n_texts']} texts): AUROC / top-1 of {r}_activation",
             f"{_f(wn['activation']['mean_auroc'])} / {_f(wn['activation']['top1'])}",
             "≥ 0.97 / ≥ 0.70" + _target(wn["activation"]["mean_auroc"] >= 0.97 and wn["activation"]["top1"] >= 0.70),
             cmd,
         ),
         (
-            "Test: activation − words-only AUROC (words-only: last_text_similarity)",
+            f"Test: activation − words-only AUROC (words-only: {r}_text_similarity)",
             f"{_f(gap)} (words only {_f(wn['words_only']['mean_auroc'])})",
             "≥ 0.15" + _target(gap >= 0.15),
             cmd,
