@@ -50,7 +50,7 @@ class Scorer:
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
 
-        from hatcat.analyze import check_request
+        from hatcat.analysis import check_request
 
         ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
         engine = self.engine
