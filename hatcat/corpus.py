@@ -43,8 +43,7 @@ class Scorer:
         torch.set_num_threads(threads)
         # the job records nothing: an in-memory record store, not a file shared by every actor
         self.engine = Engine.from_settings(dataclasses.replace(settings, db="sqlite://"))
-        if self.engine.monitor is None:
-            raise InvalidValue("no probe pack is loaded: set HATCAT_PROBE_PACK or install the default pack")
+        self.engine.require_probes("corpus analysis")  # Conflict (exit 2) without a probe pack
         self.concepts, self.top_k, self.batch_size = concepts, top_k, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> Any:
