@@ -169,6 +169,37 @@ def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str,
             assert all(abs(mine[k] - theirs[k]) <= tolerance for k in mine if k not in ("concept", "layer"))
 
 
+def test_corpus_extract_writes_pooled_states_a_probe_fits_on_at_the_driver(cluster: str, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from hatcat.corpus import read_states
+
+    music = ["The violin solo", "Her piano sonata", "The choir's hymn", "A jazz trumpet riff", "The drummer's beat"]
+    food = ["The onion soup", "Her apple pie", "The roast chicken", "A bowl of rice", "The baker's bread"]
+    endings = ["filled the evening.", "was all anyone talked about.", "came at the end of the day.", "was new to me."]
+    texts = [f"{subject} {end}" for end in endings for subject in music + food]
+    labels = [int(i % 10 < 5) for i in range(len(texts))]
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    out = tmp_path / "states.parquet"
+    run = subprocess.run(
+        [sys.executable, "-m", "hatcat.corpus", "extract", "--input", str(source), "--output", str(out)]
+        + ["--address", cluster, "--layer", "6"],
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    ids, states = read_states(out, "mean")
+    assert ids == [str(n) for n in range(1, len(texts) + 1)] and states.shape[0] == len(texts)
+    assert pq.read_table(out).column("text").to_pylist() == texts
+    # the fit stays on the driver: three endings to train on, the fourth held out
+    probe = LogisticRegression(max_iter=2000).fit(states[:30], labels[:30])
+    assert probe.score(states[30:], labels[30:]) >= 0.9
+
+
 def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event_and_the_next_request_succeeds(
     served: str,
 ) -> None:
