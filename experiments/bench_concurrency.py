@@ -37,11 +37,12 @@ from pathlib import Path
 
 import torch
 
+from hatcat.api.prompt import build_prompt
 from hatcat.batching import Scheduler
 from hatcat.config import Settings
 from hatcat.cpu_dtype import cpu_name
 from hatcat.engine import Engine
-from hatcat.generation import GenerationSettings, build_prompt, encode_prompt
+from hatcat.generation import GenerationSettings, encode_prompt
 from hatcat.paths import RESULTS
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 

@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hatcat.config import Settings
-from hatcat.paths import RESULTS
+from hatcat.paths import RESULTS, ROOT
 from tests.support import free_port
 
 OUT = RESULTS / "bench_scale.json"
@@ -181,7 +181,7 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
     result: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_start": os.getloadavg()},
-        "settings": vars(args) | {"out": str(args.out)},
+        "settings": vars(args) | {"out": os.path.relpath(args.out, ROOT)},
     }
     result["serve"] = bench_serve(settings, args)
     result["corpus"] = bench_corpus(settings, args)

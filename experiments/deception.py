@@ -20,10 +20,9 @@ The probe's Platt scaling and threshold (5% of honest dev samples fire) come fro
 
     python -m experiments.deception              # the study (token states cached on disk)
     python -m experiments.deception --inject PACK
-        # write the saved probe (results/deception_probe.safetensors) into the probe pack at
-        # PACK as its `Deception` activation row; no model needed, seconds. Re-run it after
-        # every re-training of the pack, e.g.
-        #   python -m experiments.deception --inject probes/gemma-3-270m/sumo-wordnet-v1+safety-v1
+        # score the pack's own Deception row once, then write the saved probe in its place
+        # (`python -m hatcat.training.deception PACK` does only the writing: run it after every
+        # re-training of a pack; no model needed, seconds)
 """
 
 from __future__ import annotations
@@ -38,9 +37,8 @@ import numpy as np
 import yaml
 
 from hatcat.paths import DATA, RESULTS, SHIPPED_PROBES
+from hatcat.training.deception import PROBE_FILE, STUDY_FILE
 
-OUT = RESULTS / "deception.json"
-PROBE_FILE = RESULTS / "deception_probe.safetensors"
 ROLEPLAY = DATA / "eval" / "roleplay_deception.yaml"
 PACK = SHIPPED_PROBES
 BASELINE = {"pooling": "token", "fit": "lda", "data": "instructed", "centred": False}  # the recipe before this study
@@ -349,65 +347,23 @@ def score_pack_row(folder: Path, manifest: dict, layer: int, pooling: str) -> di
 
 
 def inject_into(folder: Path) -> int:
-    """Write the saved probe into the pack at `folder` as its `Deception` activation row (exit status)."""
-    from hatcat.probes import ProbePack, ProbePackError
+    """Score the pack's own Deception row on the study's sets (once, before the first injection), then
+    write the saved probe in its place (`hatcat.training.deception`, the CLI for this step). Exit status."""
+    from hatcat.probes import read_manifest
     from hatcat.training import deception as d
 
-    if not OUT.is_file() or not PROBE_FILE.is_file():
-        print(
-            f"error: run `python -m experiments.deception` first ({OUT.name} or {PROBE_FILE.name} is missing)",
-            file=sys.stderr,
-        )
-        return 2
     try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        layer = int(manifest["tap_layer"])
-        probe, meta = d.load_probe(PROBE_FILE, layer)
-    except (OSError, KeyError, json.JSONDecodeError) as err:
+        manifest, doc = read_manifest(folder), json.loads(STUDY_FILE.read_text())
+    except (OSError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    doc = json.loads(OUT.read_text())
-    if meta["model"] != manifest["model"]:
-        print(
-            f"error: the deception probe was fitted on {meta['model']}, the pack is for {manifest['model']}",
-            file=sys.stderr,
-        )
-        return 2
-    recipe = doc["chosen_recipe"]
     if "deception_probe" not in manifest and "Deception" in manifest["concepts"]:
         # the row the pack's own training gave `Deception` (safety-meld examples), on the same sets
-        doc["pack_row_before_injection"] = score_pack_row(folder, manifest, layer, recipe["pooling"])
-        OUT.write_text(json.dumps(doc, indent=1) + "\n")
+        layer, pooling = int(manifest["tap_layer"]), doc["chosen_recipe"]["pooling"]
+        doc["pack_row_before_injection"] = score_pack_row(folder, manifest, layer, pooling)
+        STUDY_FILE.write_text(json.dumps(doc, indent=1) + "\n")
         print(f"the pack's own Deception row on the same sets: {doc['pack_row_before_injection']}")
-    if layer == doc["tap_layer"]:
-        metrics = {k: v for k, v in doc.items() if k.startswith("auroc")}
-        pack_metrics = doc["pack_metrics"] | {
-            "evaluated_on": f"held-out facts x unseen wordings ({recipe['pooling']} pooling per statement)"
-        }
-    else:  # a pack at another block: only dev numbers exist there
-        metrics = doc["dev_comparison"][recipe["name"]][str(layer)]
-        pack_metrics = {
-            "auroc": metrics["auroc_dev_instructed"],
-            "threshold": round(float(probe.threshold[0]), 4),
-            "evaluated_on": "dev: instructed dev wordings",
-        }
-    note = {
-        "source": "data/honesty/facts_true_false.csv (MIT, Representation Engineering) + 20 instruction wording pairs"
-        " + data/honesty/dialogues.yaml (content-matched dialogues)",
-        "recipe": f"hatcat.training.deception_recipes {recipe['name']}, chosen on dev",
-        "pooling": recipe["pooling"],
-        "tap_layer": layer,
-        "metrics": metrics,
-        "command": "python -m experiments.deception && python -m experiments.deception --inject <pack>",
-    }
-    try:
-        row = d.inject(folder, probe, layer, note, pack_metrics)
-        ProbePack.load(folder)  # still a valid pack
-    except (ValueError, ProbePackError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote the deception probe ({recipe['name']}, block {layer}) into {folder} as row {row} (`Deception`)")
-    return 0
+    return d.main([str(folder)])
 
 
 def main() -> None:
@@ -440,7 +396,7 @@ def main() -> None:
         sys.exit(inject_into(args.inject))
     args.layer = default_layer() if args.layer is None else args.layer
     doc = study(args)
-    OUT.write_text(json.dumps(doc, indent=1) + "\n")
+    STUDY_FILE.write_text(json.dumps(doc, indent=1) + "\n")
     keys = ("chosen_recipe", "auroc_heldout_facts", "auroc_unseen_wordings", "auroc_roleplay", "auroc_layer0_control")
     print(json.dumps({k: doc[k] for k in keys} | {"targets": doc["targets"]}, indent=1))
 

@@ -122,6 +122,36 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
                     cmd,
                 ),
             ]
+    scale = _load("bench_scale.json")
+    if scale:
+        cmd = "`python -m experiments.bench_scale`"
+        load = f"load {scale['machine']['load_avg_start'][0]:.0f}→{scale['machine']['load_avg_end'][0]:.0f}"
+        serve, corpus = scale["serve"], scale["corpus"]
+        one, two, single = corpus["ray_data_1_actor"], corpus["ray_data_2_actors"], corpus["single_process"]
+        out += [
+            (
+                (
+                    f"Ray Serve, 2 model replicas / 1, {scale['settings']['streams']} concurrent streams "
+                    f"(this CPU, {scale['machine']['cpus']} cores, {load})"
+                ),
+                (
+                    f"{serve['speedup_2_replicas']:.2f} ({serve['replicas_2']['aggregate_tok_s']} vs "
+                    f"{serve['replicas_1']['aggregate_tok_s']} tok/s; RSS per replica "
+                    f"{max(serve['replicas_2']['replica_rss_mb'])} MB)"
+                ),
+                "",
+                cmd,
+            ),
+            (
+                f"Corpus on Ray Data / one process, {corpus['texts']} texts, model load included (this CPU, {load})",
+                (
+                    f"{two['vs_single_process_with_load']:.2f} with 2 actors, {one['vs_single_process_with_load']:.2f}"
+                    f" with 1 ({two['texts_per_s']}, {one['texts_per_s']} vs {single['texts_per_s_with_load']} texts/s)"
+                ),
+                "",
+                cmd,
+            ),
+        ]
     cmd = "`python -m experiments.bench_probes`"
     for name, where in (("bench_probes.json", "this CPU"), ("bench_probes_h200.json", "H200")):
         bench = _load(name)

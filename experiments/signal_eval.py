@@ -55,7 +55,7 @@ class Offline:
 
     def __init__(self, pack: Path) -> None:
         from experiments.recipe_compare import WordsOnly
-        from hatcat.analyze import STAT_NAMES
+        from hatcat.analysis import STAT_NAMES
         from hatcat.concepts import load_pack
         from hatcat.config import Settings
         from hatcat.monitor import Monitor

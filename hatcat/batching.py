@@ -107,6 +107,11 @@ class Generation:
     def __iter__(self) -> Iterator[object]:
         return self
 
+    @property
+    def monitored(self) -> bool:
+        """Whether its tokens carry records (a probe pack was loaded when it was submitted)."""
+        return self._row.monitor is not None
+
     def __next__(self) -> object:
         while True:
             if self._cancel is not None and self._cancel.is_set():
@@ -252,7 +257,7 @@ class Scheduler:
 
     def _prepare(self, row: _Row) -> None:
         """A row's sampler, decoder, stop holdback, words window and steering vectors (under the model)."""
-        row.sampler = _Sampler(row.settings, self.device, torch.tensor(row.prompt_ids, device=self.device))
+        row.sampler = _Sampler(row.settings, torch.tensor([row.prompt_ids], device=self.device))
         row.detok = _Detokenizer(self.tokenizer)
         row.stops = _StopHoldback(row.settings.stop)
         try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -44,14 +43,13 @@ class Scorer:
         torch.set_num_threads(threads)
         # the job records nothing: an in-memory record store, not a file shared by every actor
         self.engine = Engine.from_settings(dataclasses.replace(settings, db="sqlite://"))
-        if self.engine.monitor is None:
-            raise InvalidValue("no probe pack is loaded: set HATCAT_PROBE_PACK or install the default pack")
+        self.engine.require_probes("corpus analysis")  # Conflict (exit 2) without a probe pack
         self.concepts, self.top_k, self.batch_size = concepts, top_k, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
 
-        from hatcat.analyze import check_request
+        from hatcat.analysis import check_request
 
         ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
         engine = self.engine
@@ -139,8 +137,6 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidValue(f"{args.output} already exists; remove it or choose another --output")
         import ray
 
-        if args.address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
         ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
         concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] or None
         try:

@@ -1,7 +1,11 @@
-"""The Engine: the one object that owns the model and everything that scores its states.
+"""The Engine: the one object that owns the model, everything that scores its states, and the
+operations on them.
 
-`app.py` builds exactly one Engine; the OpenAI API routes and every Gradio panel receive
-that same object, so a probe pack hot-loaded in the browser is what the API serves next.
+`app.py` builds exactly one Engine; the OpenAI API routes and every Gradio panel receive that
+same object and call its operations (generate, analyze, load_probes, train_and_load,
+apply_thresholds, ...), so a probe pack hot-loaded in the browser is what the API serves next.
+What it serves with — concept pack, probe pack, bank, monitor, steering vectors — is one frozen
+`Packs` bundle, replaced whole under the lock: a request reads one consistent snapshot.
 """
 
 from __future__ import annotations
@@ -9,17 +13,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from hatcat.access import Directory
-from hatcat.analyze import analyses, check_request
+from hatcat.analysis import analyses, check_request
 from hatcat.batching import Generation, Scheduler
 from hatcat.concepts import ConceptPack, load_pack
 from hatcat.config import Settings
-from hatcat.errors import Cancelled, Conflict
+from hatcat.errors import Cancelled, Conflict, InvalidValue, NotFound
 from hatcat.generation import GenerationSettings
 from hatcat.model import LoadedModel, load_model
 from hatcat.monitor import Monitor
@@ -29,6 +34,9 @@ from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_i
 from hatcat.sessions import open_session_store
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.store import Store
+
+if TYPE_CHECKING:
+    from hatcat.training.run import RunReport
 
 
 class FairLock:
@@ -72,6 +80,17 @@ class FairLock:
             return len(self._waiting) + int(self._held)
 
 
+@dataclass(frozen=True)
+class Packs:
+    """What the engine serves with; without a probe pack only `concepts` is set."""
+
+    concepts: ConceptPack
+    probes: ProbePack | None = None
+    bank: ProbeBank | None = None
+    monitor: Monitor | None = None
+    vectors: SteeringVectors | None = None
+
+
 class Engine:
     """Model + tokenizer, concept pack, probe bank + monitor, steering, the batch scheduler and a fair lock."""
 
@@ -87,12 +106,9 @@ class Engine:
         self.loaded = loaded
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
-        self.concepts = concepts
         self.loaded_at = time.time()
-        self.probes: ProbePack | None = None
-        self.bank: ProbeBank | None = None
-        self.monitor: Monitor | None = None
-        self.vectors: SteeringVectors | None = None
+        self.packs = Packs(concepts)
+        self._concept_packs = {concepts.id: concepts}  # every concept pack a probe pack may be checked against
         self.steering = open_session_store(settings.session_store)  # steerings per session (Redis: shared)
         self.auto_trainer = None  # hatcat.auto_train.AutoTrainer while a pack trains in the background
         # who may do what (None: no access control); the record store (None: nothing is recorded)
@@ -135,34 +151,113 @@ class Engine:
     def default_probe_folder(self) -> Path:
         return default_folder(self.settings.probes_dir, self.loaded.name, self.concepts.id)
 
+    # read-only views of the current bundle (one attribute read each: take `packs` once for several)
+    concepts = property(lambda self: self.packs.concepts)
+    probes = property(lambda self: self.packs.probes)
+    bank = property(lambda self: self.packs.bank)
+    monitor = property(lambda self: self.packs.monitor)
+    vectors = property(lambda self: self.packs.vectors)
+
+    @property
+    def probe_pack_id(self) -> str | None:
+        return self.packs.probes.id if self.packs.probes else None
+
+    def probe_concepts(self) -> list[str]:
+        """Concept ids the loaded probe pack scores, in row order ([] without a pack)."""
+        return list(self.packs.bank.concepts) if self.packs.bank else []
+
+    def probe_metrics(self) -> dict:
+        """The loaded probe pack's metrics.json ({} without a pack)."""
+        return self.packs.probes.metrics if self.packs.probes else {}
+
+    def require_probes(self, what: str) -> Packs:
+        """The current bundle; Conflict (409) when no probe pack is loaded."""
+        packs = self.packs
+        if packs.monitor is None:
+            raise Conflict(
+                f"{what} needs a probe pack and none is loaded: set HATCAT_PROBE_PACK or install one under probes/",
+                code="no_probe_pack",
+            )
+        return packs
+
     def probe_packs(self) -> dict[str, tuple[Path, dict, bool]]:
         """Probe pack id -> (folder, manifest, loaded?) for every pack under the probe root and the loaded one."""
         packs = {pack_id(m): (folder, m, False) for folder, m in discover(self.settings.probes_dir)}
-        if self.probes is not None:
-            packs[self.probes.id] = (self.probes.folder, self.probes.manifest, True)
+        if (loaded := self.packs.probes) is not None:
+            packs[loaded.id] = (loaded.folder, loaded.manifest, True)
         return packs
 
     def load_probes(self, folder: str | Path, concepts: ConceptPack | None = None) -> ProbePack:
         """Verify a probe pack against the running model and concept pack, then swap it in.
 
         `concepts`: a concept pack to swap in with it (e.g. the base pack merged with a custom
-        concept from the workbench); the probe pack is checked against that one instead."""
-        concepts = concepts or self.concepts
+        concept from the workbench); by default the one with the pack's concept-pack id that the
+        engine has served with, else the current one. The probe pack is checked against it."""
         pack = ProbePack.load(folder, model_id=self.loaded.name, hidden_size=self.loaded.hidden_size)
+        wanted = pack.manifest.get("concept_pack", {}).get("id")
+        concepts = concepts or self._concept_packs.get(wanted, self.packs.concepts)
         pack.check_concepts(concepts.id, concepts.checksum, set(concepts.ids))
         bank = ProbeBank(pack, self.loaded.device)
         monitor = Monitor(bank, concepts, self.settings.base_layers, self.settings.keep_top_k)
         vectors = SteeringVectors(self.model, self.tokenizer, bank)
-        with self._lock:  # never swap under a running generation
-            self.probes, self.bank, self.monitor, self.vectors, self.concepts = pack, bank, monitor, vectors, concepts
+        with self._lock:  # never swap under a running step
+            self.packs = Packs(concepts, pack, bank, monitor, vectors)
+            self._concept_packs[concepts.id] = concepts
         return pack
 
-    def reset_thresholds(self, overrides: dict[str, float]) -> list[str]:
-        """The pack's thresholds, then `overrides` (a threshold profile); returns the concepts not in the pack."""
-        known = {c: float(v) for c, v in overrides.items() if c in self.bank.index}
-        self.monitor.set_thresholds(dict(zip(self.bank.concepts, self.bank.act_threshold.tolist())))
-        self.monitor.set_thresholds(known)
+    def train_and_load(
+        self, concepts: list[str], pack: ConceptPack | None = None, before_load: Callable[[Path], None] | None = None
+    ) -> tuple[ProbePack, RunReport]:
+        """Train probes for `concepts` (of `pack`, default the current concept pack) at the loaded
+        pack's tap layer on the running model, holding it, then (after `before_load(folder)`, e.g.
+        an audit record that may refuse) hot-load the result: (the loaded probe pack, the run's report)."""
+        from hatcat.training.run import TrainSettings, train
+
+        pack = pack or self.packs.concepts
+        tap = self.packs.bank.tap_layer if self.packs.bank else TrainSettings().tap_layer
+        out = self.settings.cache_dir / "packs" / f"workbench-{time.strftime('%Y%m%d-%H%M%S')}"
+        with self.exclusive():
+            folder, report = train(
+                self.loaded, pack, TrainSettings(concepts=tuple(concepts), tap_layer=tap), self.settings.cache_dir, out
+            )
+        if before_load is not None:
+            before_load(folder)
+        return self.load_probes(folder, concepts=pack), report
+
+    def apply_thresholds(self, overrides: dict[str, float], reset: bool = False) -> list[str]:
+        """Serve with these activation thresholds from the next step on (`reset`: the pack's, then
+        `overrides`, as a threshold profile); returns the concepts not in the pack (skipped)."""
+        with self._lock:
+            packs = self.require_probes("thresholds")
+            known = {c: float(v) for c, v in overrides.items() if c in packs.bank.index}
+            self.packs = replace(packs, monitor=packs.monitor.with_thresholds(known, reset))
         return sorted(set(overrides) - set(known))
+
+    def threshold(self, concept: str) -> float | None:
+        """The activation threshold the monitor uses for `concept` now (None without a probe for it)."""
+        packs = self.packs
+        if packs.monitor is None or concept not in packs.bank.index:
+            return None
+        return round(float(packs.monitor.thresholds[packs.bank.index[concept]]), 4)
+
+    def threshold_overrides(self) -> dict[str, float]:
+        """Concepts whose threshold differs from the pack's ({} without a pack)."""
+        return self.packs.monitor.overrides() if self.packs.monitor else {}
+
+    def check_steering(self, concept: str, layer: int | None) -> None:
+        """NotFound for a concept without a probe, InvalidValue for a block the model lacks."""
+        packs = self.require_probes("steering")
+        if concept not in packs.bank.index:
+            raise NotFound(
+                f"unknown concept: {concept} (the loaded probe pack {packs.probes.id} has no probe for it)",
+                param="concept",
+                code="concept_not_found",
+            )
+        layers = len(self.loaded.layers)
+        if layer is not None and layer >= layers:
+            raise InvalidValue(
+                f"layer {layer} is out of range: the model has {layers} decoder layers (0..{layers - 1})", param="layer"
+            )
 
     def held_out_scores(self, concept: str, split: str = "val") -> tuple[list[float], list[int]]:
         """The loaded activation probe's scores for `concept` on its `split` prompts (labels: 1
@@ -171,38 +266,38 @@ class Engine:
         from hatcat.training.activations import ActivationCache, extract
         from hatcat.training.run import TrainSettings, plan
 
-        if self.bank is None or concept not in self.bank.index:
-            raise KeyError(f"no probe for {concept!r} in the loaded pack")
-        run = self.probes.manifest.get("training", {})
+        packs = self.require_probes("threshold tuning")
+        if concept not in packs.bank.index:
+            raise NotFound(f"no probe for {concept!r} in the loaded pack", param="concept", code="concept_not_found")
+        run = packs.probes.manifest.get("training", {})
         work = plan(
-            self.concepts,
+            packs.concepts,
             TrainSettings(
                 concepts=(concept,), n_hard=run.get("n_hard", 8), n_easy=run.get("n_easy", 8), seed=run.get("seed", 0)
             ),
         )
         texts, rows = work.split(split)
-        cache = ActivationCache(self.settings.cache_dir, self.loaded.name, self.bank.tap_layer)
+        bank = packs.bank
+        cache = ActivationCache(self.settings.cache_dir, self.loaded.name, bank.tap_layer)
         with self._lock:
             extract(self.model, self.tokenizer, texts, [cache])
         index, labels = rows.labelled(0)
-        scores = self.bank.score(cache.stack([texts[i] for i in index], self.bank.pooling).to(self.loaded.device))
-        return scores[:, self.bank.index[concept]].tolist(), labels.astype(int).tolist()
+        scores = bank.score(cache.stack([texts[i] for i in index], bank.pooling).to(self.loaded.device))
+        return scores[:, bank.index[concept]].tolist(), labels.astype(int).tolist()
 
     def generate(self, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> Generation:
         """Start a generation in the running batch (continuous batching, see `hatcat.batching`):
         MonitoredToken ... MonitoredFinish (records and summary None without a probe pack).
         Raises QueueFull (429) past HATCAT_MAX_QUEUE waiting; `cancel()` the result to stop."""
-        monitor, vectors = self.monitor, self.vectors
-        return self.scheduler.submit(prompt, settings, steerings if monitor else (), monitor, vectors)
+        packs = self.packs
+        return self.scheduler.submit(prompt, settings, steerings if packs.monitor else (), packs.monitor, packs.vectors)
 
     def analyze(
         self, texts: list[str], concepts: list[str] | None = None, top_k: int = 10, batch_size: int = ANALYZE_BATCH
     ) -> Iterator[tuple[int, dict[str, object]]]:
-        """(index, analysis document) per text, scored in padded batches (see `hatcat.analyze`); the
+        """(index, analysis document) per text, scored in padded batches (see `hatcat.analysis`); the
         model is held per batch, so generations interleave. Raises HatCatError for a bad request."""
-        monitor = self.monitor
-        if monitor is None:
-            raise Conflict("analysis needs a probe pack and none is loaded", code="no_probe_pack")
+        monitor = self.require_probes("analysis").monitor
         check_request(self.model, self.tokenizer, monitor, texts, concepts)
         return analyses(self.model, self.tokenizer, monitor, texts, concepts, top_k, batch_size, hold=self.exclusive)
 
@@ -225,6 +320,7 @@ class Engine:
 
     def info(self) -> dict[str, object]:
         """What `/health` reports about the loaded model and packs."""
+        packs = self.packs
         return {
             "model": self.loaded.name,
             "model_class": type(self.model).__name__,
@@ -235,10 +331,11 @@ class Engine:
             "hidden_size": self.loaded.hidden_size,
             "load_seconds": round(self.loaded.load_seconds, 3),
             "loaded_from_cache": self.loaded.from_cache,
-            "concept_pack": self.concepts.id,
-            "concepts": len(self.concepts),
-            "probe_pack": self.probes.id if self.probes else None,
-            "probes": len(self.bank) if self.bank else 0,
-            "tap_layer": self.bank.tap_layer if self.bank else None,
+            "concept_pack": packs.concepts.id,
+            "concepts": len(packs.concepts),
+            "probe_pack": packs.probes.id if packs.probes else None,
+            "probes": len(packs.bank) if packs.bank else 0,
+            "tap_layer": packs.bank.tap_layer if packs.bank else None,
+            "monitoring": packs.monitor is not None,
             **({"auto_train": self.auto_trainer.status()} if self.auto_trainer else {}),
         }

@@ -4,7 +4,7 @@ In the style of simonw/llm, generation is a generator of events and the non-stre
 just collects it:
 
     settings = GenerationSettings(max_tokens=64, temperature=0, stop=("\\n\\n",))
-    prompt = build_prompt(tokenizer, [{"role": "user", "content": "Hi"}])
+    prompt = "Hi"  # chat messages become a prompt in the API layer (`hatcat.api.prompt`)
     for event in generate(model, tokenizer, prompt, settings, tap_layer=12):
         if isinstance(event, TokenStep):
             ...  # event.text, event.hidden -> probes, monitor, SSE chunk
@@ -14,7 +14,8 @@ just collects it:
 
 Cost: one forward pass over the prompt, then one single-token forward per generated token
 (the model's own KV cache, `logits_to_keep=1`), one forward hook at the tap layer for the whole
-generation, one `.item()` per token for the sampled id. The caller holds the model exclusively
+generation, one `.item()` per token for the sampled id. Sampling uses transformers' logits
+processors, incremental detokenizing `tokenizers`' `DecodeStream`. The caller holds the model exclusively
 (`Engine.exclusive()`): the hook stays on the tap layer until the generator finishes or is closed.
 """
 
@@ -27,8 +28,16 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from tokenizers.decoders import DecodeStream
 from torch import nn
-from transformers import PreTrainedTokenizerBase
+from transformers import (
+    LogitsProcessorList,
+    PreTrainedTokenizerBase,
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from hatcat.errors import InvalidValue
 from hatcat.model import check_context, context_length, decoder_layers
@@ -129,37 +138,6 @@ class Finished:
 Event = TokenStep | Finished
 
 
-def build_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> str:
-    """The tokenizer's chat template with the generation prompt when it has one; otherwise the
-    last user message's content (base models such as Gemma 3 270M, as the original does)."""
-    if not messages:
-        raise InvalidValue("messages must hold at least one message", param="messages")
-    if getattr(tokenizer, "chat_template", None):
-        normalised = [{**message, "content": _content_text(message.get("content"))} for message in messages]
-        return tokenizer.apply_chat_template(normalised, tokenize=False, add_generation_prompt=True)
-    for message in reversed(messages):
-        if message.get("role") == "user":
-            return _content_text(message.get("content"))
-    raise InvalidValue(
-        "messages hold no user message to use as the prompt (this model has no chat template)", param="messages"
-    )
-
-
-def _content_text(content: object) -> str:
-    """A message's text: a string, or OpenAI's list of content parts (text parts joined)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
-        )
-    raise InvalidValue(
-        f"message content must be a string or a list of content parts, got {type(content).__name__}", param="messages"
-    )
-
-
 def stop_token_ids(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> set[int]:
     """Token ids that end a generation: the tokenizer's and the generation config's EOS, and
     Gemma's `<end_of_turn>` (chat turns end there) when the vocabulary has it."""
@@ -237,7 +215,7 @@ def _decode_loop(
     eos: set[int],
 ) -> Iterator[Event]:
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    sampler = _Sampler(settings, device, input_ids[0])
+    sampler = _Sampler(settings, input_ids)
     detok = _Detokenizer(tokenizer)
     stops = _StopHoldback(settings.stop)
     # Recent transformers name the KV-cache argument `cache` (`past_key_values` before).
@@ -288,14 +266,26 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, cache: object, cache_kwa
 
 
 class _Sampler:
-    """Repetition penalty, temperature, top-k, top-p (HF's order), then argmax or a seeded draw."""
+    """transformers' logits processors in HF's order (repetition penalty, temperature, top-k, top-p),
+    then argmax (greedy) or a seeded draw. The scores are shifted to a maximum of 0 and warped in
+    float64, so any accepted temperature or penalty gives scores that are finite or -inf, never NaN."""
 
-    def __init__(self, settings: GenerationSettings, device: torch.device, prompt: torch.Tensor) -> None:
+    def __init__(self, settings: GenerationSettings, prompt: torch.Tensor) -> None:
         self.settings = settings
-        self.prompt = prompt
-        self.seen: torch.Tensor | None = None  # bool [vocab]: ids in the prompt or the output so far
-        self.last: int | None = None
-        self.generator = torch.Generator(device=device)
+        self.ids = prompt  # [1, n]: the prompt and the output so far (read by the repetition penalty)
+        self.penalty = (
+            RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty))
+            if settings.repetition_penalty != 1.0
+            else None
+        )
+        self.warpers = LogitsProcessorList()
+        if not settings.greedy:
+            self.warpers.append(TemperatureLogitsWarper(float(settings.temperature)))
+            if settings.top_k:
+                self.warpers.append(TopKLogitsWarper(settings.top_k))
+            if settings.top_p < 1.0:
+                self.warpers.append(TopPLogitsWarper(settings.top_p))  # always keeps the most likely token
+        self.generator = torch.Generator(device=prompt.device)
         if settings.seed is None:
             self.generator.seed()
         else:
@@ -303,82 +293,50 @@ class _Sampler:
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor) -> int:
-        s = self.settings
-        if s.repetition_penalty != 1.0:
-            logits = self._penalise(logits)
-        if s.greedy:
-            token = int(logits.argmax().item())
+        scores = logits[None]
+        if self.penalty is not None:
+            # a tiny penalty overflows positive logits to inf: keep them finite so the shift stays a number
+            bound = torch.finfo(scores.dtype).max
+            scores = self.penalty(self.ids, scores).clamp(-bound, bound)
+        if self.settings.greedy:
+            token = scores.argmax(-1, keepdim=True)
         else:
-            if s.top_k and s.top_k < logits.shape[-1]:
-                values, indices = logits.topk(s.top_k)  # sorted descending
-            elif s.top_p < 1.0:
-                values, indices = logits.sort(descending=True)
-            else:
-                values, indices = logits, None
-            # The largest logit shifted to 0, then divided in float64: any accepted temperature
-            # (down to the smallest positive double) gives scores that are finite or -inf, never NaN.
-            probs = torch.softmax((values - values.max()).double() / s.temperature, dim=-1)
-            if s.top_p < 1.0:
-                # Keep the smallest prefix (by descending probability) whose mass reaches top_p.
-                drop = probs.cumsum(-1) - probs >= s.top_p
-                drop[..., 0] = False  # the most likely token always stays (a tiny top_p rounds to 0 in fp32)
-                probs = probs.masked_fill(drop, 0.0)
-            choice = torch.multinomial(probs, 1, generator=self.generator)
-            token = int((choice if indices is None else indices[choice]).item())
-        self.last = token
-        return token
-
-    def _penalise(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.seen is None:
-            self.seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            self.seen[self.prompt] = True
-        if self.last is not None:
-            self.seen[self.last] = True
-        p = self.settings.repetition_penalty
-        penalised = torch.where(self.seen, torch.where(logits > 0, logits / p, logits * p), logits)
-        # a tiny penalty overflows positive logits to inf: keep them finite so the shift above stays a number
-        bound = torch.finfo(penalised.dtype).max
-        return penalised.clamp(-bound, bound)
+            scores = scores.double()
+            scores = self.warpers(self.ids, scores - scores.max())
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
+        if self.penalty is not None:
+            self.ids = torch.cat([self.ids, token.to(self.ids.device)], dim=1)
+        return int(token.item())
 
 
 class _Detokenizer:
-    """Incremental decoding: each token's new text, computed from a small window of ids.
-
-    Decoding a window that starts a few tokens back (not the lone token) keeps SentencePiece
-    word-boundary spaces right, and text ending in U+FFFD (a multi-byte character cut in half)
-    waits for the next token, so the pieces concatenate to the full decoded text."""
+    """Incremental decoding with tokenizers' `DecodeStream`: each token's new text, "" while a
+    multi-byte character is incomplete (its text comes with a later token) or for a skipped special
+    token, so the pieces concatenate to the full decoded text."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix_offset = 0  # window start: context for the decoder
-        self.read_offset = 0  # text of ids[prefix_offset:read_offset] has been emitted
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        self.stream = DecodeStream(skip_special_tokens=True)
+        self.held: list[int] = []  # ids whose text has not come out yet
 
     def add(self, token: int) -> str:
-        self.ids.append(token)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
-        if len(text) > len(prefix) and text.startswith(prefix) and not text.endswith("\ufffd"):
-            self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            return text[len(prefix) :]
-        return ""
+        piece = self.stream.step(self.tokenizer.backend_tokenizer, token)
+        if piece is None:
+            self.held.append(token)
+            return ""
+        self.held = []
+        return piece
 
     @property
     def pending(self) -> bool:
         """True while some tokens' text has not come out yet."""
-        return self.read_offset < len(self.ids)
+        return bool(self.held)
 
     def flush(self) -> str:
         """Whatever text the held-back tokens decode to, even if incomplete."""
-        if not self.pending:
-            return ""
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        text = self._decode(self.ids[self.prefix_offset :])
-        self.prefix_offset = self.read_offset = len(self.ids)
-        return text.removeprefix(prefix)
+        text = self.tokenizer.decode(self.held, skip_special_tokens=True) if self.held else ""
+        self.held = []
+        return text
 
 
 class _StopHoldback:

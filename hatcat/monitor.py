@@ -20,6 +20,7 @@ when none fires: ordinary text, where nothing fires beyond its usual range, stay
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -106,6 +107,18 @@ class Monitor:
         """Replace some concepts' activation thresholds (a threshold profile)."""
         for concept, value in overrides.items():
             self.thresholds[self.bank.index[concept]] = float(value)
+
+    def with_thresholds(self, overrides: dict[str, float], reset: bool = False) -> Monitor:
+        """A copy with some thresholds replaced (`reset`: starting from the pack's); this one is unchanged."""
+        changed = copy.copy(self)
+        changed.thresholds = (self.bank.act_threshold if reset else self.thresholds).clone()
+        changed.set_thresholds(overrides)
+        return changed
+
+    def overrides(self) -> dict[str, float]:
+        """Concepts whose threshold differs from the pack's, with their threshold now."""
+        now, pack = self.thresholds.tolist(), self.bank.act_threshold.tolist()
+        return {c: round(a, 4) for c, a, b in zip(self.bank.concepts, now, pack) if abs(a - b) > 1e-6}
 
     def score(self, hidden: torch.Tensor, window: torch.Tensor, tokens: list[str], start: int = 0) -> list[TokenRecord]:
         """Records for T tokens at once: hidden [T, d] at the tap, window [T, d] mean input embeddings."""

@@ -69,6 +69,17 @@ def discover(root: Path) -> list[tuple[Path, dict[str, Any]]]:
     return found
 
 
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """A probe pack's manifest.json (ProbePackError when it is missing or not JSON); weights untouched."""
+    folder = Path(folder)
+    try:
+        return json.loads((folder / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise ProbePackError(f"{folder}: no manifest.json (not a probe pack)") from None
+    except json.JSONDecodeError as err:
+        raise ProbePackError(f"{folder}/manifest.json is not valid JSON: {err}") from None
+
+
 def read_metrics(folder: Path) -> dict[str, Any]:
     path = Path(folder) / "metrics.json"
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -141,7 +152,7 @@ def replace_row(
     metrics entry (and its layer's `per_layer` mean); `note` = (manifest key, value) records where it came from.
     Checksums are rewritten, nothing else changes. Returns the row index."""
     folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
     if concept not in manifest["concepts"]:
         raise ProbePackError(f"{folder}: the pack has no {concept!r} concept")
     if weight.numel() != manifest["hidden_size"]:
@@ -194,12 +205,7 @@ class ProbePack:
     def load(cls, folder: str | Path, model_id: str | None = None, hidden_size: int | None = None) -> ProbePack:
         """Read and verify a pack; with `model_id`/`hidden_size`, refuse one made for another model."""
         folder = Path(folder)
-        try:
-            manifest = json.loads((folder / "manifest.json").read_text())
-        except FileNotFoundError:
-            raise ProbePackError(f"{folder}: no manifest.json (not a probe pack)") from None
-        except json.JSONDecodeError as err:
-            raise ProbePackError(f"{folder}/manifest.json is not valid JSON: {err}") from None
+        manifest = read_manifest(folder)
         if manifest.get("format") != FORMAT:
             raise ProbePackError(f"{folder}: probe pack format {manifest.get('format')!r}, this HatCat reads {FORMAT}")
         for name, expected in manifest.get("checksums", {}).items():

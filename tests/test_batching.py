@@ -15,9 +15,10 @@ import openai
 import pytest
 import torch
 
+from hatcat.api.prompt import build_prompt
 from hatcat.batching import QueueFull, Scheduler
 from hatcat.engine import Engine
-from hatcat.generation import GenerationSettings, build_prompt
+from hatcat.generation import GenerationSettings
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 from hatcat.steering import Steering
 from tests.support import start_app, stop_app

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hatcat.api.prompt import build_prompt
 from hatcat.engine import Engine
 from hatcat.generation import (
     Finished,
     GenerationSettings,
     TokenStep,
     _Detokenizer,
-    build_prompt,
     collect,
     encode_prompt,
     generate,

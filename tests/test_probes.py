@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from hatcat.concepts import load_pack
+from hatcat.monitor import Monitor
+from hatcat.paths import SAFETY_MELD
 from hatcat.probes import ProbeBank, ProbePack, ProbePackError, default_folder, discover, per_layer, replace_row
 from tests.support import tiny_probe_pack
 
@@ -72,3 +75,12 @@ def test_per_layer_means_skip_concepts_without_both_classes() -> None:
         "c": {"layer": 0, "f1": 0.0, "auroc": 0.0, "n_pos": 0, "n_neg": 3},
     }
     assert per_layer(per) == {"0": {"mean_f1": 0.5, "mean_auroc": 1.0, "n": 2}}
+
+
+def test_changed_thresholds_make_a_new_monitor_and_leave_the_served_one_alone(tmp_path: Path) -> None:
+    bank = ProbeBank(ProbePack.load(tiny_probe_pack(tmp_path / "pack")), torch.device("cpu"))
+    served = Monitor(bank, load_pack(melds=[SAFETY_MELD]))
+    stricter = served.with_thresholds({"Music": 0.9})
+    assert stricter.overrides() == {"Music": 0.9} and served.overrides() == {}
+    reset = stricter.with_thresholds({"Fear": 0.1}, reset=True)  # a profile: the pack's thresholds, then its own
+    assert reset.overrides() == {"Fear": 0.1}

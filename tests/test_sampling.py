@@ -32,12 +32,12 @@ def test_extreme_temperature_and_penalty_give_a_token(temperature: float, penalt
         settings = GenerationSettings(
             temperature=temperature, repetition_penalty=penalty, top_p=top_p, top_k=top_k, seed=1
         )
-        sampler = _Sampler(settings, torch.device("cpu"), prompt)
+        sampler = _Sampler(settings, prompt[None])
         tokens = [sampler.sample(logits.clone()) for _ in range(3)]
         assert all(0 <= t < logits.numel() for t in tokens)
 
 
 def test_vanishing_temperature_picks_the_argmax() -> None:
     logits = _logits()
-    sampler = _Sampler(GenerationSettings(temperature=1e-40, seed=3), torch.device("cpu"), torch.tensor([1]))
+    sampler = _Sampler(GenerationSettings(temperature=1e-40, seed=3), torch.tensor([[1]]))
     assert {sampler.sample(logits) for _ in range(20)} == {7}

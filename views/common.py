@@ -11,9 +11,10 @@ from collections.abc import Iterator
 
 import gradio as gr
 
+from hatcat.api.prompt import build_prompt
 from hatcat.engine import Engine
 from hatcat.errors import HatCatError
-from hatcat.generation import GenerationSettings, build_prompt
+from hatcat.generation import GenerationSettings
 from hatcat.pipeline import MonitoredFinish
 from hatcat.steering import Steering
 from hatcat.store.events import record_response
@@ -27,18 +28,13 @@ NO_PACK = (
 
 def require_probes(engine: Engine) -> None:
     """Raise a readable gr.Error when there is nothing to monitor with."""
-    if engine.monitor is None:
+    if engine.probe_pack_id is None:
         raise gr.Error(NO_PACK.replace("**", ""), print_exception=False)
 
 
 def user_error(err: Exception) -> gr.Error:
     """A page message (never a stack trace) for an error the user can cause."""
     return gr.Error(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__, print_exception=False)
-
-
-def probe_concepts(engine: Engine) -> list[str]:
-    """Concept ids the loaded probe pack scores ([] without a pack)."""
-    return list(engine.bank.concepts) if engine.bank else []
 
 
 def settings_from(max_tokens: float, temperature: float, seed: float | None) -> GenerationSettings:
@@ -88,10 +84,3 @@ def run_trace(
     for records, done in stream_trace(engine, prompt, settings, steerings):
         summary = done or summary
     return records, summary
-
-
-def current_threshold(engine: Engine, concept: str) -> float | None:
-    """The monitor's activation threshold for `concept` now (a profile may have moved it)."""
-    if engine.monitor is None or concept not in engine.bank.index:
-        return None
-    return round(float(engine.monitor.thresholds[engine.bank.index[concept]]), 4)

@@ -86,8 +86,7 @@ def details(engine: Engine, concept: str | None) -> str:
         f"**parents** {', '.join(c.parents) or '—'}",
         f"**children** {', '.join(c.children[:20]) or '—'}{' …' if len(c.children) > 20 else ''}",
     ]
-    metrics = engine.probes.metrics if engine.probes else {}
-    m = metrics.get("per_concept", {}).get(concept)
+    m = engine.probe_metrics().get("per_concept", {}).get(concept)
     if m:
         natural = f", natural recall {m['natural_recall']} on {m['n_natural']} texts" if "natural_recall" in m else ""
         lines.append(
@@ -96,7 +95,7 @@ def details(engine: Engine, concept: str | None) -> str:
         )
         if "f1" in m:
             lines.append(f"held-out templates: F1 {m['f1']}, AUROC {m['auroc']}, {m['n_pos']} pos / {m['n_neg']} neg")
-    if not metrics.get("per_concept", {}).get(concept):
+    if not m:
         lines.append("*No probe for this concept in the loaded pack.*")
     return "\n\n".join(lines)
 

@@ -8,7 +8,7 @@ from hatcat.access import Role
 from hatcat.engine import Engine
 from views import trace as tr
 from views.access import guard
-from views.common import current_threshold, probe_concepts, settings_from, stream_trace
+from views.common import settings_from, stream_trace
 
 
 def build(engine: Engine, trace: gr.State) -> tuple:
@@ -45,7 +45,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     @guard(engine, Role.viewer, "monitoring")
     def generate(text: str, n: float, temp: float, seed_value: float | None, concept: str):
         settings = settings_from(n, temp, seed_value)
-        threshold = current_threshold(engine, concept)
+        threshold = engine.threshold(concept)
         for records, summary in stream_trace(engine, text, settings):
             files = tr.export_files(records, summary) if summary else (None, None)
             yield (
@@ -58,7 +58,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
             )
 
     def recolour(records: list[dict], concept: str):
-        threshold = current_threshold(engine, concept)
+        threshold = engine.threshold(concept)
         return tr.heatmap_html(records, concept, threshold), tr.divergence_figure(records, concept, threshold)
 
     run.click(
@@ -72,6 +72,6 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     trace.change(tr.token_rows, [trace, token], table, api_name=False)
 
     def refresh():
-        return gr.Dropdown(choices=[tr.BY_DIVERGENCE, *probe_concepts(engine)])
+        return gr.Dropdown(choices=[tr.BY_DIVERGENCE, *engine.probe_concepts()])
 
     return refresh, [colour_by], []

@@ -74,12 +74,13 @@ def build(engine: Engine) -> tuple:
     )
 
     def refresh():
-        if engine.probes is None:
+        pid = engine.probe_pack_id
+        if pid is None:
             return NO_PACK, None, [], []
-        p, m = engine.probes, engine.probes.metrics
+        (folder, manifest, _), m = engine.probe_packs()[pid], engine.probe_metrics()
         info = (
-            f"**{p.id}** · {len(p.concepts)} concepts · tap layer {p.manifest['tap_layer']} · pooling {p.manifest['pooling']} · "
-            f"trained {p.manifest.get('training', {}).get('created', '?')} · `{p.folder}`"
+            f"**{pid}** · {len(manifest['concepts'])} concepts · tap layer {manifest['tap_layer']} · pooling {manifest['pooling']} · "
+            f"trained {manifest.get('training', {}).get('created', '?')} · `{folder}`"
         )
         return info, figure(m), layer_rows(m), concept_rows(m)
 

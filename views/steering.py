@@ -6,10 +6,11 @@ import gradio as gr
 
 from hatcat.access import Role
 from hatcat.engine import Engine
+from hatcat.errors import HatCatError
 from hatcat.steering import Steering, UnknownConcept
 from views import trace as tr
 from views.access import audit, guard
-from views.common import probe_concepts, require_probes, run_trace, settings_from, user_error
+from views.common import require_probes, run_trace, settings_from, user_error
 
 HEADERS = ["concept", "strength", "layer"]
 TAP = "tap layer"
@@ -54,14 +55,12 @@ def build(engine: Engine) -> tuple:
     @guard(engine, Role.researcher, "steering")
     def change(c: str, s: float, block: str | int, request: gr.Request):
         require_probes(engine)
-        if c not in engine.bank.index:
-            raise gr.Error("Pick a concept of the loaded probe pack.", print_exception=False)
-        audit(engine, "steering_added", c, session=session_of(request), strength=float(s))
+        steering_layer = None if block in (None, TAP) else int(block)
         try:
-            engine.steering.add(
-                session_of(request), Steering(c, float(s), None if block in (None, TAP) else int(block))
-            )
-        except ValueError as err:
+            engine.check_steering(c, steering_layer)
+            audit(engine, "steering_added", c, session=session_of(request), strength=float(s))
+            engine.steering.add(session_of(request), Steering(c, float(s), steering_layer))
+        except (ValueError, HatCatError) as err:
             raise user_error(err) from None
         return rows(engine, session_of(request))
 
@@ -103,7 +102,7 @@ def build(engine: Engine) -> tuple:
     )
 
     def refresh(request: gr.Request):
-        choices = probe_concepts(engine)
+        choices = engine.probe_concepts()
         return gr.Dropdown(choices=choices, value=choices[0] if choices else None), rows(engine, session_of(request))
 
     return refresh, [concept, table], []

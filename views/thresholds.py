@@ -23,11 +23,12 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from hatcat.access import Role
 from hatcat.engine import Engine
+from hatcat.errors import HatCatError
 from hatcat.store import ProfileOwned, Store, StoreWriteError
 from hatcat.training.fit import at_threshold, auroc
 from views import trace as tr
 from views.access import audit, current_actor, current_user, guard
-from views.common import current_threshold, probe_concepts, require_probes, user_error
+from views.common import require_probes, user_error
 from views.review import reviewed_line
 
 
@@ -97,12 +98,6 @@ def saved_profiles(engine: Engine) -> list[str]:
     return [p["name"] for p in engine.records.profiles()] if engine.records else []
 
 
-def overrides(engine: Engine) -> dict[str, float]:
-    """Concepts whose monitor threshold differs from the pack's."""
-    now, pack = engine.monitor.thresholds.tolist(), engine.bank.act_threshold.tolist()
-    return {c: round(a, 4) for c, a, b in zip(engine.bank.concepts, now, pack) if abs(a - b) > 1e-6}
-
-
 def _store(engine: Engine) -> Store:
     if engine.records is None:
         raise gr.Error("This workbench runs without a record store (profiles live there).", print_exception=False)
@@ -117,7 +112,7 @@ def save_profile(engine: Engine, name: str, thresholds: dict[str, float]) -> str
     user = current_user()
     try:
         _store(engine).save_profile(
-            name, current_actor(), engine.probes.id, thresholds, admin=user is None or user.role >= Role.admin
+            name, current_actor(), engine.probe_pack_id, thresholds, admin=user is None or user.role >= Role.admin
         )
     except (ProfileOwned, StoreWriteError) as err:
         raise user_error(err) from None
@@ -130,8 +125,8 @@ def load_profile(engine: Engine, name: str) -> str:
     profile = _store(engine).profile(name or "")
     if profile is None:
         raise gr.Error(f"No profile {name!r}.", print_exception=False)
-    audit(engine, "thresholds_applied", name, probe_pack=engine.probes.id)
-    skipped = engine.reset_thresholds(profile["thresholds"])
+    audit(engine, "thresholds_applied", name, probe_pack=engine.probe_pack_id)
+    skipped = engine.apply_thresholds(profile["thresholds"], reset=True)
     applied = len(profile["thresholds"]) - len(skipped)
     return f"Loaded profile **{name}**: {applied} thresholds applied to the monitor (the API uses them too)." + (
         f" Skipped (not in this pack): {', '.join(skipped)}." if skipped else ""
@@ -157,9 +152,8 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     status = gr.Markdown()
 
     def show(c: str, t: float, cache: dict, records: list[dict]):
-        real = (
-            real_text_summary(engine.probes.metrics.get("per_concept", {}).get(c, {}), t) if c and engine.probes else ""
-        )
+        metrics = engine.probe_metrics()
+        real = real_text_summary(metrics.get("per_concept", {}).get(c, {}), t) if c and metrics else ""
         reviewed = reviewed_line(engine, c, t)
         head = "\n\n".join(x for x in (real, reviewed) if x)
         if not c or c not in cache:
@@ -171,7 +165,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
             + "\n\n"
             + (
                 f"Template prompts (secondary view) at **{t:.2f}**: precision **{m['precision']:.3f}**, recall **{m['recall']:.3f}**, F1 {m['f1']:.3f}, "
-                f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {current_threshold(engine, c)}"
+                f"FPR {m['fpr']:.3f} on {sum(y)} positive / {len(y) - sum(y)} negative prompts · monitor now uses {engine.threshold(c)}"
             )
         )
         return (
@@ -187,27 +181,27 @@ def build(engine: Engine, trace: gr.State) -> tuple:
         progress(0.1, desc=f"scoring {c}'s {which} prompts (one forward each)")
         try:
             s, y = engine.held_out_scores(c, which)
-        except (KeyError, ValueError) as err:
+        except (KeyError, ValueError, HatCatError) as err:
             raise user_error(err) from None
         cache = {**cache, c: [s, y]}
-        t = current_threshold(engine, c)
+        t = engine.threshold(c)
         return cache, t, *show(c, t, cache, records)
 
     @guard(engine, Role.admin, "setting the monitor's thresholds")
     def apply_now(c: str, t: float):
         require_probes(engine)
-        if c not in engine.bank.index:
+        if c not in engine.probe_concepts():
             raise gr.Error("Pick a concept of the loaded pack.", print_exception=False)
-        audit(engine, "threshold_set", c, threshold=t, probe_pack=engine.probes.id)
-        engine.monitor.set_thresholds({c: t})
-        return f"Monitor threshold of **{c}** is now {t:.2f} (the API uses it too). Changed: {overrides(engine)}"
+        audit(engine, "threshold_set", c, threshold=t, probe_pack=engine.probe_pack_id)
+        engine.apply_thresholds({c: t})
+        return f"Monitor threshold of **{c}** is now {t:.2f} (the API uses it too). Changed: {engine.threshold_overrides()}"
 
     load.click(compute, [concept, split, scores, trace], [scores, threshold, stats, curves, highlights], api_name=False)
     threshold.change(show, [concept, threshold, scores, trace], [stats, curves, highlights], api_name=False)
     concept.change(
         lambda c, cache, records: (
-            current_threshold(engine, c) or 0.5,
-            *show(c, current_threshold(engine, c) or 0.5, cache, records),
+            engine.threshold(c) or 0.5,
+            *show(c, engine.threshold(c) or 0.5, cache, records),
         ),
         [concept, scores, trace],
         [threshold, stats, curves, highlights],
@@ -219,7 +213,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     def save(n: str, c: str, t: float):
         require_probes(engine)
         # the monitor's overrides, with the concept on the slider at the slider's value
-        wanted = {**overrides(engine), **({c: round(t, 4)} if c in engine.bank.index else {})}
+        wanted = {**engine.threshold_overrides(), **({c: round(t, 4)} if engine.threshold(c) is not None else {})}
         return save_profile(engine, n, wanted), gr.Dropdown(choices=saved_profiles(engine))
 
     save_btn.click(save, [name, concept, threshold], [status, profiles], api_name=False)
@@ -232,7 +226,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
 
     def refresh(records: list[dict]):
         fired = [c["concept"] for r in records or [] for c in r["concepts"]]
-        choices = list(dict.fromkeys(fired + probe_concepts(engine)))  # what fired in the trace first
+        choices = list(dict.fromkeys(fired + engine.probe_concepts()))  # what fired in the trace first
         return gr.Dropdown(choices=choices, value=choices[0] if choices else None), gr.Dropdown(
             choices=saved_profiles(engine)
         )

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from pathlib import Path
 
 import gradio as gr
 
@@ -13,8 +11,7 @@ from hatcat.access import Role
 from hatcat.concepts import ConceptPack, ConceptPackError
 from hatcat.concepts.meld import load_meld, merge_into
 from hatcat.engine import Engine
-from hatcat.probes import ProbePackError
-from hatcat.training.run import TrainSettings, train
+from hatcat.errors import HatCatError
 from views.access import audit, guard
 from views.common import user_error
 
@@ -56,7 +53,6 @@ def custom_pack(
 
 def build(engine: Engine) -> tuple:
     base = engine.concepts
-    known: dict[str, ConceptPack] = {base.id: base}  # concept packs a probe pack may have been trained on
     ids = list(base.ids)
     gr.Markdown(
         "Train activation and text-side probes on the running model. The result **replaces** the loaded probe pack "
@@ -94,25 +90,15 @@ def build(engine: Engine) -> tuple:
             chosen.append(custom.strip())
         if not chosen:
             raise gr.Error("Pick at least one concept or write a custom one.", print_exception=False)
-        tap = engine.bank.tap_layer if engine.bank else TrainSettings().tap_layer
-        out = engine.settings.cache_dir / "packs" / f"workbench-{time.strftime('%Y%m%d-%H%M%S')}"
-        audit(engine, "training_run", ", ".join(chosen)[:300], concepts=chosen, tap_layer=tap, out=str(out))
-        progress(0.05, desc=f"training {len(chosen)} concept(s) at layer {tap}")
+        audit(engine, "training_run", ", ".join(chosen)[:300], concepts=chosen)
+        progress(0.05, desc=f"training {len(chosen)} concept(s)")
         try:
-            with engine.exclusive():
-                trained, run_report = train(
-                    engine.loaded,
-                    pack,
-                    TrainSettings(concepts=tuple(chosen), tap_layer=tap),
-                    engine.settings.cache_dir,
-                    out,
-                )
-            progress(0.95, desc="hot-loading")
-            audit(engine, "pack_hot_loaded", str(trained))
-            loaded = engine.load_probes(trained, concepts=pack)
-        except (ValueError, ProbePackError) as err:
+            loaded, run_report = engine.train_and_load(
+                chosen, pack, before_load=lambda folder: audit(engine, "pack_hot_loaded", str(folder))
+            )
+        except (ValueError, HatCatError) as err:
             raise user_error(err) from None
-        known[pack.id] = pack
+        trained = loaded.folder
         per = loaded.metrics["per_concept"]
         table = "\n".join(
             f"| {c} | {m['threshold']} | {m.get('control_fpr_test', '–')} | {m.get('natural_recall', '–')} "
@@ -129,10 +115,9 @@ def build(engine: Engine) -> tuple:
     def load(path: str):
         audit(engine, "pack_loaded", str(path))
         try:
-            recorded = json.loads((Path(path) / "manifest.json").read_text())["concept_pack"]["id"]
-            loaded = engine.load_probes(path, concepts=known.get(recorded, engine.concepts))
-        except (OSError, ValueError, KeyError, ProbePackError) as err:
-            raise user_error(ProbePackError(f"cannot load {path}: {err}")) from None
+            loaded = engine.load_probes(path)
+        except (OSError, ValueError, HatCatError) as err:
+            raise user_error(ValueError(f"cannot load {path}: {err}")) from None
         return f"Loaded probe pack `{loaded.id}` ({len(loaded.concepts)} concepts, tap layer {loaded.manifest['tap_layer']})."
 
     go_btn.click(run, [picked, cid, parents, definition, pos, neg], [report, folder], api_name="train")

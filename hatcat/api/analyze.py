@@ -17,8 +17,8 @@ from fastapi import APIRouter, Request
 
 from hatcat.api.errors import APIError, error_responses
 from hatcat.api.protocol import Analysis, AnalysisList, AnalyzeRequest
-from hatcat.api.reports import require_monitor, token_report
-from hatcat.api.worker import ClientGone, Ended, Failed, Job, Started
+from hatcat.api.reports import token_report
+from hatcat.api.worker import ClientGone, Ended, Failed, Job
 from hatcat.engine import Engine
 
 router = APIRouter(prefix="/v1")
@@ -27,17 +27,16 @@ router = APIRouter(prefix="/v1")
 @router.post("/analyze", response_model=Analysis | AnalysisList, responses=error_responses(400, 401, 404, 409))
 async def analyze(body: AnalyzeRequest, request: Request) -> Any:
     engine: Engine = request.app.state.engine
-    require_monitor(engine, "analysis")
+    pack_id = engine.require_probes("analysis").probes.id
     texts = body.texts
     answers: list[dict[str, Any] | None] = [None] * len(texts)
-    job = Job(engine, lambda: engine.analyze(texts, body.concepts, body.top_k), exclusive=False)
+    job = Job(lambda: engine.analyze(texts, body.concepts, body.top_k))
     try:
         while not isinstance(item := await job.next_watching(request), Ended):
             if isinstance(item, Failed):
                 raise item.error
-            if not isinstance(item, Started):
-                index, document = item
-                answers[index] = _answer(engine, document, None if body.text is not None else index)
+            index, document = item
+            answers[index] = _answer(pack_id, document, None if body.text is not None else index)
     except ClientGone:
         return None
     if any(a is None for a in answers):
@@ -46,14 +45,14 @@ async def analyze(body: AnalyzeRequest, request: Request) -> Any:
         return answers[0]
     n = sum(a["usage"]["prompt_tokens"] for a in answers)
     usage = {"prompt_tokens": n, "completion_tokens": 0, "total_tokens": n}
-    return {"object": "list", "probe_pack": engine.probes.id, "data": answers, "usage": usage}
+    return {"object": "list", "probe_pack": pack_id, "data": answers, "usage": usage}
 
 
-def _answer(engine: Engine, document: dict[str, Any], index: int | None) -> dict[str, Any]:
+def _answer(pack_id: str, document: dict[str, Any], index: int | None) -> dict[str, Any]:
     n = document["n_tokens"]
     answer = {
         "object": "analysis",
-        "probe_pack": engine.probes.id,
+        "probe_pack": pack_id,
         "tokens": [token_report(r) for r in document["records"]],
         "concepts": document["concepts"],
         "summary": document["summary"],

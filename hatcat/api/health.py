@@ -11,9 +11,4 @@ router = APIRouter()
 def health(request: Request) -> dict[str, object]:
     """Ready once the engine exists (the app is only served after the model loaded)."""
     engine = request.app.state.engine
-    return {
-        "status": "ok",
-        **engine.info(),
-        "monitoring": engine.monitor is not None,
-        "queue_depth": engine.queue_depth,
-    }
+    return {"status": "ok", **engine.info(), "queue_depth": engine.queue_depth}

@@ -17,7 +17,7 @@ router = APIRouter(prefix="/v1", responses=error_responses(401))
 def list_models(request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
     created = int(engine.loaded_at)
-    loaded = engine.probes.id if engine.probes else None
+    loaded = engine.probe_pack_id
     data = [
         {
             "id": MONITOR_MODEL_ID,

@@ -111,7 +111,7 @@ def _installed(engine: Engine, pack_id: str) -> tuple[Path, dict[str, Any], bool
 def get_probe_pack(pack_id: str, request: Request) -> dict[str, Any]:
     engine = request.app.state.engine
     folder, manifest, loaded = _installed(engine, pack_id)
-    metrics = engine.probes.metrics if loaded else read_metrics(folder)
+    metrics = engine.probe_metrics() if loaded else read_metrics(folder)
     details = {k: v for k, v in manifest.items() if k not in ("thresholds", "checksums")}
     return {**_summary(pack_id, folder, manifest, loaded), "manifest": details, "metrics": metrics}
 

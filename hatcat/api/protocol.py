@@ -134,6 +134,61 @@ class SteeringState(BaseModel):
     steerings: list[SteeringOut]
 
 
+class ConceptTotal(BaseModel):
+    concept: str
+    tokens: int
+    mean_divergence: float
+
+
+class ResponseDivergence(BaseModel):
+    """`metadata.divergence` of the analysis chunk: the whole response's."""
+
+    max_divergence: float
+    mean_divergence: float
+    top_concepts: list[ConceptTotal]
+
+
+class ChunkMetadata(BaseModel):
+    """HatCat's per-chunk extension (`choices[0].delta.metadata`); token chunks add `color` and
+    `token_index`, the analysis chunk `analysis` and `analysis_line`."""
+
+    monitoring: bool
+    divergence: TokenDivergence | ResponseDivergence | None
+    steering: SteeringState
+    color: str | None = None
+    token_index: int | None = None
+    analysis: dict[str, Any] | None = None
+    analysis_line: str | None = None
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    metadata: ChunkMetadata
+
+
+class ChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChunkDelta
+    logprobs: None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One SSE event of a streamed chat completion; `sse()` is the one place chunks are serialised
+    (optional fields that were not set are left out, as OpenAI does)."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+    def sse(self) -> str:
+        return f"data: {self.model_dump_json(exclude_unset=True)}\n\n"
+
+
 class HatCatReport(BaseModel):
     """The non-streaming answer's extra field: what the stream carries in its metadata."""
 
@@ -279,3 +334,15 @@ class AnalysisList(BaseModel):
     probe_pack: str
     data: list[Analysis]
     usage: Usage
+
+
+# ---- the record store -------------------------------------------------------------------------
+
+
+class ProfileBody(_Request):
+    thresholds: dict[ConceptId, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(max_length=100_000)
+
+
+class ReviewBody(_Request):
+    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(min_length=1, max_length=10_000)
+    review: Literal["reviewed", "true_positive", "false_positive"]

@@ -12,29 +12,17 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import Field
 
 from hatcat.access import Role
 from hatcat.api.auth import actor, caller, requires
 from hatcat.api.errors import APIError, error_responses
-from hatcat.api.protocol import ConceptId, _Request
-from hatcat.api.reports import require_monitor
+from hatcat.api.protocol import ProfileBody, ReviewBody
 from hatcat.engine import Engine
 from hatcat.store import Store, StoreWriteError
 
 router = APIRouter(prefix="/v1", responses=error_responses(400, 401, 403, 503))
 
 ProfileName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-Review = Literal["reviewed", "true_positive", "false_positive"]
-
-
-class ProfileBody(_Request):
-    thresholds: dict[ConceptId, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(max_length=100_000)
-
-
-class ReviewBody(_Request):
-    ids: list[Annotated[int, Field(ge=1, le=2**62)]] = Field(min_length=1, max_length=10_000)
-    review: Review
 
 
 def store_of(engine: Engine) -> Store:
@@ -92,15 +80,15 @@ def list_profiles(request: Request) -> dict[str, Any]:
 @router.put("/profiles/{name}", dependencies=[Depends(requires(Role.researcher, "saving a threshold profile"))])
 def save_profile(name: ProfileName, body: ProfileBody, request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
-    require_monitor(engine, "threshold profiles")
-    unknown = sorted(set(body.thresholds) - set(engine.bank.index))
+    pack = engine.require_probes("threshold profiles").probes
+    unknown = sorted(set(body.thresholds) - set(pack.concepts))
     if unknown:
-        message = f"no probe for {', '.join(unknown[:5])} in the loaded pack {engine.probes.id}"
+        message = f"no probe for {', '.join(unknown[:5])} in the loaded pack {pack.id}"
         raise APIError(400, message, param="thresholds", code="concept_not_found")
     user = caller(request)
     # another owner's profile: 403; a store that cannot write: 503 (both HatCatErrors)
     store_of(engine).save_profile(
-        name, actor(request), engine.probes.id, body.thresholds, admin=user is None or user.role >= Role.admin
+        name, actor(request), pack.id, body.thresholds, admin=user is None or user.role >= Role.admin
     )
     return store_of(engine).profile(name)
 
@@ -110,12 +98,12 @@ def save_profile(name: ProfileName, body: ProfileBody, request: Request) -> dict
 )
 def apply_profile(name: ProfileName, request: Request) -> dict[str, Any]:
     engine: Engine = request.app.state.engine
-    require_monitor(engine, "threshold profiles")
+    pack_id = engine.require_probes("threshold profiles").probes.id
     store = store_of(engine)
     profile = store.profile(name)
     if profile is None:
         raise APIError(404, f"no threshold profile {name}", param="name", code="profile_not_found")
-    audit(request, "thresholds_applied", name, probe_pack=engine.probes.id)
-    skipped = engine.reset_thresholds(profile["thresholds"])
+    audit(request, "thresholds_applied", name, probe_pack=pack_id)
+    skipped = engine.apply_thresholds(profile["thresholds"], reset=True)
     applied = len(profile["thresholds"]) - len(skipped)
     return {"object": "profile_applied", "name": name, "applied": applied, "skipped": skipped}

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from hatcat.api.errors import APIError
-from hatcat.engine import Engine
 from hatcat.monitor import TokenRecord
 from hatcat.steering import Steering
 
@@ -35,12 +33,3 @@ def steering_out(steering: Steering, session_id: str) -> dict[str, Any]:
         "layer": steering.layer,
         "session_id": session_id,
     }
-
-
-def require_monitor(engine: Engine, what: str) -> None:
-    if engine.monitor is None:
-        raise APIError(
-            409,
-            f"{what} needs a probe pack and none is loaded: set HATCAT_PROBE_PACK or install one under probes/",
-            code="no_probe_pack",
-        )

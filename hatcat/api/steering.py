@@ -16,7 +16,7 @@ from hatcat.api.auth import requires, session_key
 from hatcat.api.errors import APIError, error_responses
 from hatcat.api.protocol import DEFAULT_SESSION, SteeringAdd, SteeringCleared, SteeringList, SteeringOut, SteeringUpdate
 from hatcat.api.records import audit
-from hatcat.api.reports import require_monitor, steering_out
+from hatcat.api.reports import steering_out
 from hatcat.engine import Engine
 from hatcat.steering import Steering, UnknownConcept
 
@@ -29,30 +29,6 @@ router = APIRouter(
 SessionQuery = Query(DEFAULT_SESSION, min_length=1, max_length=128)
 
 
-def _engine(request: Request) -> Engine:
-    engine = request.app.state.engine
-    require_monitor(engine, "steering")
-    return engine
-
-
-def _check(engine: Engine, concept: str, layer: int | None) -> None:
-    if concept not in engine.bank.index:
-        raise APIError(
-            404,
-            f"unknown concept: {concept} (the loaded probe pack {engine.probes.id} has no probe for it)",
-            param="concept",
-            code="concept_not_found",
-        )
-    layers = len(engine.loaded.layers)
-    if layer is not None and layer >= layers:
-        raise APIError(
-            400,
-            f"layer {layer} is out of range: the model has {layers} decoder layers (0..{layers - 1})",
-            param="layer",
-            code="invalid_value",
-        )
-
-
 def _not_steered(concept: str, session_id: str) -> APIError:
     return APIError(
         404, f"concept {concept} is not steered in session {session_id}", param="concept", code="steering_not_found"
@@ -61,8 +37,8 @@ def _not_steered(concept: str, session_id: str) -> APIError:
 
 @router.post("/add", response_model=SteeringOut)
 def add(body: SteeringAdd, request: Request) -> dict[str, Any]:
-    engine = _engine(request)
-    _check(engine, body.concept, body.layer)
+    engine: Engine = request.app.state.engine
+    engine.check_steering(body.concept, body.layer)
     audit(request, "steering_added", body.concept, session=body.session_id, strength=body.strength, layer=body.layer)
     steering = engine.steering.add(
         session_key(request, body.session_id), Steering(body.concept, body.strength, body.layer)
@@ -72,8 +48,8 @@ def add(body: SteeringAdd, request: Request) -> dict[str, Any]:
 
 @router.patch("/update/{concept}", response_model=SteeringOut)
 def update(concept: str, body: SteeringUpdate, request: Request) -> dict[str, Any]:
-    engine = _engine(request)
-    _check(engine, concept, body.layer)
+    engine: Engine = request.app.state.engine
+    engine.check_steering(concept, body.layer)
     audit(request, "steering_changed", concept, session=body.session_id, strength=body.strength, layer=body.layer)
     try:
         steering = engine.steering.update(
@@ -86,7 +62,8 @@ def update(concept: str, body: SteeringUpdate, request: Request) -> dict[str, An
 
 @router.delete("/remove/{concept}", response_model=SteeringOut)
 def remove(concept: str, request: Request, session_id: str = SessionQuery) -> dict[str, Any]:
-    engine = _engine(request)
+    engine: Engine = request.app.state.engine
+    engine.require_probes("steering")
     audit(request, "steering_removed", concept, session=session_id)
     try:
         steering = engine.steering.remove(session_key(request, session_id), concept)

@@ -1,10 +1,9 @@
-"""Blocking model work off the event loop, one turn at a time, stoppable by the client.
+"""Blocking engine work off the event loop, stoppable by the client.
 
-A `Job` runs `work()` (a sync iterator: a generation, an analysis) in its own thread once the
-engine grants it the model (`Engine.exclusive`, first come first served), and hands each item
-to the event loop through an asyncio queue. `Job.cancel()` — called when the client goes away —
-takes the job out of the queue if it is still waiting, or stops the iterator between two items:
-the generator is closed (its hooks removed) and the model freed at once for the next request.
+A `Job` runs `work()` (a sync iterator: an `Engine.generate` generation, an `Engine.analyze`
+analysis; the engine takes the model when it needs it) in its own thread and hands each item to
+the event loop through an asyncio queue. `Job.cancel()` — called when the client goes away — stops
+the iterator between two items (a generation leaves the batch, or the queue, at once).
 """
 
 from __future__ import annotations
@@ -12,20 +11,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
 
-from hatcat.engine import Cancelled, Engine
+from hatcat.errors import Cancelled
 
 DISCONNECT_POLL_S = 0.25
-
-
-@dataclass(frozen=True)
-class Started:
-    """The job got the model (first item of every job that runs)."""
 
 
 @dataclass(frozen=True)
@@ -43,17 +36,13 @@ class ClientGone(Exception):
 
 
 class Job:
-    """`exclusive=False`: the work takes the model itself when it needs it (batched analysis, the
-    batch scheduler), and `Started` comes at once."""
-
-    def __init__(self, engine: Engine, work: Callable[[], Iterator[Any]], exclusive: bool = True) -> None:
+    def __init__(self, work: Callable[[], Iterator[Any]]) -> None:
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._cancel = threading.Event()
         self._pending: asyncio.Task | None = None
         self._items: Iterator[Any] | None = None
-        self._exclusive = exclusive
-        threading.Thread(target=self._run, args=(engine, work), name="hatcat-job", daemon=True).start()
+        threading.Thread(target=self._run, args=(work,), name="hatcat-job", daemon=True).start()
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -67,22 +56,20 @@ class Job:
         except RuntimeError:  # the event loop is gone (server shutting down)
             pass
 
-    def _run(self, engine: Engine, work: Callable[[], Iterator[Any]]) -> None:
+    def _run(self, work: Callable[[], Iterator[Any]]) -> None:
         try:
-            with engine.exclusive(self._cancel) if self._exclusive else nullcontext():
-                self._put(Started())
-                items = self._items = work()
-                if self._cancel.is_set():  # cancelled before `_items` was there to stop
-                    self.cancel()
-                try:
-                    for item in items:
-                        if self._cancel.is_set():
-                            break
-                        self._put(item)
-                finally:
-                    close = getattr(items, "close", None)
-                    if close is not None:
-                        close()
+            items = self._items = work()
+            if self._cancel.is_set():  # cancelled before `_items` was there to stop
+                self.cancel()
+            try:
+                for item in items:
+                    if self._cancel.is_set():
+                        break
+                    self._put(item)
+            finally:
+                close = getattr(items, "close", None)
+                if close is not None:
+                    close()
         except Cancelled:
             pass
         except Exception as err:  # noqa: BLE001 - any failure is handed to the route, which answers in the error shape
@@ -91,7 +78,7 @@ class Job:
             self._put(Ended())
 
     async def next(self) -> Any:
-        """The next item (Started, work items, Failed, Ended)."""
+        """The next item (work items, Failed, Ended)."""
         if self._pending is not None:
             task, self._pending = self._pending, None
             return await task

@@ -65,16 +65,17 @@ def crossings(records: Sequence[TokenRecord | dict], thresholds: dict[str, float
 
 def record_response(engine: Engine, records: Sequence[TokenRecord | dict], request_id: str, actor: str) -> int:
     """Store the response's events; a store that refuses is logged, never raised (the answer is served)."""
-    if engine.records is None or engine.monitor is None or not records:
+    packs = engine.packs
+    if engine.records is None or packs.monitor is None or not records:
         return 0
-    thresholds = dict(zip(engine.bank.concepts, engine.monitor.thresholds.tolist()))
+    thresholds = dict(zip(packs.bank.concepts, packs.monitor.thresholds.tolist()))
     found = crossings(records, thresholds)
     context = {
         "request_id": request_id,
         "actor": actor,
         "model": engine.loaded.name,
-        "probe_pack": engine.probes.id,
-        "pack_checksum": engine.probes.checksum,
+        "probe_pack": packs.probes.id,
+        "pack_checksum": packs.probes.checksum,
     }
     try:
         engine.records.add_events([{**context, **event} for event in found])

@@ -17,14 +17,21 @@ Data (`experiments/deception.py` fits and compares recipes on it, `deception_rec
 
 Features are the tap-layer states of the statement's / answer's tokens (right-padded batches,
 so no token ever sees padding), cached per layer on disk (`TokenStateCache`).
+
+The study writes the fitted probe (`PROBE_FILE`) and its numbers (`STUDY_FILE`); after every
+re-training of a probe pack, put the probe back in as the pack's `Deception` row (no model needed):
+
+    python -m hatcat.training.deception probes/gemma-3-270m/sumo-wordnet-v1+safety-v1
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +41,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from hatcat.paths import DATA
-from hatcat.probes import ProbePackError, replace_row
+from hatcat.paths import DATA, RESULTS
+from hatcat.probes import ProbePack, ProbePackError, read_manifest, replace_row
 from hatcat.tap import hidden_at
 from hatcat.training.activations import ShardCache
 from hatcat.training.fit import LinearProbes
@@ -329,8 +336,8 @@ def load_probe(path: Path, layer: int) -> tuple[LinearProbes, dict]:
         keys = list(fh.keys())
         if f"layer{layer}.weight" not in keys:
             have = sorted(int(k[5:].split(".")[0]) for k in keys if k.endswith(".weight"))
-            raise KeyError(
-                f"{path} has no deception probe for layer {layer} (it has {have}); rerun `python -m experiments.deception --layer {layer}`"
+            raise ProbePackError(
+                f"{path} has no deception probe for layer {layer} (it has {have}): the study must fit that layer"
             )
         t = {k: fh.get_tensor(k) for k in keys if k.startswith(f"layer{layer}.")}
     return LinearProbes(t[f"layer{layer}.weight"][None], t[f"layer{layer}.bias"], t[f"layer{layer}.threshold"]), meta
@@ -340,7 +347,7 @@ def inject(folder: Path, probe: LinearProbes, layer: int, note: dict, metrics: d
     """Write `probe` as the activation row of `concept` in the probe pack at `folder` (`probes.replace_row`):
     only that row, its threshold, its metrics entry and layer mean, the manifest note `deception_probe`
     and the checksums change. Returns the row index."""
-    tap_layer = json.loads((Path(folder) / "manifest.json").read_text())["tap_layer"]
+    tap_layer = read_manifest(folder)["tap_layer"]
     if int(tap_layer) != layer:
         raise ProbePackError(f"{folder} taps layer {tap_layer}, the deception probe was fitted at layer {layer}")
     return replace_row(
@@ -352,3 +359,64 @@ def inject(folder: Path, probe: LinearProbes, layer: int, note: dict, metrics: d
         {**metrics, "source": "deception_probe"},
         ("deception_probe", note),
     )
+
+
+STUDY_FILE = RESULTS / "deception.json"  # written by the study (experiments/deception.py)
+PROBE_FILE = RESULTS / "deception_probe.safetensors"
+
+
+def inject_study(folder: Path, study: dict, probe_file: Path = PROBE_FILE) -> int:
+    """Write the study's fitted probe into the probe pack at `folder` as its `Deception` row, at the
+    pack's tap layer, with the study's test numbers (its dev numbers at another block). Returns the row."""
+    manifest = read_manifest(folder)
+    layer = int(manifest["tap_layer"])
+    probe, meta = load_probe(probe_file, layer)
+    if meta["model"] != manifest["model"]:
+        raise ProbePackError(f"the deception probe was fitted on {meta['model']}, the pack is for {manifest['model']}")
+    recipe = study["chosen_recipe"]
+    if layer == study["tap_layer"]:
+        metrics = {k: v for k, v in study.items() if k.startswith("auroc")}
+        pack_metrics = study["pack_metrics"] | {
+            "evaluated_on": f"held-out facts x unseen wordings ({recipe['pooling']} pooling per statement)"
+        }
+    else:  # a pack at another block: only dev numbers exist there
+        metrics = study["dev_comparison"][recipe["name"]][str(layer)]
+        pack_metrics = {
+            "auroc": metrics["auroc_dev_instructed"],
+            "threshold": round(float(probe.threshold[0]), 4),
+            "evaluated_on": "dev: instructed dev wordings",
+        }
+    note = {
+        "source": "data/honesty/facts_true_false.csv (MIT, Representation Engineering) + 20 instruction wording pairs"
+        " + data/honesty/dialogues.yaml (content-matched dialogues)",
+        "recipe": f"hatcat.training.deception_recipes {recipe['name']}, chosen on dev",
+        "pooling": recipe["pooling"],
+        "tap_layer": layer,
+        "metrics": metrics,
+        "command": "python -m experiments.deception && python -m hatcat.training.deception <pack>",
+    }
+    row = inject(folder, probe, layer, note, pack_metrics)
+    ProbePack.load(folder)  # still a valid pack
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m hatcat.training.deception",
+        description="Write the fitted deception probe (results/deception_probe.safetensors) into a probe pack "
+        "as its `Deception` activation row.",
+    )
+    ap.add_argument("pack", type=Path, help="probe pack folder")
+    folder = ap.parse_args(argv).pack
+    try:
+        study = json.loads(STUDY_FILE.read_text())
+        row = inject_study(folder, study)
+    except (OSError, ValueError, KeyError) as err:  # ProbePackError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote the deception probe ({study['chosen_recipe']['name']}) into {folder} as row {row} (`Deception`)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
