@@ -183,7 +183,8 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
             key=lambda r: r["activation"][pool]["mean_auroc"] + r["activation"][pool]["top1"],
         )
         a, b = best["activation"][pool], few["activation"][pool]
-        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){' + continuation' if few['continuations'] else ''}"
+        cont = {False: "", True: " + continuation", "contrast": " + continuations as contrast"}[few["continuations"]]
+        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){cont}"
         out.append(
             (
                 f"Recipe on dev scenes (42-way, {pool}_activation): chosen {chosen['method']} / best on few texts ({label})",
