@@ -72,6 +72,21 @@ def chat(base: str, **body) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=payload, timeout=300)
 
 
+def corpus_cli(job: str, source: Path, out: Path, cluster: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m hatcat.corpus JOB` joining the module's cluster; asserts it succeeded."""
+    run = subprocess.run(
+        [sys.executable, "-m", "hatcat.corpus", job, "--input", str(source), "--output", str(out), "--address", cluster]
+        + list(args),
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 def test_eight_concurrent_streams_complete_with_divergence_metadata_on_both_replicas(client: openai.OpenAI) -> None:
     def one(i: int) -> tuple[str, list[dict]]:
         raw = client.chat.completions.with_raw_response.create(
@@ -142,16 +157,7 @@ def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str,
     source.write_text("".join(json.dumps({"id": f"t{n}", "text": t}) + "\n" for n, t in enumerate(texts)))
     out = tmp_path / "scores.parquet"
     concepts = "Music,Fear,Deception"
-    run = subprocess.run(
-        [sys.executable, "-m", "hatcat.corpus", "analyze", "--input", str(source), "--output", str(out)]
-        + ["--address", cluster, "--concepts", concepts],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = corpus_cli("analyze", source, out, cluster, "--concepts", concepts)
     assert "wrote 2000 analyses" in run.stderr
     rows = pq.read_table(out).to_pylist()
     assert [r["id"] for r in rows] == [f"t{n}" for n in range(2000)] and [r["text"] for r in rows] == texts
@@ -182,16 +188,7 @@ def test_corpus_extract_writes_pooled_states_a_probe_fits_on_at_the_driver(clust
     source = tmp_path / "prompts.jsonl"
     source.write_text("".join(json.dumps(t) + "\n" for t in texts))
     out = tmp_path / "states.parquet"
-    run = subprocess.run(
-        [sys.executable, "-m", "hatcat.corpus", "extract", "--input", str(source), "--output", str(out)]
-        + ["--address", cluster, "--layer", "6"],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    corpus_cli("extract", source, out, cluster, "--layer", "6")
     ids, states = read_states(out, "mean")
     assert ids == [str(n) for n in range(1, len(texts) + 1)] and states.shape[0] == len(texts)
     assert pq.read_table(out).column("text").to_pylist() == texts
