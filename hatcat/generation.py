@@ -292,7 +292,9 @@ class _Sampler:
             self.generator.manual_seed(settings.seed & 0xFFFF_FFFF_FFFF_FFFF)
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor) -> int:
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token as a [1, 1] tensor, without waiting for the device: a batch draws every
+        row's token, then reads them all at once."""
         scores = logits[None]
         if self.penalty is not None:
             # a tiny penalty overflows positive logits to inf: keep them finite so the shift stays a number
@@ -303,10 +305,23 @@ class _Sampler:
         else:
             scores = scores.double()
             scores = self.warpers(self.ids, scores - scores.max())
-            token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
+            token = inverse_cdf_draw(torch.softmax(scores, dim=-1), self.generator)
         if self.penalty is not None:
             self.ids = torch.cat([self.ids, token.to(self.ids.device)], dim=1)
-        return int(token.item())
+        return token
+
+    def sample(self, logits: torch.Tensor) -> int:
+        return int(self.draw(logits).item())
+
+
+def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of `probs` [B, V] from one uniform number each, by inverting the cumulative
+    sum: the same distribution as `torch.multinomial`, about ten times cheaper over a 262k-token
+    vocabulary on CPU. The first index whose cumulative sum exceeds the target is taken, so a token
+    of probability 0 is never drawn. Returns [B, 1] token ids."""
+    cumulative = probs.cumsum(-1)
+    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
+    return torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp_(max=probs.shape[-1] - 1)
 
 
 class _Detokenizer:
