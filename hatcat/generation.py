@@ -305,23 +305,13 @@ class _Sampler:
         else:
             scores = scores.double()
             scores = self.warpers(self.ids, scores - scores.max())
-            token = inverse_cdf_draw(torch.softmax(scores, dim=-1), self.generator)
+            token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
         if self.penalty is not None:
             self.ids = torch.cat([self.ids, token.to(self.ids.device)], dim=1)
         return token
 
     def sample(self, logits: torch.Tensor) -> int:
         return int(self.draw(logits).item())
-
-
-def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One token per row of `probs` [B, V] from one uniform number each, by inverting the cumulative
-    sum: the same distribution as `torch.multinomial`, about ten times cheaper over a 262k-token
-    vocabulary on CPU. The first index whose cumulative sum exceeds the target is taken, so a token
-    of probability 0 is never drawn. Returns [B, 1] token ids."""
-    cumulative = probs.cumsum(-1)
-    uniform = torch.rand((probs.shape[0], 1), generator=generator, device=probs.device, dtype=probs.dtype)
-    return torch.searchsorted(cumulative, uniform * cumulative[:, -1:], right=True).clamp_(max=probs.shape[-1] - 1)
 
 
 class _Detokenizer:
