@@ -2,21 +2,24 @@
 
 The step measured is the monitored one: one single-token forward with the KV cache, the tap
 layer's state, and the probe bank's matrix product over all concepts (activation side), in
-eager mode with transformers' `DynamicCache` vs compiled (inductor) with a `StaticCache`. The
-compile time (first calls) is reported apart from the steady-state step. Ways are interleaved
-over `--repeats` rounds; the median per-step time counts. The load average is recorded.
+eager mode with transformers' `DynamicCache` vs compiled (inductor) with a `StaticCache`; on a
+GPU the compiled step is captured as CUDA graphs (`mode="reduce-overhead"`). The compile time
+(first calls) is reported apart from the steady-state step. Ways are interleaved over
+`--repeats` rounds; the median per-step time counts. The load average is recorded.
 
-    python -m experiments.bench_compiled_step [--steps 24] [--repeats 3] [--batch 1]
+    python -m experiments.bench_compiled_step [--steps 24] [--repeats 3] [--batch 1] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from transformers import DynamicCache, StaticCache
@@ -32,15 +35,16 @@ OUT = RESULTS / "bench_compiled_step.json"
 def make_step(engine: Engine):
     model, bank = engine.model, engine.bank
     layer = bank.tap_layer
+    cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def step(ids: torch.Tensor, positions: torch.Tensor, cache) -> tuple[torch.Tensor, torch.Tensor]:
         out = model(
             input_ids=ids,
             position_ids=positions,
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,
             output_hidden_states=True,
+            **{cache_kwarg: cache},
         )
         hidden = out.hidden_states[layer + 1][:, -1].float()
         return out.logits[:, -1].float(), torch.sigmoid(hidden @ bank.act_weight.T + bank.act_bias)
@@ -50,17 +54,19 @@ def make_step(engine: Engine):
 
 @torch.inference_mode()
 def run(step, engine: Engine, cache, batch: int, steps: int) -> tuple[float, list[float]]:
-    """Prefill 16 tokens, then `steps` greedy steps; (first-step seconds, later steps' seconds)."""
+    """Prefill 16 tokens, then `steps` greedy steps; (first-step seconds, later steps' seconds).
+    Each step ends when its token is known (a GPU is synchronised), as a decode loop needs it."""
     device = engine.loaded.device
     ids = torch.arange(100, 116, device=device).repeat(batch, 1)
     positions = torch.arange(16, device=device).repeat(batch, 1)
-    out = engine.model(input_ids=ids, position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
-    token = out.logits[:, -1:].argmax(-1)
+    logits, _probs = step(ids, positions, cache)
+    token = logits.argmax(-1, keepdim=True)
     times = []
     for i in range(steps):
         start = time.perf_counter()
         logits, _probs = step(token, torch.full((batch, 1), 16 + i, device=device), cache)
         token = logits.argmax(-1, keepdim=True)
+        token.tolist()  # the decode loop reads the token: this is where a GPU syncs
         times.append(time.perf_counter() - start)
     return times[0], times[1:]
 
@@ -70,6 +76,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
     load_before = os.getloadavg()
     engine = Engine.from_settings(Settings.from_env())
@@ -77,13 +84,14 @@ def main() -> None:
         raise SystemExit("the benchmark needs the shipped probe pack (or HATCAT_PROBE_PACK)")
     config, dtype = engine.model.config, engine.loaded.dtype
     eager = make_step(engine)
-    compiled = torch.compile(make_step(engine), dynamic=False)
+    cuda = engine.loaded.device.type == "cuda"
+    compiled = torch.compile(make_step(engine), dynamic=False, mode="reduce-overhead" if cuda else None)
 
     def static():
         return StaticCache(config=config, max_cache_len=16 + args.steps + 1)
 
     start = time.perf_counter()
-    run(compiled, engine, static(), args.batch, 2)  # compiles
+    run(compiled, engine, static(), args.batch, 3)  # compiles (the prefill shape and the step shape)
     compile_s = time.perf_counter() - start
     per_step: dict[str, list[float]] = {"eager_dynamic": [], "compiled_static": []}
     for _ in range(args.repeats):
@@ -110,12 +118,14 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "platform": platform.platform(),
             "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],
         },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 
 

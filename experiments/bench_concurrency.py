@@ -12,8 +12,8 @@ the 5,596 concepts scored on every token, activation and words-only side, hierar
 - `identical_greedy`: a greedy request's tokens alone == inside a full batch of eight
   different-length prompts (and == the unbatched `monitored_generation` path); the worst
   per-token activation difference of its records is reported too; `greedy_alone_vs_batch_of_8`:
-  all eight prompts greedy alone vs together, in the run's dtype and (on a copy) in bf16, with
-  the solo run's logit margin wherever a row differs.
+  all eight prompts greedy alone vs together, in the run's dtype and (on a copy) in the other of
+  fp32/bf16, with the solo run's logit margin wherever a row differs.
 
 Ways are interleaved over `--repeats` rounds and the median is reported; the load average is
 recorded, because on a shared machine absolute rates move with the neighbours (ratios within
@@ -217,8 +217,8 @@ def main() -> None:
     median = {k: statistics.median(v) for k, v in runs.items()}
     identity = greedy_identity(engine, texts, min(args.tokens, 32))
     flips = [greedy_flips(engine, engine.model, texts, min(args.tokens, 32))]
-    if engine.loaded.dtype != torch.bfloat16:  # and how bf16 fares, on a copy
-        flips.append(greedy_flips(engine, copy.deepcopy(engine.model).to(torch.bfloat16), texts, min(args.tokens, 32)))
+    other = torch.float32 if engine.loaded.dtype == torch.bfloat16 else torch.bfloat16  # the other dtype, on a copy
+    flips.append(greedy_flips(engine, copy.deepcopy(engine.model).to(other), texts, min(args.tokens, 32)))
     result = {
         "model": engine.loaded.name,
         "device": str(engine.loaded.device),

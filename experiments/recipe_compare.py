@@ -1,19 +1,26 @@
 """Compare probe recipes on dev data written by others than the training data: results/recipe_compare.json.
 
-python -m experiments.recipe_compare [--k 1 2 3 4] [--old-pack PACK]   # after `python -m experiments.recipe_data`
+nice -n 10 python -m experiments.recipe_compare --old-pack probes/gemma-3-270m/sumo-wordnet-v1+safety-v1
+(after `python -m experiments.recipe_data`; resumable: each finished recipe is written to the JSON
+at once, and a rerun with the same grid computes only the missing ones)
 
 Every recipe trains on the same cached token states (hatcat/training/states.py) for the 42 dev
 concepts and their negatives, with control-corpus (dev part) tokens as background negatives, and
 is scored on the project's natural scenes (each implies its concept without naming it):
 - estimator: difference of means (`dom`), shrunk LDA (`lda`, the old pack's), logistic;
-- pooling of a training text: its last token, its mean, or every token as a row;
-- k: training texts per concept (3 or 4);
+- pooling of a training text: its last token, its mean (or every token as a row: `--pooling all`);
+- k: training texts per concept (1 or 3);
 - continuations: with or without the model's own continuations of a prompt about the concept
-  (re-encoded without the prompt) as extra positives.
+  (re-encoded without the prompt) as extra positives (`True`), or as positives of their concept
+  and hard negatives of every other dev concept (`"contrast"`: the style of generated prose
+  is then no evidence for any one concept).
 Scores are standardised on control tokens (hatcat/training/signal.py) so that top-1 among the
-42 concepts compares like with like. Words-only detectors get the same recipe on the monitor's
-words features. Divergence definitions (capped residual, uncapped, the old difference of
-probabilities) are compared on the implied/named pairs.
+42 concepts compares like with like. A scene's score is read three ways: at its last token (the
+response-level `last_activation`), as the mean over its tokens (`mean_activation`) and the max.
+Words-only detectors get the same recipe on the monitor's words features. Divergence definitions
+are compared on the implied/named pairs: the capped residual (shipped), uncapped, the residual of
+a per-concept least-squares regression of z on z_words fitted on control tokens (`regressed`),
+and the old difference of probabilities.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from experiments.recipe_data import K_TEXTS, TAP_LAYER, continuation_file, dev_plan, dev_scenes, divergence_pairs
+from experiments.recipe_data import TAP_LAYER, continuation_file, dev_plan, dev_scenes, divergence_pairs
 from hatcat.concepts import load_pack
 from hatcat.config import Settings
 from hatcat.train import DEFAULT_MELDS
@@ -40,7 +47,6 @@ from hatcat.training.signal import (
     control_thresholds,
     directions,
     standardise_on_control,
-    unwhiten,
 )
 from hatcat.training.states import TokenStateCache, words_windows
 
@@ -94,8 +100,11 @@ def pooled(rows: list[torch.Tensor], pooling: str) -> tuple[torch.Tensor, list[i
     return torch.cat(rows), [len(r) for r in rows]
 
 
-def build_rows(side, concepts, texts_of, neg, background_texts, pooling) -> tuple[torch.Tensor, Rows, torch.Tensor]:
-    """Feature matrix and Rows: concept texts (pooled), then every control token (background)."""
+def build_rows(
+    side, concepts, texts_of, neg, background_texts, pooling, contrast: tuple[str, ...] = ()
+) -> tuple[torch.Tensor, Rows, torch.Tensor]:
+    """Feature matrix and Rows: concept texts (pooled), then every control token (background).
+    `contrast` texts (among the concepts' texts) are hard negatives of every concept they do not teach."""
     order = list(dict.fromkeys(t for c in concepts for t in texts_of[c]))
     x, counts = pooled([side(t) for t in order], pooling)
     start = np.concatenate([[0], np.cumsum(counts)])
@@ -106,9 +115,10 @@ def build_rows(side, concepts, texts_of, neg, background_texts, pooling) -> tupl
     ).astype(np.int64)
     background = torch.cat([side(t) for t in background_texts])
     n = len(x)
+    shared = np.unique(np.concatenate([span[t] for t in contrast] or [[]])).astype(np.int64)
     rows = Rows(
         pos=[rows_of([c]) for c in concepts],
-        hard=[rows_of(neg[c][0]) if c in neg else np.zeros(0, np.int64) for c in concepts],
+        hard=[np.union1d(rows_of(neg[c][0]), shared) if c in neg else np.zeros(0, np.int64) for c in concepts],
         easy=[rows_of(neg[c][1]) if c in neg else np.zeros(0, np.int64) for c in concepts],
         background=np.arange(n, n + len(background)),
     )
@@ -130,8 +140,9 @@ def evaluate(w, b, side, scenes, dev, control) -> dict:
     z = [side(t) @ w.T + b for t in texts]  # [T, N] per scene
     threshold = control_thresholds(control @ w.T + b, 0.01)
     out = {}
-    for pool in ("last", "max"):
-        s = torch.stack([zi[-1] if pool == "last" else zi.max(0).values for zi in z]).numpy()
+    reduce = {"last": lambda zi: zi[-1], "mean": lambda zi: zi.mean(0), "max": lambda zi: zi.max(0).values}
+    for pool, fn in reduce.items():
+        s = torch.stack([fn(zi) for zi in z]).numpy()
         out[pool] = _scores(s, label, list(range(len(dev))))
         emo = [dev.index(e) for e in EMOTIONS]
         keep = np.isin(label, emo)
@@ -149,15 +160,26 @@ def _scores(s: np.ndarray, label: np.ndarray, concepts: list[int]) -> dict:
     return {"mean_auroc": round(float(np.mean(aurocs)), 4), "top1": round(top1, 4), "n_concepts": len(concepts)}
 
 
-def divergence_eval(w, b, detector, z_threshold, fa, ft, pairs, concepts) -> dict:
-    """AUROC implied vs named (the pair's concept) of three divergence definitions, all on control-
-    standardised scores: capped (min(z, z_threshold) - z_words, the shipped one), uncapped (z - z_words)
-    and the old difference of probabilities."""
+def regression_on_words(z: torch.Tensor, z_words: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per concept (slope, intercept) of the least-squares fit z ~ slope * z_words + intercept over
+    control tokens ([n, N] each): what the words alone predict of the activation score."""
+    zw = z_words - z_words.mean(0)
+    slope = (zw * (z - z.mean(0))).sum(0) / (zw * zw).sum(0).clamp(min=1e-6)
+    return slope, z.mean(0) - slope * z_words.mean(0)
+
+
+def divergence_eval(w, b, detector, z_threshold, fa, ft, pairs, concepts, fit) -> dict:
+    """AUROC implied vs named (the pair's concept) of four divergence definitions, all on control-
+    standardised scores: capped (min(z, z_threshold) - z_words, the shipped one), uncapped (z - z_words),
+    regressed (z minus its least-squares prediction from z_words on control tokens: `fit`, per concept
+    (slope, intercept)) and the old difference of probabilities."""
     idx = {c: i for i, c in enumerate(concepts)}
     tw, tb = detector
+    slope, intercept = fit
     kinds = {
         "capped": lambda z, zw, c: torch.minimum(z, z_threshold[c]) - zw,
         "uncapped": lambda z, zw, c: z - zw,
+        "regressed": lambda z, zw, c: z - (slope[c] * zw + intercept[c]),
         "probability_difference": lambda z, zw, c: torch.sigmoid(z - 3) - torch.sigmoid(zw - 3),
     }
     out = {}
@@ -179,11 +201,11 @@ def divergence_eval(w, b, detector, z_threshold, fa, ft, pairs, concepts) -> dic
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.recipe_compare", description=__doc__.splitlines()[0])
-    ap.add_argument("--k", type=int, nargs="+", default=list(range(1, K_TEXTS + 1)), help="training texts per concept")
-    ap.add_argument("--pooling", nargs="+", default=["last", "mean", "all"], choices=["last", "mean", "all"])
+    ap.add_argument("--k", type=int, nargs="+", default=[1, 3], help="training texts per concept")
+    ap.add_argument("--pooling", nargs="+", default=["last", "mean"], choices=["last", "mean", "all"])
+    ap.add_argument("--methods", nargs="+", default=["dom", "lda", "logistic"], choices=["dom", "lda", "logistic"])
     ap.add_argument("--old-pack", default=None, metavar="PACK", help="the pack shipped before (the one-matrix LDA row)")
     args = ap.parse_args(argv)
-    ks = args.k
     t0 = time.time()
     settings = Settings.from_env()
     pack = load_pack(None, melds=DEFAULT_MELDS)
@@ -197,91 +219,106 @@ def main(argv: list[str] | None = None) -> int:
     conts = json.loads(path.read_text()) if path.is_file() else {}
     control = control_texts("dev")
     pairs = divergence_pairs()
-    results = []
-    old = pack_directions(args.old_pack, dev) if args.old_pack else None
-    if old is not None:  # the current recipe: one-matrix LDA over every training template (~12 per concept)
-        w, b = old
+    ctl = torch.cat([f.act(t) for t in control])
+    words_ctl = torch.cat([f.text(t) for t in control])
+    done = {_key(r): r for r in (json.loads(OUT.read_text())["recipes"] if OUT.is_file() else [])}
+    results: list[dict] = []
+
+    def finish(row: dict) -> None:
+        results.append(row)
+        _write(results, t0, complete=False)
+        a = row["activation"]
+        print(_key(row), a["last"], a["mean"], row.get("words_only", {}).get("last"), flush=True)
+
+    if args.old_pack:  # the current recipe: one-matrix LDA over every training template (~12 per concept)
         row = {
             "method": "lda (shipped pack, all templates)",
             "pooling": "last",
             "k_texts": None,
             "continuations": False,
         }
-        ctl = torch.cat([f.act(t) for t in control])
-        row["activation"] = evaluate(w, b, f.act, scenes, dev, ctl)
-        # divergence on every pair (the shipped pack has all 24 pair concepts): its own words-only detector
-        named = sorted({p["concept"] for p in pairs})
-        ws, bs = standardise_on_control(*pack_directions(args.old_pack, named), ctl)
-        words_ctl = torch.cat([f.text(t) for t in control])
-        detector = standardise_on_control(*pack_directions(args.old_pack, named, side="text"), words_ctl)
-        zthr = control_thresholds(ctl @ ws.T + bs, 0.01)
-        row["divergence_implied_vs_named"] = divergence_eval(ws, bs, detector, zthr, f.act, f.text, pairs, named)
-        results.append(row)
-        print(row["method"], row["activation"]["last"], row["divergence_implied_vs_named"], flush=True)
-        # the same rows turned into differences of means: Sigma estimated on template-like rows (the
-        # dev concepts' training texts, last token, plus every token of them as background)
-        texts = [t for c in concepts for t in training_texts(pack[c], min(ks))]
-        sample = torch.cat([torch.stack([f.act(t)[-1] for t in texts]), *(f.act(t) for t in texts)])
-        row = {
-            "method": "dom (shipped LDA rows unwhitened)",
-            "pooling": "last",
-            "k_texts": None,
-            "continuations": False,
-        }
-        row["activation"] = evaluate(unwhiten(w, sample), b, f.act, scenes, dev, torch.cat([f.act(t) for t in control]))
-        results.append(row)
-        print(row["method"], row["activation"]["last"], flush=True)
-    for pooling, k, use_cont in product(args.pooling, ks, (False, True)):
+        if _key(row) in done:
+            results.append(done[_key(row)])
+        else:
+            w, b = pack_directions(args.old_pack, dev)
+            row["activation"] = evaluate(w, b, f.act, scenes, dev, ctl)
+            tw, tb = pack_directions(args.old_pack, dev, side="text")
+            row["words_only"] = evaluate(tw, tb, f.text, scenes, dev, words_ctl)
+            # divergence on every pair (the shipped pack has all 24 pair concepts): its own words-only detector
+            named = sorted({p["concept"] for p in pairs})
+            row["divergence_implied_vs_named"] = _divergence(
+                *pack_directions(args.old_pack, named),
+                pack_directions(args.old_pack, named, side="text"),
+                ctl,
+                words_ctl,
+                f,
+                pairs,
+                named,
+            )
+            finish(row)
+    for pooling, k, use_cont, method in product(args.pooling, args.k, (False, True, "contrast"), args.methods):
+        row = {"method": method, "pooling": pooling, "k_texts": k, "continuations": use_cont}
+        if method == "logistic" and (pooling == "all" or use_cont == "contrast"):
+            continue  # per-concept fits: too slow (every token row) or already behind (contrast) to compare here
+        if _key(row) in done:
+            results.append(done[_key(row)])
+            continue
         texts_of = {
             c: training_texts(pack[c], k) + ([t for t in conts.get(c, []) if t] if use_cont else []) for c in concepts
         }
-        act_x, act_rows, act_bg = build_rows(f.act, concepts, texts_of, neg, control, pooling)
-        txt_x, txt_rows, txt_bg = build_rows(f.text, concepts, texts_of, neg, control, pooling)
-        for method in ("dom", "lda", "logistic"):
-            if method == "logistic" and pooling == "all":
-                continue  # per-concept fits over every token row: too slow to compare here
-            sub = [concepts.index(c) for c in dev]
-            w, b = directions(act_x, subset(act_rows, sub), method)
-            tw, tb = directions(txt_x, subset(txt_rows, sub), method)
-            row = {
-                "method": method,
-                "pooling": pooling,
-                "k_texts": k,
-                "continuations": use_cont,
-                "activation": evaluate(w, b, f.act, scenes, dev, act_bg),
-                "words_only": evaluate(tw, tb, f.text, scenes, dev, txt_bg),
-            }
-            ws, bs = standardise_on_control(w, b, act_bg)
-            detector = standardise_on_control(tw, tb, txt_bg)
-            zthr = control_thresholds(act_bg @ ws.T + bs, 0.01)
-            row["divergence_implied_vs_named"] = divergence_eval(ws, bs, detector, zthr, f.act, f.text, pairs, dev)
-            results.append(row)
-            a = row["activation"]
-            print(
-                method,
-                pooling,
-                k,
-                use_cont,
-                a["last"],
-                a["max"]["top1"],
-                row["words_only"]["last"]["mean_auroc"],
-                row["divergence_implied_vs_named"],
-                flush=True,
-            )
-    best = max(results, key=lambda r: r["activation"]["last"]["mean_auroc"] + r["activation"]["last"]["top1"])
+        sub = [concepts.index(c) for c in dev]
+        contrast = tuple(t for ts in conts.values() for t in ts if t) if use_cont == "contrast" else ()
+        act_x, act_rows, _ = build_rows(f.act, concepts, texts_of, neg, control, pooling, contrast)
+        w, b = directions(act_x, subset(act_rows, sub), method)
+        del act_x
+        txt_x, txt_rows, _ = build_rows(f.text, concepts, texts_of, neg, control, pooling, contrast)
+        tw, tb = directions(txt_x, subset(txt_rows, sub), method)
+        del txt_x
+        row["activation"] = evaluate(w, b, f.act, scenes, dev, ctl)
+        row["words_only"] = evaluate(tw, tb, f.text, scenes, dev, words_ctl)
+        row["divergence_implied_vs_named"] = _divergence(w, b, (tw, tb), ctl, words_ctl, f, pairs, dev)
+        finish(row)
+    _write(results, t0, complete=True)
+    print(json.dumps(json.loads(OUT.read_text())["chosen"]))
+    return 0
+
+
+def _divergence(w, b, detector, ctl, words_ctl, f, pairs, concepts) -> dict:
+    """Divergence definitions on the pairs, every score standardised on the control corpus's dev tokens."""
+    ws, bs = standardise_on_control(w, b, ctl)
+    tw, tb = standardise_on_control(*detector, words_ctl)
+    z, zw = ctl @ ws.T + bs, words_ctl @ tw.T + tb
+    zthr = control_thresholds(z, 0.01)
+    return divergence_eval(ws, bs, (tw, tb), zthr, f.act, f.text, pairs, concepts, regression_on_words(z, zw))
+
+
+def _key(row: dict) -> str:
+    return f"{row['method']}|{row['pooling']}|{row['k_texts']}|{row['continuations']}"
+
+
+def _score(row: dict, pool: str) -> float:
+    a = row["activation"][pool]
+    return a["mean_auroc"] + a["top1"]
+
+
+def _write(results: list[dict], t0: float, complete: bool) -> None:
+    """The comparison so far; with every recipe done, the choice (on dev only)."""
+    best = max(((r, p) for r in results for p in ("last", "mean")), key=lambda rp: _score(*rp))
     doc = {
-        "command": "python -m experiments.recipe_compare",
+        "command": "nice -n 10 python -m experiments.recipe_compare --old-pack probes/gemma-3-270m/sumo-wordnet-v1+safety-v1",
         "data": "dev: data/eval/natural_scenes.yaml (42 concepts x 6 scenes, HatCat authors), data/eval/divergence_pairs.yaml; "
         "background negatives and score standardisation: data/signal/control.yaml dev part",
         "tap_layer": TAP_LAYER,
-        "selection_rule": "highest last-token mean AUROC + 42-way top-1 on the dev scenes",
-        "chosen": {k: best[k] for k in ("method", "pooling", "k_texts", "continuations")},
+        "selection_rule": "highest mean AUROC + 42-way top-1 on the dev scenes, over recipes and the response-level "
+        "read-out (last token or mean over tokens)",
+        "complete": complete,
+        "chosen": {**{k: best[0][k] for k in ("method", "pooling", "k_texts", "continuations")}, "read_out": best[1]}
+        if complete
+        else None,
         "recipes": results,
         "seconds": round(time.time() - t0, 1),
     }
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps(doc["chosen"]))
-    return 0
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
     for name, where in (("bench_concurrency.json", "this CPU"), ("bench_concurrency_gpu.json", "GPU")):
         con = _load(name)
         if con:
-            load = con["machine"].get("load_average_before", [None])[0]
+            machine = con["machine"]  # load average over the last minute, before -> after the run
+            load = f"{machine.get('load_average_before', [None])[0]}→{machine.get('load_average_after', [None])[0]}"
+            where = con["machine"].get("gpu") or where  # name the card
             note = f"{where}, {con['dtype']}, load {load}"
             out += [
                 (
@@ -94,8 +96,8 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
                         f"{con['speedup_8']:.2f} ({con['aggregate_tok_s_8']} vs {con['single_tok_s']} tok/s; "
                         f"p50 first token {con['p50_first_token_s_8']} s)"
                     ),
-                    ("≥ 4" if where == "this CPU" else "≥ 6")
-                    + _target(con["speedup_8"] >= (4 if where == "this CPU" else 6)),
+                    ("≥ 6" if con["machine"].get("gpu") else "≥ 4")
+                    + _target(con["speedup_8"] >= (6 if con["machine"].get("gpu") else 4)),
                     cmd,
                 ),
                 (
@@ -120,6 +122,36 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
                     cmd,
                 ),
             ]
+    scale = _load("bench_scale.json")
+    if scale:
+        cmd = "`python -m experiments.bench_scale`"
+        load = f"load {scale['machine']['load_avg_start'][0]:.0f}→{scale['machine']['load_avg_end'][0]:.0f}"
+        serve, corpus = scale["serve"], scale["corpus"]
+        one, two, single = corpus["ray_data_1_actor"], corpus["ray_data_2_actors"], corpus["single_process"]
+        out += [
+            (
+                (
+                    f"Ray Serve, 2 model replicas / 1, {scale['settings']['streams']} concurrent streams "
+                    f"(this CPU, {scale['machine']['cpus']} cores, {load})"
+                ),
+                (
+                    f"{serve['speedup_2_replicas']:.2f} ({serve['replicas_2']['aggregate_tok_s']} vs "
+                    f"{serve['replicas_1']['aggregate_tok_s']} tok/s; RSS per replica "
+                    f"{max(serve['replicas_2']['replica_rss_mb'])} MB)"
+                ),
+                "",
+                cmd,
+            ),
+            (
+                f"Corpus on Ray Data / one process, {corpus['texts']} texts, model load included (this CPU, {load})",
+                (
+                    f"{two['vs_single_process_with_load']:.2f} with 2 actors, {one['vs_single_process_with_load']:.2f}"
+                    f" with 1 ({two['texts_per_s']}, {one['texts_per_s']} vs {single['texts_per_s_with_load']} texts/s)"
+                ),
+                "",
+                cmd,
+            ),
+        ]
     cmd = "`python -m experiments.bench_probes`"
     for name, where in (("bench_probes.json", "this CPU"), ("bench_probes_h200.json", "H200")):
         bench = _load(name)
@@ -142,18 +174,20 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
     out: list[tuple[str, str, str, str]] = []
     rc = _load("recipe_compare.json")
     cmd = "`python -m experiments.recipe_compare`"
-    if rc:
-        chosen = rc["chosen"]
-        best = next(r for r in rc["recipes"] if all(r[k] == chosen[k] for k in chosen))
+    if rc and rc.get("chosen"):
+        chosen, recipe = rc["chosen"], ("method", "pooling", "k_texts", "continuations")
+        pool = chosen["read_out"]
+        best = next(r for r in rc["recipes"] if all(r[k] == chosen[k] for k in recipe))
         few = max(
             (r for r in rc["recipes"] if r["k_texts"]),
-            key=lambda r: r["activation"]["last"]["mean_auroc"] + r["activation"]["last"]["top1"],
+            key=lambda r: r["activation"][pool]["mean_auroc"] + r["activation"][pool]["top1"],
         )
-        a, b = best["activation"]["last"], few["activation"]["last"]
-        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){' + continuation' if few['continuations'] else ''}"
+        a, b = best["activation"][pool], few["activation"][pool]
+        cont = {False: "", True: " + continuation", "contrast": " + continuations as contrast"}[few["continuations"]]
+        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){cont}"
         out.append(
             (
-                f"Recipe on dev scenes (42-way, last token): chosen {chosen['method']} / best on few texts ({label})",
+                f"Recipe on dev scenes (42-way, {pool}_activation): chosen {chosen['method']} / best on few texts ({label})",
                 f"AUROC {_f(a['mean_auroc'])}, top-1 {_f(a['top1'])} / AUROC {_f(b['mean_auroc'])}, top-1 {_f(b['top1'])}",
                 "",
                 cmd,
@@ -165,15 +199,16 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
         return [*out, ("Signal validity through /v1/analyze", "not run", "", cmd)]
     wn, ctl = ev["test"]["wordnet_concepts"], ev["test"]["control"]
     gap = wn["activation_minus_words_auroc"]
+    r = ev.get("read_out", "last")
     out += [
         (
-            f"Test: WordNet examples, {wn['n_concepts']} concepts ({wn['n_texts']} texts): AUROC / top-1 of last_activation",
+            f"Test: WordNet examples, {wn['n_concepts']} concepts ({wn['n_texts']} texts): AUROC / top-1 of {r}_activation",
             f"{_f(wn['activation']['mean_auroc'])} / {_f(wn['activation']['top1'])}",
             "≥ 0.97 / ≥ 0.70" + _target(wn["activation"]["mean_auroc"] >= 0.97 and wn["activation"]["top1"] >= 0.70),
             cmd,
         ),
         (
-            "Test: activation − words-only AUROC (words-only: last_text_similarity)",
+            f"Test: activation − words-only AUROC (words-only: {r}_text_similarity)",
             f"{_f(gap)} (words only {_f(wn['words_only']['mean_auroc'])})",
             "≥ 0.15" + _target(gap >= 0.15),
             cmd,

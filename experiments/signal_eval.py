@@ -9,8 +9,10 @@ Sets (data/eval/README.md, data/signal/, sources in data/NOTICE):
   the control corpus's test part (fortune files of other collections and authors);
 - dev (the recipe was chosen on these): the natural scenes (42 concepts, six emotions) and the
   divergence pairs, written by the HatCat authors.
-Per text the response-level score is `last_activation` (the state after the whole text); the
-words-only side is `last_text_similarity`. Per concept AUROC: its texts against the other
+Per text the response-level score is the read-out chosen on dev by `experiments.recipe_compare`
+(`chosen.read_out` in results/recipe_compare.json: `mean_activation`, the mean over the text's
+tokens, or `last_activation`, the state after the whole text); the words-only side is the same
+statistic of the text similarity (`mean_text_similarity` / `last_text_similarity`). Per concept AUROC: its texts against the other
 concepts' texts of the same set; top-1: the concept with the highest score among the set's.
 On control text: the share of tokens whose colour (the token's `max_divergence`) lies beyond the
 colour scale's midpoint (|d| >= 0.5), and the per-concept threshold FPR on held-out control tokens
@@ -38,6 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "results" / "signal_eval.json"
 PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
 EMOTIONS = ["Anger", "Fear", "Sadness", "Joy", "Disgust", "Embarrassment"]
+RECIPES = ROOT / "results" / "recipe_compare.json"
+
+
+def chosen_read_out() -> str:
+    """The response-level read-out chosen on dev (results/recipe_compare.json), else `last`."""
+    doc = json.loads(RECIPES.read_text()) if RECIPES.is_file() else {}
+    return (doc.get("chosen") or {}).get("read_out", "last")
 
 
 class Offline:
@@ -94,16 +103,16 @@ def analyze(client, texts: list[str], concepts: list[str] | None = None) -> list
     return out
 
 
-def concept_set(client: httpx.Client, texts_of: dict[str, list[str]]) -> dict:
-    """AUROC and top-1 of last_activation (and of the words-only last_text_similarity)."""
+def concept_set(client: httpx.Client, texts_of: dict[str, list[str]], read_out: str) -> dict:
+    """AUROC and top-1 of `{read_out}_activation` (and of the words-only `{read_out}_text_similarity`)."""
     concepts = list(texts_of)
     act, words = [], []
     texts = [t for c in concepts for t in texts_of[c]]
     label = [i for i, c in enumerate(concepts) for _ in texts_of[c]]
     for analysis in analyze(client, texts, concepts):
         stats = {s["concept"]: s for s in analysis["concepts"]}
-        act.append([stats[k]["last_activation"] for k in concepts])
-        words.append([stats[k]["last_text_similarity"] for k in concepts])
+        act.append([stats[k][f"{read_out}_activation"] for k in concepts])
+        words.append([stats[k][f"{read_out}_text_similarity"] for k in concepts])
     label, act, words = np.array(label), np.array(act), np.array(words)
     out = {"n_concepts": len(concepts), "n_texts": len(label)}
     for name, s in (("activation", act), ("words_only", words)):
@@ -118,17 +127,17 @@ def concept_set(client: httpx.Client, texts_of: dict[str, list[str]]) -> dict:
 
 
 def divergence_pairs(client: httpx.Client) -> dict:
+    """AUROC implied vs named of each pair's concept's last and mean divergence (all pairs in one batch)."""
     pairs = yaml.safe_load((ROOT / "data" / "eval" / "divergence_pairs.yaml").read_text())["pairs"]
-    vals: dict[str, dict[str, list[float]]] = {k: {"implied": [], "named": []} for k in ("last", "mean")}
-    for p in pairs:
-        for kind, analysis in zip(("implied", "named"), analyze(client, [p["implied"], p["named"]], [p["concept"]])):
-            s = analysis["concepts"][0]
-            vals["last"][kind].append(s["last_divergence"])
-            vals["mean"][kind].append(s["mean_divergence"])
+    concepts = sorted({p["concept"] for p in pairs})
+    texts = [p[kind] for p in pairs for kind in ("implied", "named")]
+    stats = [{s["concept"]: s for s in a["concepts"]} for a in analyze(client, texts, concepts)]
     out = {"n_pairs": len(pairs)}
-    for pool, v in vals.items():
-        y = [1] * len(v["implied"]) + [0] * len(v["named"])
-        out[f"auroc_implied_vs_named_{pool}"] = round(roc_auc_score(y, v["implied"] + v["named"]), 4)
+    for pool in ("last", "mean"):
+        implied = [stats[2 * i][p["concept"]][f"{pool}_divergence"] for i, p in enumerate(pairs)]
+        named = [stats[2 * i + 1][p["concept"]][f"{pool}_divergence"] for i, p in enumerate(pairs)]
+        y = [1] * len(implied) + [0] * len(named)
+        out[f"auroc_implied_vs_named_{pool}"] = round(roc_auc_score(y, implied + named), 4)
     return out
 
 
@@ -150,9 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.signal_eval", description=__doc__.splitlines()[0])
     ap.add_argument("--pack", type=Path, default=PACK)
     ap.add_argument(
+        "--read-out",
+        choices=("last", "mean"),
+        default=None,
+        help="response-level statistic (default: the one chosen on dev in results/recipe_compare.json)",
+    )
+    ap.add_argument(
         "--offline", action="store_true", help="score cached token states with the bank directly (no server)"
     )
     args = ap.parse_args(argv)
+    args.read_out = args.read_out or chosen_read_out()
     t0 = time.time()
     wordnet = yaml.safe_load((ROOT / "data" / "signal" / "wordnet_examples.yaml").read_text())
     scenes = {
@@ -180,12 +196,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate(client, args, wordnet, scenes) -> dict:
     """The evaluation document (test sets, then dev sets)."""
+    r = args.read_out
     return {
         "command": "python -m experiments.signal_eval" + (" --offline" if args.offline else ""),
         "pack": str(args.pack.relative_to(ROOT) if args.pack.is_relative_to(ROOT) else args.pack),
-        "score": "/v1/analyze last_activation (words-only: last_text_similarity)",
+        "read_out": r,
+        "score": f"/v1/analyze {r}_activation (words-only: {r}_text_similarity)",
         "test": {
-            "wordnet_concepts": concept_set(client, wordnet["concepts"]),
+            "wordnet_concepts": concept_set(client, wordnet["concepts"], r),
             "wordnet_emotions": {
                 "n_concepts": len(wordnet["emotions"]),
                 "note": "too few emotion concepts with unused WordNet examples for a 6-way test",
@@ -193,8 +211,8 @@ def evaluate(client, args, wordnet, scenes) -> dict:
             "control": control(client, args.pack),
         },
         "dev": {
-            "natural_scenes": concept_set(client, scenes),
-            "natural_scenes_emotions": concept_set(client, {c: scenes[c] for c in EMOTIONS}),
+            "natural_scenes": concept_set(client, scenes, r),
+            "natural_scenes_emotions": concept_set(client, {c: scenes[c] for c in EMOTIONS}, r),
             "divergence_pairs": divergence_pairs(client),
         },
     }

@@ -5,8 +5,9 @@ The API (`POST /v1/analyze`), the Python API (`Engine.analyze`) and the CLI (`ha
 scores every concept on every token of the batch in one matrix product per side. A document
 holds the per-token `TokenRecord`s, the response summary and, per concept asked for (or the `top_k`
 with the highest max divergence), the max, mean and last activation, words-only score and
-divergence. `last_activation` (the state after the whole text) answers "is this text about X";
-max and mean describe where and how much it fired along the way.
+divergence. `mean_activation` (the mean over the text's tokens; chosen on dev data over
+`last_activation`, the state after the whole text: results/recipe_compare.json) answers "is this
+text about X"; max says where it fired most, `mean_divergence` is the response-level divergence.
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ def read_jsonl(path: Path) -> tuple[list[str], list[Any]]:
     return texts, ids
 
 
-def _row(identifier: Any, text: str, document: dict[str, Any]) -> dict[str, Any]:
+def parquet_row(identifier: Any, text: str, document: dict[str, Any]) -> dict[str, Any]:
     """One Parquet row: the text, its per-token maxima and top concepts, the summary, the concept stats."""
     summary = document["summary"]
     return {
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         rows: list[dict[str, Any] | None] = [None] * len(texts)
         with tqdm(total=len(texts), unit="text", desc="analysing") as bar:
             for i, document in documents:
-                rows[i] = _row(ids[i], texts[i], document)
+                rows[i] = parquet_row(ids[i], texts[i], document)
                 bar.update(1)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.Table.from_pylist(rows), args.out)

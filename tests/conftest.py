@@ -14,7 +14,7 @@ import pytest
 
 from hatcat.config import Settings
 from hatcat.engine import Engine
-from tests.support import start_app, stop_app, train_small_pack
+from tests.support import start_app, start_redis, stop_app, train_small_pack
 
 MODEL_FIXTURES = {"engine", "server"}
 
@@ -62,3 +62,14 @@ def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         yield base
     finally:
         stop_app(proc)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A `redis-server` of its own (Debian's) on a free loopback port; yields its URL."""
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -130,3 +130,30 @@ def tiny_probe_pack(folder: Path, hidden: int = 8, layer: int = 3, model: str = 
         "divergence_scale": [1.0] * len(concepts),
     }
     return save_pack(folder, manifest, weights, metrics)
+
+
+def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
+    """Debian's `redis-server` on a free loopback port, no persistence; returns (process, URL) once it answers."""
+    import shutil
+
+    server = shutil.which("redis-server")
+    if server is None:
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    port = free_port()
+    proc = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.perf_counter() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                if sock.recv(16).startswith(b"+PONG"):
+                    return proc, url
+        except OSError:
+            if proc.poll() is not None or time.perf_counter() > deadline:
+                proc.kill()
+                raise RuntimeError(f"redis-server did not start on port {port}") from None
+        time.sleep(0.05)

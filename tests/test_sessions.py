@@ -1,12 +1,7 @@
 """Session stores keep each session's steerings apart, in order, and refuse unknown concepts: the
-in-process default and the Redis store (a real `redis-server` started here) behave the same."""
+in-process default and the Redis store (a real `redis-server`, the `redis_url` fixture) behave the same."""
 
 from __future__ import annotations
-
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -14,34 +9,6 @@ from hatcat.config import ConfigError, Settings
 from hatcat.sessions import RedisSessionStore, SessionStore, open_session_store
 from hatcat.steering import Steering, SteeringRegistry, UnknownConcept
 from tests.support import free_port
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A `redis-server` of its own (Debian's), on a free loopback port, no persistence."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; .ci/run does)")
-    port = free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        import redis
-
-        for _ in range(100):
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.slow)])

@@ -6,7 +6,7 @@ texts are scored in padded batches by `Engine.analyze` (one forward per batch up
 layer; the probe bank scores all concepts on all tokens at once). Each analysis holds the
 per-token records (as in the stream's metadata) and, per concept asked for (or the `top_k` with
 the highest max divergence), the max, mean and last activation, words-only score and divergence;
-`last_activation` (the state after the whole text) answers "is this text about X".
+`mean_activation` (the mean over the text's tokens, chosen on dev data) answers "is this text about X".
 """
 
 from __future__ import annotations

@@ -306,8 +306,10 @@ class ConceptStats(BaseModel):
     concept: str
     layer: int
     max_activation: float
-    mean_activation: float
-    last_activation: float = Field(description='the response-level score: answers "is this text about X"')
+    mean_activation: float = Field(
+        description='the response-level score (chosen on dev data, results/recipe_compare.json): answers "is this text about X"'
+    )
+    last_activation: float = Field(description="the state after the whole text")
     max_text_similarity: float
     mean_text_similarity: float
     last_text_similarity: float

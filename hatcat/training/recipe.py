@@ -57,5 +57,10 @@ def control_texts(split: str) -> list[str]:
     return [row["text"] for row in yaml.safe_load(CONTROL_FILE.read_text())[split]]
 
 
+def control_sources(split: str) -> list[str]:
+    """The source (chatterbot-corpus, a fortune file) of each of `control_texts(split)`."""
+    return [row["source"] for row in yaml.safe_load(CONTROL_FILE.read_text())[split]]
+
+
 def pack_concepts(pack: ConceptPack, ids: list[str]) -> list[Concept]:
     return [pack[c] for c in ids]

@@ -6,8 +6,10 @@ The recipe (chosen on dev data written by others; see the README):
    background negatives, where the background is every token of the control corpus's dev part
    (hatcat/training/signal.py);
 3. scores standardised on those control tokens, so concepts compare with each other;
-4. thresholds at a target false-positive rate on control tokens (default 1%), checked on the
-   control corpus's held-out test part (other sources, other authors);
+4. thresholds at a target false-positive rate on control tokens (default 1%), set at the stricter
+   control quantile that keeps the target on dev sources left out of the setting
+   (`held_out_level`), and checked on the control corpus's held-out test part (other sources,
+   other authors);
 5. a words-only detector of the same kind, standardised the same way; divergence is the capped
    residual of the activation score against it.
 Per-concept metrics (metrics.json): control FPR on dev and held-out tokens, recall on natural
@@ -38,13 +40,14 @@ from hatcat.model import LoadedModel
 from hatcat.probes import save_pack
 from hatcat.training.fit import Rows
 from hatcat.training.prompts import Prompt, build_prompts, negatives
-from hatcat.training.recipe import DATA, control_texts, training_texts
+from hatcat.training.recipe import DATA, control_sources, control_texts, training_texts
 from hatcat.training.signal import (
     Z_MID,
     capped_residual,
     control_thresholds,
     directions,
     divergence_scale,
+    held_out_level,
     standardise_on_control,
 )
 from hatcat.training.states import TokenStateCache, extract_states, words_windows
@@ -238,7 +241,9 @@ def train(
         weight, bias = directions(torch.cat([*x, control_dev]), rows, settings.method)
     weight, bias = standardise_on_control(weight, bias, control_dev)  # z units on ordinary text
     z_dev = control_dev @ weight.T + bias
-    z_threshold = control_thresholds(z_dev, settings.target_fpr)
+    sources = np.repeat(control_sources("dev")[: len(control["dev"])], [len(cache.get(t)) for t in control["dev"]])
+    level = held_out_level(z_dev, sources, settings.target_fpr)
+    z_threshold = control_thresholds(z_dev, level)
     # the bank's logit is z - Z_MID: activation 0.5 = Z_MID control standard deviations above ordinary text
     act_bias = bias - Z_MID
     threshold = torch.sigmoid(z_threshold - Z_MID)
@@ -273,6 +278,7 @@ def train(
         "divergence": "tanh((min(z, z_threshold) - z_words) / divergence_scale): activation evidence the words do not account for",
         "divergence_scale": [round(float(s), 5) for s in scale],
         "divergence_midpoint_sd": round(mid_sd, 3),
+        "threshold_level": round(level, 6),
         "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
         "concept_pack": {"id": pack.id, "checksum": pack.checksum},
         "concepts": trained,

@@ -15,7 +15,12 @@ Top-1 among concepts is then the concept whose score stands furthest out of its 
 range. The bank stores logit = z - Z_MID, so activation 0.5 means "Z_MID standard deviations above
 ordinary text" for every concept.
 
-Thresholds (`control_thresholds`): per concept, the (1 - fpr) quantile of z over control tokens.
+Thresholds (`control_thresholds`): per concept, the (1 - level) quantile of z over control tokens.
+The level is not the target FPR itself (`held_out_level`): a quantile set on some sources lets
+through more than its share of another source's tokens, so the level is the largest one at which
+thresholds set without one dev source keep the target FPR on that source for 95% of
+(concept, source) pairs (leave-one-source-out over the control corpus's dev part; the test part,
+other sources and authors, then checks it).
 
 Divergence (`capped_residual`, `divergence_scale`): the words-only side is a detector of the same
 kind on the words features (the monitor's window of mean input embeddings), standardised on the
@@ -77,17 +82,6 @@ def _logistic(x: torch.Tensor, rows: Rows, c_reg: float) -> tuple[torch.Tensor, 
     return w / std, torch.from_numpy(bias) - (w * mean / std).sum(1)
 
 
-def unwhiten(weight: torch.Tensor, sample: torch.Tensor, shrinkage: float = 0.2) -> torch.Tensor:
-    """Difference-of-means directions recovered from LDA ones: LDA's w = Sigma^-1 (mu_pos - mu_neg) on
-    standardised features, so Sigma w is the difference of means; Sigma, the mean and the scale are
-    estimated from `sample` [n, d], rows like the LDA's training rows. Raw-space weights [N, d]."""
-    sample = sample.float()
-    std = sample.std(0).clamp(min=1e-6)
-    cov = torch.cov(((sample - sample.mean(0)) / std).T)
-    cov = (1 - shrinkage) * cov + shrinkage * torch.eye(cov.shape[0]) * cov.diagonal().mean()
-    return ((weight * std) @ cov) / std
-
-
 def standardise_on_control(
     weight: torch.Tensor, bias: torch.Tensor, control: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,6 +95,34 @@ def control_thresholds(z_control: torch.Tensor, fpr: float) -> torch.Tensor:
     """Per concept the z above which at most `fpr` of the control tokens [n, N] lie."""
     k = max(1, math.ceil((1 - fpr) * len(z_control)))
     return torch.cat([part.float().kthvalue(k, dim=0).values for part in z_control.split(512, dim=1)])
+
+
+def held_out_level(
+    z_control: torch.Tensor, source: np.ndarray, target: float, share: float = 0.95, steps: int = 8
+) -> float:
+    """The control quantile level for thresholds that keep FPR <= `target` on unseen sources.
+
+    z_control [n, N]: control tokens' scores; source [n]: each token's source. Candidate levels go
+    down from `target` by factors of 0.75; the first at which thresholds set on all sources but one
+    keep FPR <= target on the left-out one for `share` of (concept, source) pairs is returned (the
+    smallest candidate if none does)."""
+    groups = np.unique(source)
+    if len(groups) < 2:
+        return target  # one source: nothing to hold out
+    levels = [target * 0.75**i for i in range(steps)]
+    held = torch.zeros(len(levels))
+    for g in groups:
+        out = torch.from_numpy(source == g)
+        kept = z_control[~out].float().sort(dim=0).values  # every level's threshold from one sort
+        left_out = z_control[out].float()
+        for i, level in enumerate(levels):
+            threshold = kept[max(0, math.ceil((1 - level) * len(kept)) - 1)]
+            held[i] += float(((left_out >= threshold).float().mean(0) <= target).float().mean())
+        del kept
+    for level, ok in zip(levels, held / len(groups)):
+        if ok >= share:
+            return level
+    return levels[-1]
 
 
 def capped_residual(z: torch.Tensor, z_words: torch.Tensor, z_threshold: torch.Tensor) -> torch.Tensor:
