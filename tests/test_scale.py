@@ -72,6 +72,21 @@ def chat(base: str, **body) -> httpx.Response:
     return httpx.post(f"{base}/v1/chat/completions", json=payload, timeout=300)
 
 
+def corpus_cli(job: str, source: Path, out: Path, cluster: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m hatcat.corpus JOB` joining the module's cluster; asserts it succeeded."""
+    run = subprocess.run(
+        [sys.executable, "-m", "hatcat.corpus", job, "--input", str(source), "--output", str(out), "--address", cluster]
+        + list(args),
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
+
+
 def test_eight_concurrent_streams_complete_with_divergence_metadata_on_both_replicas(client: openai.OpenAI) -> None:
     def one(i: int) -> tuple[str, list[dict]]:
         raw = client.chat.completions.with_raw_response.create(
@@ -142,16 +157,7 @@ def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str,
     source.write_text("".join(json.dumps({"id": f"t{n}", "text": t}) + "\n" for n, t in enumerate(texts)))
     out = tmp_path / "scores.parquet"
     concepts = "Music,Fear,Deception"
-    run = subprocess.run(
-        [sys.executable, "-m", "hatcat.corpus", "analyze", "--input", str(source), "--output", str(out)]
-        + ["--address", cluster, "--concepts", concepts],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = corpus_cli("analyze", source, out, cluster, "--concepts", concepts)
     assert "wrote 2000 analyses" in run.stderr
     rows = pq.read_table(out).to_pylist()
     assert [r["id"] for r in rows] == [f"t{n}" for n in range(2000)] and [r["text"] for r in rows] == texts
@@ -167,6 +173,28 @@ def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str,
         for mine, theirs in zip(row["concepts"], api["concepts"], strict=True):
             assert mine["concept"] == theirs["concept"]
             assert all(abs(mine[k] - theirs[k]) <= tolerance for k in mine if k not in ("concept", "layer"))
+
+
+def test_corpus_extract_writes_pooled_states_a_probe_fits_on_at_the_driver(cluster: str, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from hatcat.corpus import read_states
+
+    music = ["The violin solo", "Her piano sonata", "The choir's hymn", "A jazz trumpet riff", "The drummer's beat"]
+    food = ["The onion soup", "Her apple pie", "The roast chicken", "A bowl of rice", "The baker's bread"]
+    endings = ["filled the evening.", "was all anyone talked about.", "came at the end of the day.", "was new to me."]
+    texts = [f"{subject} {end}" for end in endings for subject in music + food]
+    labels = [int(i % 10 < 5) for i in range(len(texts))]
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    out = tmp_path / "states.parquet"
+    corpus_cli("extract", source, out, cluster, "--layer", "6")
+    ids, states = read_states(out, "mean")
+    assert ids == [str(n) for n in range(1, len(texts) + 1)] and states.shape[0] == len(texts)
+    assert pq.read_table(out).column("text").to_pylist() == texts
+    # the fit stays on the driver: three endings to train on, the fourth held out
+    probe = LogisticRegression(max_iter=2000).fit(states[:30], labels[:30])
+    assert probe.score(states[30:], labels[30:]) >= 0.9
 
 
 def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event_and_the_next_request_succeeds(

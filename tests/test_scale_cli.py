@@ -26,6 +26,13 @@ def test_corpus_cli_refuses_bad_input_with_one_line(tmp_path: Path, content: str
     assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
+def test_corpus_extract_needs_a_layer(tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps("a text") + "\n")
+    done = run("hatcat.corpus", "extract", "--input", str(source), "--output", str(tmp_path / "o"))
+    assert done.returncode == 2 and "--layer" in done.stderr, done.stderr
+
+
 def test_corpus_cli_refuses_an_output_that_exists(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps("a text") + "\n")
