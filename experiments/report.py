@@ -226,6 +226,22 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
             cmd,
         ),
     ]
+    emo, div = ev["test"]["emotion_scenes"], ev["test"]["divergence_pairs"]
+    a = emo["activation"]
+    out += [
+        (
+            f"Test: emotion scenes, {emo['n_concepts']} emotions ({emo['n_texts']} texts, emotion implied): AUROC / top-1 (words only AUROC)",
+            f"{_f(a['mean_auroc'])} / {_f(a['top1'])} ({_f(emo['words_only']['mean_auroc'])})",
+            "≥ 0.90 / ≥ 0.65" + _target(a["mean_auroc"] >= 0.90 and a["top1"] >= 0.65),
+            cmd,
+        ),
+        (
+            f"Test: divergence AUROC implied vs named ({div['n_pairs']} pairs): last token / token mean (target on {r})",
+            f"{_f(div['auroc_implied_vs_named_last'])} / {_f(div['auroc_implied_vs_named_mean'])}",
+            "≥ 0.80" + _target(div[f"auroc_implied_vs_named_{r}"] >= 0.80),
+            cmd,
+        ),
+    ]
     dev = ev["dev"]
     for key, label, target in (
         ("natural_scenes", "Dev: natural scenes, 42 concepts", (0.97, 0.70)),
