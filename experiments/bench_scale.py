@@ -32,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from hatcat.config import Settings
-from hatcat.paths import RESULTS
+from hatcat.paths import RESULTS, ROOT
 from tests.support import free_port
 
 OUT = RESULTS / "bench_scale.json"
@@ -127,7 +127,7 @@ def bench_serve(settings: Settings, args: argparse.Namespace) -> dict[str, objec
 
 
 def bench_corpus(settings: Settings, args: argparse.Namespace) -> dict[str, object]:
-    from hatcat.corpus import analyze_corpus
+    from hatcat.corpus import Actors, analyze_corpus
     from hatcat.engine import Engine
 
     texts = corpus(args.texts)
@@ -136,7 +136,7 @@ def bench_corpus(settings: Settings, args: argparse.Namespace) -> dict[str, obje
     for actors in (1, 2):
         with tempfile.TemporaryDirectory() as folder:
             start = time.perf_counter()
-            analyze_corpus(texts, ids, Path(folder) / "scores.parquet", settings, top_k=10, actors=actors)
+            analyze_corpus(texts, ids, Path(folder) / "scores.parquet", settings, Actors(size=actors), top_k=10)
             wall = time.perf_counter() - start
         out[f"ray_data_{actors}_actor{'s' if actors > 1 else ''}"] = {
             "wall_s": round(wall, 1),
@@ -181,7 +181,7 @@ def main() -> None:
     ray.init(num_cpus=4, include_dashboard=False, logging_level="WARNING")
     result: dict[str, object] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_start": os.getloadavg()},
-        "settings": vars(args) | {"out": str(args.out)},
+        "settings": vars(args) | {"out": os.path.relpath(args.out, ROOT)},
     }
     result["serve"] = bench_serve(settings, args)
     result["corpus"] = bench_corpus(settings, args)

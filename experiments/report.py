@@ -124,6 +124,36 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
                     cmd,
                 ),
             ]
+    scale = _load("bench_scale.json")
+    if scale:
+        cmd = "`python -m experiments.bench_scale`"
+        load = f"load {scale['machine']['load_avg_start'][0]:.0f}→{scale['machine']['load_avg_end'][0]:.0f}"
+        serve, corpus = scale["serve"], scale["corpus"]
+        one, two, single = corpus["ray_data_1_actor"], corpus["ray_data_2_actors"], corpus["single_process"]
+        out += [
+            (
+                (
+                    f"Ray Serve, 2 model replicas / 1, {scale['settings']['streams']} concurrent streams "
+                    f"(this CPU, {scale['machine']['cpus']} cores, {load})"
+                ),
+                (
+                    f"{serve['speedup_2_replicas']:.2f} ({serve['replicas_2']['aggregate_tok_s']} vs "
+                    f"{serve['replicas_1']['aggregate_tok_s']} tok/s; RSS per replica "
+                    f"{max(serve['replicas_2']['replica_rss_mb'])} MB)"
+                ),
+                "",
+                cmd,
+            ),
+            (
+                f"Corpus on Ray Data / one process, {corpus['texts']} texts, model load included (this CPU, {load})",
+                (
+                    f"{two['vs_single_process_with_load']:.2f} with 2 actors, {one['vs_single_process_with_load']:.2f}"
+                    f" with 1 ({two['texts_per_s']}, {one['texts_per_s']} vs {single['texts_per_s_with_load']} texts/s)"
+                ),
+                "",
+                cmd,
+            ),
+        ]
     cmd = "`python -m experiments.bench_probes`"
     for name, where in (("bench_probes.json", "this CPU"), ("bench_probes_h200.json", "H200")):
         bench = _load(name)
@@ -155,7 +185,8 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
             key=lambda r: r["activation"][pool]["mean_auroc"] + r["activation"][pool]["top1"],
         )
         a, b = best["activation"][pool], few["activation"][pool]
-        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){' + continuation' if few['continuations'] else ''}"
+        cont = {False: "", True: " + continuation", "contrast": " + continuations as contrast"}[few["continuations"]]
+        label = f"{few['method']}, {few['pooling']}, {few['k_texts']} text(s){cont}"
         out.append(
             (
                 f"Recipe on dev scenes (42-way, {pool}_activation): chosen {chosen['method']} / best on few texts ({label})",
@@ -194,6 +225,22 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
             "Test: per-concept threshold FPR on held-out control tokens: mean / share of concepts ≤ 1%",
             f"{_f(ctl['threshold_fpr_test_mean'], 4)} / {_f(ctl['concepts_within_0.01'])}",
             "≤ 0.01" + _target(ctl["threshold_fpr_test_mean"] <= 0.01),
+            cmd,
+        ),
+    ]
+    emo, div = ev["test"]["emotion_scenes"], ev["test"]["divergence_pairs"]
+    a = emo["activation"]
+    out += [
+        (
+            f"Test: emotion scenes, {emo['n_concepts']} emotions ({emo['n_texts']} texts, emotion implied): AUROC / top-1 (words only AUROC)",
+            f"{_f(a['mean_auroc'])} / {_f(a['top1'])} ({_f(emo['words_only']['mean_auroc'])})",
+            "≥ 0.90 / ≥ 0.65" + _target(a["mean_auroc"] >= 0.90 and a["top1"] >= 0.65),
+            cmd,
+        ),
+        (
+            f"Test: divergence AUROC implied vs named ({div['n_pairs']} pairs): last token / token mean (target on {r})",
+            f"{_f(div['auroc_implied_vs_named_last'])} / {_f(div['auroc_implied_vs_named_mean'])}",
+            "≥ 0.80" + _target(div[f"auroc_implied_vs_named_{r}"] >= 0.80),
             cmd,
         ),
     ]

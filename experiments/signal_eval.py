@@ -6,7 +6,9 @@ Writes the JSON, then regenerates the README's results table (`python -m experim
 
 Sets (data/eval/README.md, data/signal/, sources in data/NOTICE):
 - test: WordNet example sentences (Princeton's lexicographers) for concepts outside the dev set;
-  the control corpus's test part (fortune files of other collections and authors);
+  the control corpus's test part (fortune files of other collections and authors); the emotion
+  scenes (six emotions, five registers, emotion implied) and implied-vs-named pairs of
+  data/signal/, written by a helper who had read neither the dev data nor the training templates;
 - dev (the recipe was chosen on these): the natural scenes (42 concepts, six emotions) and the
   divergence pairs, written by the HatCat authors.
 Per text the response-level score is the read-out chosen on dev by `experiments.recipe_compare`
@@ -41,6 +43,11 @@ OUT = ROOT / "results" / "signal_eval.json"
 PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
 EMOTIONS = ["Anger", "Fear", "Sadness", "Joy", "Disgust", "Embarrassment"]
 RECIPES = ROOT / "results" / "recipe_compare.json"
+SIGNAL = ROOT / "data" / "signal"
+
+
+def _yaml(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
 def chosen_read_out() -> str:
@@ -126,9 +133,9 @@ def concept_set(client: httpx.Client, texts_of: dict[str, list[str]], read_out: 
     return out
 
 
-def divergence_pairs(client: httpx.Client) -> dict:
+def divergence_pairs(client: httpx.Client, path: Path) -> dict:
     """AUROC implied vs named of each pair's concept's last and mean divergence (all pairs in one batch)."""
-    pairs = yaml.safe_load((ROOT / "data" / "eval" / "divergence_pairs.yaml").read_text())["pairs"]
+    pairs = yaml.safe_load(path.read_text())["pairs"]
     concepts = sorted({p["concept"] for p in pairs})
     texts = [p[kind] for p in pairs for kind in ("implied", "named")]
     stats = [{s["concept"]: s for s in a["concepts"]} for a in analyze(client, texts, concepts)]
@@ -170,11 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.read_out = args.read_out or chosen_read_out()
     t0 = time.time()
-    wordnet = yaml.safe_load((ROOT / "data" / "signal" / "wordnet_examples.yaml").read_text())
-    scenes = {
-        c["id"]: c["scenes"]
-        for c in yaml.safe_load((ROOT / "data" / "eval" / "natural_scenes.yaml").read_text())["concepts"]
-    }
+    wordnet = _yaml(SIGNAL / "wordnet_examples.yaml")
+    scenes = {c["id"]: c["scenes"] for c in _yaml(ROOT / "data" / "eval" / "natural_scenes.yaml")["concepts"]}
     if args.offline:
         doc = evaluate(Offline(args.pack), args, wordnet, scenes)
         doc["score"] += (
@@ -204,16 +208,14 @@ def evaluate(client, args, wordnet, scenes) -> dict:
         "score": f"/v1/analyze {r}_activation (words-only: {r}_text_similarity)",
         "test": {
             "wordnet_concepts": concept_set(client, wordnet["concepts"], r),
-            "wordnet_emotions": {
-                "n_concepts": len(wordnet["emotions"]),
-                "note": "too few emotion concepts with unused WordNet examples for a 6-way test",
-            },
+            "emotion_scenes": concept_set(client, _yaml(SIGNAL / "emotion_scenes.yaml")["concepts"], r),
+            "divergence_pairs": divergence_pairs(client, SIGNAL / "divergence_pairs.yaml"),
             "control": control(client, args.pack),
         },
         "dev": {
             "natural_scenes": concept_set(client, scenes, r),
             "natural_scenes_emotions": concept_set(client, {c: scenes[c] for c in EMOTIONS}, r),
-            "divergence_pairs": divergence_pairs(client),
+            "divergence_pairs": divergence_pairs(client, ROOT / "data" / "eval" / "divergence_pairs.yaml"),
         },
     }
 

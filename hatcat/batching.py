@@ -320,10 +320,11 @@ class Scheduler:
     def _emit(self, rows: list[_Row], logits: torch.Tensor, hidden: dict[int, torch.Tensor]) -> None:
         """Score every monitored row in one pass per monitor, then sample, detokenize and stop per row."""
         records = self._score(rows, hidden)
-        for i, row in enumerate(rows):
-            if row.done or row.cancelled.is_set():
-                continue
-            token = row.sampler.sample(logits[i])
+        live = [i for i, row in enumerate(rows) if not (row.done or row.cancelled.is_set())]
+        # every row's token drawn first, then read in one transfer: one device sync per step, not one per row
+        drawn = torch.cat([rows[i].sampler.draw(logits[i]) for i in live]).flatten().tolist() if live else []
+        for i, token in zip(live, drawn):
+            row = rows[i]
             row.generated += 1
             row.last_token = token
             state = hidden[row.monitor.bank.tap_layer][i] if row.monitor is not None else logits.new_zeros(0)

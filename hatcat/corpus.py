@@ -1,14 +1,19 @@
-"""Corpus jobs on Ray Data: score a corpus of texts with the same code on one machine or a cluster.
+"""Corpus jobs on Ray Data: the same code on one machine or a cluster.
 
     python -m hatcat.corpus analyze --input transcripts.jsonl --output scores.parquet [--address auto]
+    python -m hatcat.corpus extract --input prompts.jsonl --output states.parquet --layer 6 [--address auto]
 
 `--input` is JSONL as for `python -m hatcat.analyze` (a JSON string or `{"text": ..., "id": ...}` per
 line; it is read and checked on the driver). The texts flow through `ray.data.from_items ->
-map_batches(Scorer) -> write_parquet`: each `Scorer` actor holds one Engine (model + probe pack)
-and scores its batches with `Engine.analyze`, the path `/v1/analyze` takes, so a text's per-concept
-scores and divergence are those `/v1/analyze` answers. Rows keep the input order and have the
-columns of `python -m hatcat.analyze`; `--output` is a Parquet dataset (a folder of files, one per
-block: `pyarrow.parquet.read_table(path)` reads them as one table).
+map_batches(actor) -> write_parquet`, rows in input order; `--output` is a Parquet dataset (a folder
+of files, one per block: `pyarrow.parquet.read_table(path)` reads them as one table).
+
+- `analyze`: each `Scorer` actor holds one Engine (model + probe pack) and scores its batches with
+  `Engine.analyze`, the path `/v1/analyze` takes, so a text's per-concept scores and divergence are
+  those `/v1/analyze` answers; the columns are those of `python -m hatcat.analyze`.
+- `extract`: activations for probe training. Each `Extractor` actor holds the model alone and
+  writes each text's `last` and `mean` pooled state of decoder block `--layer` (the pooled
+  features `hatcat.training` fits on); the fit stays on the driver (`read_states` -> a matrix).
 
 Without `--address` Ray starts in local mode on this machine (the dashboard off); `--address auto`
 (or `ray://head:10001`) joins an existing cluster, where each actor may take a GPU
@@ -20,7 +25,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,21 @@ from hatcat.errors import HatCatError, InvalidValue
 from hatcat.pipeline import ANALYZE_BATCH
 
 BATCHES_PER_BLOCK = 4  # texts handed to an actor at once, in padded batches: room to group similar lengths
+
+
+@dataclasses.dataclass(frozen=True)
+class Actors:
+    """The actor pool of a job: how many, what each reserves, texts per padded forward."""
+
+    size: int = 1
+    cpus: float = 0.5
+    gpus: float = 0
+    batch_size: int = ANALYZE_BATCH
+
+    @property
+    def threads(self) -> int:
+        """torch threads per actor: its share of the CPUs, at least one."""
+        return max(1, math.ceil(self.cpus))
 
 
 class Scorer:
@@ -44,8 +63,7 @@ class Scorer:
         torch.set_num_threads(threads)
         # the job records nothing: an in-memory record store, not a file shared by every actor
         self.engine = Engine.from_settings(dataclasses.replace(settings, db="sqlite://"))
-        if self.engine.monitor is None:
-            raise InvalidValue("no probe pack is loaded: set HATCAT_PROBE_PACK or install the default pack")
+        self.engine.require_probes("corpus analysis")  # Conflict (exit 2) without a probe pack
         self.concepts, self.top_k, self.batch_size = concepts, top_k, batch_size
 
     def __call__(self, batch: dict[str, Any]) -> Any:
@@ -66,41 +84,82 @@ class Scorer:
         return pa.Table.from_pylist(rows)
 
 
-def analyze_corpus(
-    texts: list[str],
-    ids: list[Any],
-    output: Path,
-    settings: Settings,
-    *,
-    concepts: list[str] | None = None,
-    top_k: int = 10,
-    batch_size: int = ANALYZE_BATCH,
-    actors: int = 1,
-    cpus_per_actor: float = 0.5,
-    gpus_per_actor: float = 0,
-) -> None:
-    """Score `texts` (keyed by `ids`) into the Parquet dataset `output` on the running Ray cluster
-    (`ray.init` first), in input order."""
+class Extractor:
+    """A Ray Data actor: the model alone (no probe pack), pooled states of one decoder block per text."""
+
+    def __init__(self, settings: Settings, layer: int, batch_size: int, threads: int):
+        import torch
+
+        from hatcat.model import load_model
+
+        torch.set_num_threads(threads)
+        self.loaded = load_model(
+            settings.model_name, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline
+        )
+        layers = len(self.loaded.layers)
+        if not 0 <= layer < layers:
+            raise InvalidValue(
+                f"--layer {layer} is out of range: the model has {layers} decoder layers (0..{layers - 1})"
+            )
+        self.layer, self.batch_size = layer, batch_size
+
+    def __call__(self, batch: dict[str, Any]) -> Any:
+        import pyarrow as pa
+
+        from hatcat.training.activations import POOLINGS, pooled_activations
+
+        ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
+        loaded = self.loaded
+        pooled = pooled_activations(loaded.model, loaded.tokenizer, texts, [self.layer], self.batch_size)[self.layer]
+        vectors = {p: pa.array(list(pooled[p].float().numpy()), type=pa.list_(pa.float32())) for p in POOLINGS}
+        return pa.table({"id": ids, "text": texts, "layer": [self.layer] * len(texts), **vectors})
+
+
+def _run(texts: list[str], ids: list[Any], output: Path, actor: type, kwargs: dict[str, Any], pool: Actors) -> None:
+    """`from_items -> map_batches(actor pool) -> write_parquet` on the running Ray cluster, in input order."""
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
     DataContext.get_current().execution_options.preserve_order = True
     rows = ray.data.from_items([{"id": str(i), "text": t} for i, t in zip(ids, texts)])
-    scored = rows.map_batches(
-        Scorer,
-        fn_constructor_kwargs={
-            "settings": settings,
-            "concepts": concepts,
-            "top_k": top_k,
-            "batch_size": batch_size,
-            "threads": max(1, math.ceil(cpus_per_actor)),
-        },
-        compute=ActorPoolStrategy(size=actors),
-        batch_size=batch_size * BATCHES_PER_BLOCK,
-        num_cpus=cpus_per_actor,
-        num_gpus=gpus_per_actor,
+    done = rows.map_batches(
+        actor,
+        fn_constructor_kwargs={**kwargs, "batch_size": pool.batch_size, "threads": pool.threads},
+        compute=ActorPoolStrategy(size=pool.size),
+        batch_size=pool.batch_size * BATCHES_PER_BLOCK,
+        num_cpus=pool.cpus,
+        num_gpus=pool.gpus,
     )
-    scored.write_parquet(str(output))
+    done.write_parquet(str(output))
+
+
+def analyze_corpus(
+    texts: list[str],
+    ids: list[Any],
+    output: Path,
+    settings: Settings,
+    pool: Actors = Actors(),
+    concepts: list[str] | None = None,
+    top_k: int = 10,
+) -> None:
+    """Score `texts` (keyed by `ids`) into the Parquet dataset `output` (`ray.init` first)."""
+    _run(texts, ids, output, Scorer, {"settings": settings, "concepts": concepts, "top_k": top_k}, pool)
+
+
+def extract_corpus(
+    texts: list[str], ids: list[Any], output: Path, settings: Settings, layer: int, pool: Actors = Actors()
+) -> None:
+    """Pooled block-`layer` states of `texts` into the Parquet dataset `output` (`ray.init` first)."""
+    _run(texts, ids, output, Extractor, {"settings": settings, "layer": layer}, pool)
+
+
+def read_states(path: Path, pooling: str = "last") -> tuple[list[str], Any]:
+    """(ids, [texts, hidden] float32 matrix) from an `extract` output: the driver's side of a fit."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", pooling])
+    return table.column("id").to_pylist(), np.stack(table.column(pooling).to_numpy(zero_copy_only=False))
 
 
 def _cause(err: BaseException) -> HatCatError | None:
@@ -114,48 +173,46 @@ def _cause(err: BaseException) -> HatCatError | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--input", type=Path, required=True, help="JSONL: a JSON string or {'text': ..., 'id': ...}")
+    common.add_argument("--output", type=Path, required=True, help="Parquet dataset (folder) to write")
+    common.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://head:10001); unset: local")
+    common.add_argument("--batch-size", type=int, default=ANALYZE_BATCH, help="texts per padded forward")
+    common.add_argument("--actors", type=int, default=1, help="actors (each loads the model once)")
+    common.add_argument("--cpus-per-actor", type=float, default=0.5, help="CPUs Ray reserves per actor")
+    common.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs per actor (1 on GPU workers)")
     parser = argparse.ArgumentParser(prog="python -m hatcat.corpus", description=__doc__.split("\n\n")[0])
     jobs = parser.add_subparsers(dest="job", required=True)
-    job = jobs.add_parser("analyze", help="per-text concept scores and divergence, as /v1/analyze answers them")
-    job.add_argument("--input", type=Path, required=True, help="JSONL: a JSON string or {'text': ..., 'id': ...}")
-    job.add_argument("--output", type=Path, required=True, help="Parquet dataset (folder) to write")
-    job.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://head:10001); unset: local")
+    job = jobs.add_parser("analyze", parents=[common], help="per-text concept scores and divergence (/v1/analyze's)")
     job.add_argument("--top-k", type=int, default=10, help="concepts summarised per text (by max divergence)")
     job.add_argument("--concepts", default="", help="comma-separated concepts to summarise instead of the top k")
-    job.add_argument("--batch-size", type=int, default=ANALYZE_BATCH, help="texts per padded forward")
-    job.add_argument("--actors", type=int, default=1, help="scoring actors (each loads the model once)")
-    job.add_argument("--cpus-per-actor", type=float, default=0.5, help="CPUs Ray reserves per actor")
-    job.add_argument("--gpus-per-actor", type=float, default=0, help="GPUs per actor (1 on GPU workers)")
-    args = parser.parse_args(argv)
+    job = jobs.add_parser("extract", parents=[common], help="pooled states of one decoder block, for probe training")
+    job.add_argument("--layer", type=int, required=True, help="decoder block whose output is pooled (0-based)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
-        if args.top_k < 1 or args.batch_size < 1 or args.actors < 1 or args.cpus_per_actor <= 0:
-            raise InvalidValue("--top-k, --batch-size and --actors must be >= 1, --cpus-per-actor > 0")
-        if args.gpus_per_actor < 0:
-            raise InvalidValue("--gpus-per-actor must be >= 0")
+        pool = Actors(args.actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
+        if pool.size < 1 or pool.batch_size < 1 or pool.cpus <= 0 or pool.gpus < 0:
+            raise InvalidValue("--actors and --batch-size must be >= 1, --cpus-per-actor > 0, --gpus-per-actor >= 0")
+        if args.job == "analyze" and args.top_k < 1:
+            raise InvalidValue("--top-k must be >= 1")
         settings = Settings.from_env()
         texts, ids = read_jsonl(args.input)  # bad input is refused before a cluster starts
         if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
             raise InvalidValue(f"{args.output} already exists; remove it or choose another --output")
         import ray
 
-        if args.address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
         ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
-        concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] or None
         try:
-            analyze_corpus(
-                texts,
-                ids,
-                args.output,
-                settings,
-                concepts=concepts,
-                top_k=args.top_k,
-                batch_size=args.batch_size,
-                actors=args.actors,
-                cpus_per_actor=args.cpus_per_actor,
-                gpus_per_actor=args.gpus_per_actor,
-            )
+            if args.job == "analyze":
+                concepts = [c.strip() for c in args.concepts.split(",") if c.strip()] or None
+                analyze_corpus(texts, ids, args.output, settings, pool, concepts, args.top_k)
+            else:
+                extract_corpus(texts, ids, args.output, settings, args.layer, pool)
         except Exception as err:
             cause = _cause(err)
             if cause is None:
@@ -164,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     except HatCatError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(texts)} analyses to {args.output}", file=sys.stderr)
+    print(f"wrote {len(texts)} {'analyses' if args.job == 'analyze' else 'states'} to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -292,7 +292,9 @@ class _Sampler:
             self.generator.manual_seed(settings.seed & 0xFFFF_FFFF_FFFF_FFFF)
 
     @torch.inference_mode()
-    def sample(self, logits: torch.Tensor) -> int:
+    def draw(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next token as a [1, 1] tensor, without waiting for the device: a batch draws every
+        row's token, then reads them all at once."""
         scores = logits[None]
         if self.penalty is not None:
             # a tiny penalty overflows positive logits to inf: keep them finite so the shift stays a number
@@ -306,7 +308,10 @@ class _Sampler:
             token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
         if self.penalty is not None:
             self.ids = torch.cat([self.ids, token.to(self.ids.device)], dim=1)
-        return int(token.item())
+        return token
+
+    def sample(self, logits: torch.Tensor) -> int:
+        return int(self.draw(logits).item())
 
 
 class _Detokenizer:

@@ -37,7 +37,6 @@ import asyncio
 import dataclasses
 import json
 import logging
-import os
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -131,7 +130,8 @@ class Model(AsgiReplica):
         self.app = create_api(self.engine)
 
     def check_health(self) -> None:
-        """Serve calls this every few seconds; a replica whose batch scheduler died is replaced."""
+        """Serve calls this every 10 s (and the replica's actor must answer at all); a replica whose
+        engine raises here is marked unhealthy and replaced."""
         self.engine.info()
 
 
@@ -191,8 +191,12 @@ async def _body_chunks(stream: Any, event_stream: bool) -> AsyncIterator[bytes]:
     """The body messages' bytes; if the replica dies mid-stream, an event stream ends with an error event."""
     try:
         async for message in stream:
-            if message["type"] == "http.response.body" and message.get("body"):
+            if message["type"] != "http.response.body":
+                continue
+            if message.get("body"):
                 yield message["body"]
+            if not message.get("more_body", False):
+                return  # the response is complete
     except Exception as err:  # noqa: BLE001 - the replica died mid-stream: say so in the stream's own terms
         log.warning("replica failed mid-stream: %r", err)
         if event_stream:
@@ -335,17 +339,19 @@ def main(argv: list[str] | None = None) -> int:
         if autoscale and args.replicas is not None:
             raise InvalidValue("give --replicas or --min-replicas/--max-replicas, not both")
         scale = Scale(
-            replicas=None if autoscale else (args.replicas or 2),
-            min_replicas=args.min_replicas or 1,
-            max_replicas=args.max_replicas or max(args.min_replicas or 1, 4),
+            replicas=None if autoscale else (2 if args.replicas is None else args.replicas),
+            min_replicas=1 if args.min_replicas is None else args.min_replicas,
+            max_replicas=max(args.min_replicas or 1, 4) if args.max_replicas is None else args.max_replicas,
             target_ongoing_requests=args.target_ongoing_requests,
             cpus_per_replica=args.cpus_per_replica,
             gpus_per_replica=args.gpus_per_replica,
             session_affinity=args.session_affinity,
             workbench=not args.no_workbench,
         )
-        if (scale.replicas or scale.min_replicas) < 1 or scale.max_replicas < scale.min_replicas:
-            raise InvalidValue("replicas must be >= 1 and --max-replicas >= --min-replicas")
+        if scale.replicas is not None and scale.replicas < 1:
+            raise InvalidValue("--replicas must be >= 1")
+        if scale.min_replicas < 0 or scale.max_replicas < max(scale.min_replicas, 1):
+            raise InvalidValue("autoscaling needs 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1")
         if scale.cpus_per_replica <= 0 or scale.gpus_per_replica < 0:
             raise InvalidValue("--cpus-per-replica must be > 0 and --gpus-per-replica >= 0")
         settings = Settings.from_env()
@@ -357,8 +363,6 @@ def main(argv: list[str] | None = None) -> int:
             )
         import ray
 
-        if args.address is None:
-            os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a local cluster on this machine only
         ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")
         deploy(settings, scale, blocking=True)
     except HatCatError as err:

@@ -7,6 +7,7 @@ the app themselves carry the mark in their file. No fixture changes an engine an
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,7 +67,11 @@ def server(small_probe_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A `redis-server` of its own (Debian's) on a free loopback port; yields its URL."""
+    """A `redis-server` of its own (Debian's) on a free loopback port; yields its URL. Skipped, with
+    its reason, without Debian's redis-server or the `redis` client (requirements-scale.txt)."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("Debian's redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    pytest.importorskip("redis", reason="pip install -r requirements-scale.txt (.ci/run does)")
     proc, url = start_redis(tmp_path_factory.mktemp("redis"))
     try:
         yield url

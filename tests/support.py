@@ -134,16 +134,9 @@ def tiny_probe_pack(folder: Path, hidden: int = 8, layer: int = 3, model: str = 
 
 def start_redis(folder: Path) -> tuple[subprocess.Popen, str]:
     """Debian's `redis-server` on a free loopback port, no persistence; returns (process, URL) once it answers."""
-    import shutil
-
-    server = shutil.which("redis-server")
-    if server is None:
-        raise RuntimeError("redis-server is not installed (apt-get install redis-server; .ci/run does)")
     port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
+    options = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)]
+    proc = subprocess.Popen(["redis-server", *options], stdout=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.perf_counter() + 30
     while True:

@@ -41,3 +41,10 @@ def test_vanishing_temperature_picks_the_argmax() -> None:
     logits = _logits()
     sampler = _Sampler(GenerationSettings(temperature=1e-40, seed=3), torch.tensor([[1]]))
     assert {sampler.sample(logits) for _ in range(20)} == {7}
+
+
+def test_a_seed_repeats_its_draws() -> None:
+    logits = _logits()
+    settings = GenerationSettings(temperature=1.5, seed=11)
+    first, second = (_Sampler(settings, torch.tensor([[1]])) for _ in range(2))
+    assert [first.sample(logits) for _ in range(20)] == [second.sample(logits) for _ in range(20)]

@@ -1,6 +1,7 @@
 """Scale-out on real Ray (local mode, one cluster for the module) and a real `redis-server`: the API
-behind `hatcat.serve_ray` with two model replicas, through the real `openai` client and plain HTTP,
-and the corpus CLI on Ray Data joining the same cluster. Uses the shipped probe pack."""
+behind `hatcat.serve_ray` with two model replicas and the workbench replica, through the real `openai`
+client, `gradio_client` and plain HTTP, and the corpus CLI on Ray Data joining the same cluster.
+Uses the shipped probe pack."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def cluster() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def served(cluster: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`hatcat.serve_ray` with two model replicas (no workbench), steerings in Redis; yields the base URL."""
+    """`hatcat.serve_ray` with two model replicas and the workbench, steerings in Redis; yields the base URL."""
     from ray import serve
 
     from hatcat.serve_ray import Scale, deploy
@@ -54,7 +55,7 @@ def served(cluster: str, redis_url: str, tmp_path_factory: pytest.TempPathFactor
     port = free_port()
     db = tmp_path_factory.mktemp("serve") / "hatcat.db"
     settings = replace(Settings.from_env(), host="127.0.0.1", port=port, session_store=redis_url, db=str(db))
-    deploy(settings, Scale(replicas=2, workbench=False))
+    deploy(settings, Scale(replicas=2, workbench=True))
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -69,6 +70,21 @@ def client(served: str) -> openai.OpenAI:
 def chat(base: str, **body) -> httpx.Response:
     payload = {"model": "hatcat-divergence", "messages": PROMPT, "max_tokens": 8, "temperature": 0, **body}
     return httpx.post(f"{base}/v1/chat/completions", json=payload, timeout=300)
+
+
+def corpus_cli(job: str, source: Path, out: Path, cluster: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m hatcat.corpus JOB` joining the module's cluster; asserts it succeeded."""
+    run = subprocess.run(
+        [sys.executable, "-m", "hatcat.corpus", job, "--input", str(source), "--output", str(out), "--address", cluster]
+        + list(args),
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run
 
 
 def test_eight_concurrent_streams_complete_with_divergence_metadata_on_both_replicas(client: openai.OpenAI) -> None:
@@ -122,6 +138,17 @@ def test_errors_and_routes_are_the_apps_own(served: str) -> None:
     assert "hatcat_requests_total" in httpx.get(f"{served}/metrics", timeout=60).text
 
 
+def test_the_workbench_is_served_by_its_own_replica_queue_included(served: str) -> None:
+    from gradio_client import Client
+
+    page = httpx.get(f"{served}/", timeout=120)
+    assert page.status_code == 200 and page.headers[REPLICA].startswith("SERVE_REPLICA::hatcat#Workbench#")
+    trace = Client(f"{served}/", verbose=False).predict(
+        "Tell me about music.", 6, 0, 0, "divergence", api_name="/monitor"
+    )
+    assert "hc-tok" in trace[0]  # the monitored answer, through Gradio's queue (join, then the data stream)
+
+
 def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str, tmp_path: Path) -> None:
     subjects = ["my dog", "the violin", "a thunderstorm", "the tax office", "her old car", "a lie he told", "the war"]
     moods = ["I was afraid of", "We laughed about", "Nobody trusted", "She sang about", "They argued over"]
@@ -130,16 +157,7 @@ def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str,
     source.write_text("".join(json.dumps({"id": f"t{n}", "text": t}) + "\n" for n, t in enumerate(texts)))
     out = tmp_path / "scores.parquet"
     concepts = "Music,Fear,Deception"
-    run = subprocess.run(
-        [sys.executable, "-m", "hatcat.corpus", "analyze", "--input", str(source), "--output", str(out)]
-        + ["--address", cluster, "--concepts", concepts],
-        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = corpus_cli("analyze", source, out, cluster, "--concepts", concepts)
     assert "wrote 2000 analyses" in run.stderr
     rows = pq.read_table(out).to_pylist()
     assert [r["id"] for r in rows] == [f"t{n}" for n in range(2000)] and [r["text"] for r in rows] == texts
@@ -157,18 +175,26 @@ def test_corpus_cli_scores_2000_texts_as_the_api_does(cluster: str, served: str,
             assert all(abs(mine[k] - theirs[k]) <= tolerance for k in mine if k not in ("concept", "layer"))
 
 
-@pytest.mark.parametrize("content, words", [("not json\n", "not JSON"), ('{"txt": "x"}\n', "text"), ("", "no texts")])
-def test_corpus_cli_refuses_bad_input_with_one_line(tmp_path: Path, content: str, words: str) -> None:
-    source = tmp_path / "in.jsonl"
-    source.write_text(content)
-    run = subprocess.run(
-        [sys.executable, "-m", "hatcat.corpus", "analyze", "--input", str(source), "--output", str(tmp_path / "o")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+def test_corpus_extract_writes_pooled_states_a_probe_fits_on_at_the_driver(cluster: str, tmp_path: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from hatcat.corpus import read_states
+
+    music = ["The violin solo", "Her piano sonata", "The choir's hymn", "A jazz trumpet riff", "The drummer's beat"]
+    food = ["The onion soup", "Her apple pie", "The roast chicken", "A bowl of rice", "The baker's bread"]
+    endings = ["filled the evening.", "was all anyone talked about.", "came at the end of the day.", "was new to me."]
+    texts = [f"{subject} {end}" for end in endings for subject in music + food]
+    labels = [int(i % 10 < 5) for i in range(len(texts))]
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(t) + "\n" for t in texts))
+    out = tmp_path / "states.parquet"
+    corpus_cli("extract", source, out, cluster, "--layer", "6")
+    ids, states = read_states(out, "mean")
+    assert ids == [str(n) for n in range(1, len(texts) + 1)] and states.shape[0] == len(texts)
+    assert pq.read_table(out).column("text").to_pylist() == texts
+    # the fit stays on the driver: three endings to train on, the fourth held out
+    probe = LogisticRegression(max_iter=2000).fit(states[:30], labels[:30])
+    assert probe.score(states[30:], labels[30:]) >= 0.9
 
 
 def test_a_replica_killed_mid_stream_ends_the_stream_with_an_error_event_and_the_next_request_succeeds(

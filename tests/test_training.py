@@ -17,6 +17,7 @@ from hatcat.probes import ProbeBank, ProbePack, ProbePackError
 from hatcat.tap import hidden_at
 from hatcat.train import DEFAULT_MELDS
 from hatcat.training.prompts import SPLITS, build_prompts
+from hatcat.training.run import RECALIBRATION, TrainSettings, training_record
 from tests.support import SMALL_PACK as SMALL_PACK_CONCEPTS
 
 CONCEPTS = SMALL_PACK_CONCEPTS
@@ -34,6 +35,22 @@ def test_held_out_prompts_never_repeat_a_training_string() -> None:
     assert not by_split["train"] & by_split["val"]
     assert not by_split["train"] & by_split["test"]
     assert not by_split["val"] & by_split["test"]
+
+
+def test_recalibration_records_where_its_directions_came_from(tmp_path: Path) -> None:
+    """A recalibrated pack's manifest names its directions' fit (followed back through an earlier
+    recalibration) and what was redone, not fit settings the run never used."""
+    first = {"layers": [0], "pooling": "last", "shrinkage": 0.2, "prompts": 900, "created": "T0"}
+    (tmp_path / "manifest.json").write_text(json.dumps({"training": first}))
+    once = training_record(TrainSettings(method="dom", directions_from=str(tmp_path)), 0, "T1")
+    assert once["directions"] == {"method": "lda", "from": "training templates", **first}
+    assert once["recalibration"] == RECALIBRATION
+    assert not {"method", "pooling", "k_texts", "directions_from", "texts"} & set(once)
+    (tmp_path / "manifest.json").write_text(json.dumps({"training": once}))
+    twice = training_record(TrainSettings(directions_from=str(tmp_path)), 0, "T2")
+    assert twice["directions"] == once["directions"] and twice["created"] == "T2"
+    plain = training_record(TrainSettings(method="dom", k_texts=3), 40, "T3")
+    assert (plain["method"], plain["k_texts"], plain["texts"]) == ("dom", 3, 40) and "directions" not in plain
 
 
 def test_training_records_control_fpr_natural_recall_and_template_metrics(trained: tuple[Path, dict]) -> None:

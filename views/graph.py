@@ -90,7 +90,7 @@ def details(engine: Engine, concept: str | None) -> str:
     if m:
         natural = f", natural recall {m['natural_recall']} on {m['n_natural']} texts" if "natural_recall" in m else ""
         lines.append(
-            f"**activation probe**: threshold {m['threshold']} (1% FPR on control-corpus tokens), "
+            f"**activation probe**: threshold {m['threshold']} (set to hold 1% FPR on unseen control-corpus sources), "
             f"held-out control FPR {m.get('control_fpr_test')}{natural}"
         )
         if "f1" in m:

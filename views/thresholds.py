@@ -54,7 +54,7 @@ def real_text_summary(metrics: dict, threshold: float) -> str:
         else "no natural positives for this concept in the repository"
     )
     return (
-        f"**Real text** · pack threshold {metrics['threshold']:.3f} (set for 1% FPR on control-corpus tokens): "
+        f"**Real text** · pack threshold {metrics['threshold']:.3f} (set to hold 1% FPR on unseen control-corpus sources): "
         f"held-out control FPR **{metrics['control_fpr_test']:.2%}**, {recall}. "
         f"At the slider's {threshold:.3f}: control FPR ≈ **{at}**."
     )

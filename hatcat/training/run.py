@@ -282,12 +282,7 @@ def train(
         "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
         "concept_pack": {"id": pack.id, "checksum": pack.checksum},
         "concepts": trained,
-        "training": {
-            **asdict(settings),
-            "texts": len(order),
-            "prompts": len(order),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
+        "training": training_record(settings, len(order), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
     }
     save_pack(
         folder,
@@ -301,6 +296,30 @@ def train(
     say("done", 1.0)
     report = RunReport(len(trained), len(order), todo, time.perf_counter() - start, phases["extraction"], phases)
     return folder, report
+
+
+RECALIBRATION = (
+    "directions kept from the source pack; scores standardised on the control corpus's dev tokens "
+    "(data/signal/control.yaml); thresholds at the control quantile level that holds target_fpr on "
+    "dev sources left out of the setting (held_out_level); the words-only side standardised the same way; divergence scale refitted"
+)
+
+
+def training_record(settings: TrainSettings, texts: int, created: str) -> dict[str, Any]:
+    """The manifest's `training` block. A recalibration (`directions_from`) records where its
+    directions came from (the source pack's own block, followed back through earlier
+    recalibrations) and what was redone, not the fit settings it did not use."""
+    record = {**asdict(settings), "texts": texts, "prompts": texts, "created": created}
+    if not settings.directions_from:
+        return record
+    source = json.loads((Path(settings.directions_from) / "manifest.json").read_text()).get("training", {})
+    for unused in ("method", "pooling", "k_texts", "directions_from", "texts", "prompts"):
+        del record[unused]
+    directions = source.get("directions", source)
+    # packs trained before `method` was recorded were fitted with the one-matrix LDA
+    record["directions"] = {"method": "lda", "from": "training templates", **directions}
+    record["recalibration"] = RECALIBRATION
+    return record
 
 
 def pack_directions(folder: str, concepts: list[str], side: str = "activation") -> tuple[torch.Tensor, torch.Tensor]:
