@@ -16,7 +16,6 @@ import argparse
 import inspect
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,8 +23,8 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache, StaticCache
 
+from experiments.machine import machine, now
 from hatcat.config import Settings
-from hatcat.cpu_dtype import cpu_name
 from hatcat.engine import Engine
 from hatcat.paths import RESULTS
 
@@ -113,16 +112,8 @@ def main() -> None:
         "compiled_speedup": round(eager_s / compiled_s, 3),
         "compile_s": round(compile_s, 1),
         "runs_step_s": {k: [round(x, 5) for x in v] for k, v in per_step.items()},
-        "machine": {
-            "cpu": cpu_name(),
-            "threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(load_before),
+        "measured_at": now(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import statistics
 import threading
 import time
@@ -37,10 +36,10 @@ from pathlib import Path
 
 import torch
 
+from experiments.machine import machine, now
 from hatcat.api.prompt import build_prompt
 from hatcat.batching import Scheduler
 from hatcat.config import Settings
-from hatcat.cpu_dtype import cpu_name
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings, encode_prompt
 from hatcat.paths import RESULTS
@@ -244,16 +243,8 @@ def main() -> None:
         **identity,
         "greedy_alone_vs_batch_of_8": flips,
         "runs": {k: [round(x, 3) for x in v] for k, v in runs.items()},
-        "machine": {
-            "cpu": cpu_name(),
-            "threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(load_before),
+        "measured_at": now(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

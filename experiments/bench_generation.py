@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
 import torch
 from torch import nn
 
+from experiments.machine import machine, now
 from hatcat.config import Settings
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
@@ -116,15 +116,8 @@ def main() -> None:
         "monitored_over_reference": round(med["monitored"] / med["reference"], 2),
         "default_over_plain_fp32": round(med["monitored"] / med["plain_fp32"], 2),
         "runs_tok_s": {name: [round(v, 2) for v in values] for name, values in speed.items()},
-        "machine": {
-            "threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in os.getloadavg()],
-        },
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(load_before),
+        "measured_at": now(),
     }
     OUT.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "runs_tok_s"}, indent=2))
