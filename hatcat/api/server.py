@@ -16,7 +16,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.routing import Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from hatcat.api import analyze, chat, errors, health, metrics, models, packs, records, steering
+from hatcat.api import analyze, chat, concept_packs, errors, health, metrics, models, probe_packs, records, steering
 from hatcat.api.auth import Door
 from hatcat.api.errors import error_response
 from hatcat.api.limits import Limits, StreamSlots
@@ -33,7 +33,7 @@ def create_api(engine: Engine) -> FastAPI:
     api.state.metrics = metrics.Metrics(engine)
     errors.install(api)
     api.state.streams = StreamSlots(settings.max_streams)
-    for module in (health, metrics, models, chat, analyze, steering, packs, records):
+    for module in (health, metrics, models, chat, analyze, steering, concept_packs, probe_packs, records):
         api.include_router(module.router)
     # an ASGI endpoint without `methods` matches every method, QUERY and other new ones included
     api.router.routes.append(Route("/v1/{path:path}", _UnknownRoute()))

@@ -1,14 +1,11 @@
-"""GET /v1/concept-packs[/{id}[/concepts/{concept}]] and /v1/probe-packs[/{id}]; POST
-/v1/probe-packs/{id}/load (admin) hot-loads one.
+"""GET /v1/probe-packs[/{id}]; POST /v1/probe-packs/{id}/load (admin) hot-loads one.
 
-The concept pack is the one the engine loaded (with its melds). Probe packs are the ones
-installed under `probes/` (their manifests read, weights untouched) plus the loaded one,
-wherever it came from (`HATCAT_PROBE_PACK`).
+Probe packs are the ones installed under `probes/` (their manifests read, weights untouched) plus
+the loaded one, wherever it came from (`HATCAT_PROBE_PACK`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -35,59 +32,6 @@ def _summary(pid: str, folder: Path, manifest: dict[str, Any], loaded: bool) -> 
         "hidden_size": manifest.get("hidden_size"),
         "folder": folder.name,
         "loaded": loaded,
-    }
-
-
-@router.get("/concept-packs")
-def list_concept_packs(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": [_concept_pack_summary(request.app.state.engine)]}
-
-
-@router.get("/concept-packs/{pack_id}")
-def get_concept_pack(pack_id: str, request: Request) -> dict[str, Any]:
-    engine = _concept_pack(request, pack_id)
-    pack = engine.concepts
-    by_layer: dict[str, list[str]] = {}
-    for concept in pack:
-        by_layer.setdefault(str(concept.layer), []).append(concept.id)
-    return {**_concept_pack_summary(engine), "concept_ids_by_layer": by_layer}
-
-
-@router.get("/concept-packs/{pack_id}/concepts/{concept}")
-def get_concept(pack_id: str, concept: str, request: Request) -> dict[str, Any]:
-    pack = _concept_pack(request, pack_id).concepts
-    if concept not in pack:
-        raise APIError(
-            404,
-            f"unknown concept: {concept} (not in concept pack {pack_id})",
-            param="concept",
-            code="concept_not_found",
-        )
-    return {**pack[concept].to_record(), "children": list(pack[concept].children)}
-
-
-def _concept_pack(request: Request, pack_id: str) -> Engine:
-    engine = request.app.state.engine
-    if pack_id != engine.concepts.id:
-        raise APIError(
-            404,
-            f"unknown concept pack: {pack_id} (loaded: {engine.concepts.id})",
-            param="pack_id",
-            code="concept_pack_not_found",
-        )
-    return engine
-
-
-def _concept_pack_summary(engine: Engine) -> dict[str, Any]:
-    pack = engine.concepts
-    layers = Counter(concept.layer for concept in pack)
-    return {
-        "id": pack.id,
-        "object": "concept_pack",
-        "checksum": pack.checksum,
-        "concepts": len(pack),
-        "layers": {str(layer): layers[layer] for layer in sorted(layers)},
-        "loaded": True,
     }
 
 
