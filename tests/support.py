@@ -8,10 +8,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import pytest
 
 from hatcat.paths import ROOT, SAFETY_MELD
 
@@ -20,6 +22,15 @@ if TYPE_CHECKING:
 
 # a few concepts, a parent-child pair among them
 SMALL_PACK = ("Music", "Fear", "EmotionalState", "Anger", "Automobile", "Deception", "Lying")
+
+
+def run_main(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """A command's `main(argv)` in this process, without an interpreter start-up: (exit status, stderr)."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:  # argparse's own refusals
+        code = exit_.code
+    return code, capsys.readouterr().err
 
 
 def free_port() -> int:

@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from hatcat.analyze import main as analyze_main
 from hatcat.engine import Engine
 from hatcat.pipeline import analyze_text
+from tests.support import run_main
 
 TEXTS = [
     "She was terrified of the dark road ahead.",
@@ -88,9 +90,18 @@ def test_analyze_cli_writes_one_parquet_row_per_text(small_probe_pack: Path, tmp
     "content, words",
     [("not json\n", "not JSON"), ('{"txt": "x"}\n', "text"), ("", "no texts")],
 )
-def test_analyze_cli_refuses_bad_input_with_one_line(tmp_path: Path, content: str, words: str) -> None:
+def test_analyze_cli_refuses_bad_input_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, words: str
+) -> None:
     source = tmp_path / "texts.jsonl"
     source.write_text(content)
+    code, err = run_main(analyze_main, [str(source), "--out", str(tmp_path / "o.parquet")], capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_analyze_command_exits_2_on_bad_input(tmp_path: Path) -> None:
+    source = tmp_path / "texts.jsonl"
+    source.write_text("not json\n")
     run = subprocess.run(
         [sys.executable, "-m", "hatcat.analyze", str(source), "--out", str(tmp_path / "o.parquet")],
         check=False,
@@ -98,4 +109,4 @@ def test_analyze_cli_refuses_bad_input_with_one_line(tmp_path: Path, content: st
         text=True,
         timeout=120,
     )
-    assert run.returncode == 2 and words in run.stderr and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert run.returncode == 2 and "not JSON" in run.stderr, run.stderr

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from starlette.requests import Request
 
+from hatcat.corpus import main as corpus_main
 from hatcat.serve_ray import _session
+from tests.support import run_main
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -19,18 +21,20 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("content, words", [("not json\n", "not JSON"), ('{"txt": "x"}\n', "text"), ("", "no texts")])
-def test_corpus_cli_refuses_bad_input_with_one_line(tmp_path: Path, content: str, words: str) -> None:
+def test_corpus_cli_refuses_bad_input_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, words: str
+) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text(content)
-    done = run("hatcat.corpus", "analyze", "--input", str(source), "--output", str(tmp_path / "o"))
-    assert done.returncode == 2 and words in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    code, err = run_main(corpus_main, ["analyze", "--input", str(source), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_corpus_extract_needs_a_layer(tmp_path: Path) -> None:
+def test_corpus_extract_needs_a_layer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text(json.dumps("a text") + "\n")
-    done = run("hatcat.corpus", "extract", "--input", str(source), "--output", str(tmp_path / "o"))
-    assert done.returncode == 2 and "--layer" in done.stderr, done.stderr
+    code, err = run_main(corpus_main, ["extract", "--input", str(source), "--output", str(tmp_path / "o")], capsys)
+    assert code == 2 and "--layer" in err, err
 
 
 def test_corpus_cli_refuses_an_output_that_exists(tmp_path: Path) -> None:
