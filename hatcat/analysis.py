@@ -38,9 +38,15 @@ STAT_NAMES = (
 
 
 def check_request(
-    model: torch.nn.Module, tokenizer, monitor: Monitor, texts: list[str], concepts: list[str] | None
+    model: torch.nn.Module,
+    tokenizer,
+    monitor: Monitor,
+    texts: list[str],
+    concepts: list[str] | None,
+    names: list[str] | None = None,
 ) -> None:
-    """Refuse unknown concepts, empty texts and texts longer than the context, naming the first offender."""
+    """Refuse unknown concepts, empty texts and texts longer than the context, naming the first offender
+    (`names[i]` for text i where given, e.g. a corpus row's id; else `text` or `input[i]`)."""
     unknown = [c for c in concepts or () if c not in monitor.bank.index]
     if unknown:
         raise NotFound(
@@ -50,7 +56,7 @@ def check_request(
         )
     for i, text in enumerate(texts):
         n = len(tokenizer(text).input_ids)
-        where = "text" if len(texts) == 1 else f"input[{i}]"
+        where = names[i] if names else "text" if len(texts) == 1 else f"input[{i}]"
         if not text or n == 0:
             raise InvalidValue(f"{where} encodes to no tokens", param="input", code="empty_text")
         check_context(model, n, where, param="input")

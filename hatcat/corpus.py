@@ -69,17 +69,12 @@ class Scorer:
     def __call__(self, batch: dict[str, Any]) -> Any:
         import pyarrow as pa
 
-        from hatcat.analysis import check_request
-
         ids, texts = [str(i) for i in batch["id"]], [str(t) for t in batch["text"]]
-        engine = self.engine
-        for identifier, text in zip(ids, texts):
-            try:
-                check_request(engine.model, engine.tokenizer, engine.monitor, [text], self.concepts)
-            except HatCatError as err:
-                raise type(err)(f"text {identifier}: {err}") from None
         rows: list[dict[str, Any] | None] = [None] * len(texts)
-        for i, document in engine.analyze(texts, self.concepts, self.top_k, self.batch_size):
+        names = [
+            f"text {identifier}" for identifier in ids
+        ]  # a refusal names the corpus row, not its place in the batch
+        for i, document in self.engine.analyze(texts, self.concepts, self.top_k, self.batch_size, names):
             rows[i] = parquet_row(ids[i], texts[i], document)
         return pa.Table.from_pylist(rows)
 

@@ -293,12 +293,18 @@ class Engine:
         return self.scheduler.submit(prompt, settings, steerings if packs.monitor else (), packs.monitor, packs.vectors)
 
     def analyze(
-        self, texts: list[str], concepts: list[str] | None = None, top_k: int = 10, batch_size: int = ANALYZE_BATCH
+        self,
+        texts: list[str],
+        concepts: list[str] | None = None,
+        top_k: int = 10,
+        batch_size: int = ANALYZE_BATCH,
+        names: list[str] | None = None,
     ) -> Iterator[tuple[int, dict[str, object]]]:
         """(index, analysis document) per text, scored in padded batches (see `hatcat.analysis`); the
-        model is held per batch, so generations interleave. Raises HatCatError for a bad request."""
+        model is held per batch, so generations interleave. Raises HatCatError for a bad request, naming
+        the text as `names[i]` where given."""
         monitor = self.require_probes("analysis").monitor
-        check_request(self.model, self.tokenizer, monitor, texts, concepts)
+        check_request(self.model, self.tokenizer, monitor, texts, concepts, names)
         return analyses(self.model, self.tokenizer, monitor, texts, concepts, top_k, batch_size, hold=self.exclusive)
 
     @contextmanager
