@@ -132,25 +132,39 @@ def subset(rows: Rows, keep: list[int]) -> Rows:
     )
 
 
-def evaluate(w, b, side, scenes, dev, control) -> dict:
-    """AUROC / top-1 over the dev concepts' scenes (last token and max over tokens), emotions apart."""
-    w, b = standardise_on_control(w, b, control)
+def scene_labels(scenes: dict[str, list[str]], dev: list[str]) -> tuple[list[str], np.ndarray]:
+    """The dev concepts' scenes in concept order, and each one's concept index in `dev`."""
     texts = [s for c in dev for s in scenes[c]]
-    label = np.repeat(np.arange(len(dev)), [len(scenes[c]) for c in dev])
-    z = [side(t) @ w.T + b for t in texts]  # [T, N] per scene
-    threshold = control_thresholds(control @ w.T + b, 0.01)
-    out = {}
+    return texts, np.repeat(np.arange(len(dev)), [len(scenes[c]) for c in dev])
+
+
+def read_outs(w, b, side, texts, control) -> dict[str, np.ndarray]:
+    """Each text's control-standardised scores [n_texts, N]: at its last token, the mean and the max over tokens."""
+    w, b = standardise_on_control(w, b, control)
+    z = [side(t) @ w.T + b for t in texts]  # [T, N] per text
     reduce = {"last": lambda zi: zi[-1], "mean": lambda zi: zi.mean(0), "max": lambda zi: zi.max(0).values}
-    for pool, fn in reduce.items():
-        s = torch.stack([fn(zi) for zi in z]).numpy()
-        out[pool] = _scores(s, label, list(range(len(dev))))
-        emo = [dev.index(e) for e in EMOTIONS]
-        keep = np.isin(label, emo)
-        out[pool]["emotions"] = _scores(s[keep], label[keep], emo)
-    zmax = torch.stack([zi.max(0).values for zi in z])
+    return {pool: torch.stack([fn(zi) for zi in z]).numpy() for pool, fn in reduce.items()}
+
+
+def evaluate(w, b, side, scenes, dev, control) -> dict:
+    """AUROC / top-1 over the dev concepts' scenes (last token, mean and max over tokens), emotions apart."""
+    texts, label = scene_labels(scenes, dev)
+    s = read_outs(w, b, side, texts, control)
+    out = {pool: scene_scores(s[pool], label, dev) for pool in s}
+    ws, bs = standardise_on_control(w, b, control)
+    threshold = control_thresholds(control @ ws.T + bs, 0.01).numpy()
     out["recall_at_control_fpr_0.01"] = round(
-        float((zmax[np.arange(len(texts)), label] >= threshold[label]).float().mean()), 4
+        float(np.mean(s["max"][np.arange(len(texts)), label] >= threshold[label])), 4
     )
+    return out
+
+
+def scene_scores(s: np.ndarray, label: np.ndarray, dev: list[str]) -> dict:
+    """Mean AUROC and top-1 of scores s [n_texts, len(dev)] over all dev concepts, and among the emotions apart."""
+    out = _scores(s, label, list(range(len(dev))))
+    emo = [dev.index(e) for e in EMOTIONS]
+    keep = np.isin(label, emo)
+    out["emotions"] = _scores(s[keep], label[keep], emo)
     return out
 
 
