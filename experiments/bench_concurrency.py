@@ -5,8 +5,13 @@ the 5,596 concepts scored on every token, activation and words-only side, hierar
 
 - `plain_tok_s`: transformers' `generate`, one greedy stream, no monitoring (the baseline);
 - `single_tok_s`: one monitored stream through the engine's batch scheduler;
-- `aggregate_tok_s_8`: eight monitored streams submitted at once (different prompts, seeds,
-  lengths), all tokens / wall time; `speedup_8` = aggregate / single; `p50_first_token_s_8`;
+- `aggregate_tok_s_8`: eight monitored streams submitted at once (different prompts and seeds,
+  seeded sampling), all tokens / wall time; `speedup_8` = aggregate / single; `p50_first_token_s_8`.
+  Every stream writes exactly `--tokens` tokens (`min_tokens`, as `plain` uses `min_new_tokens`
+  and vLLM's serving benchmark `ignore_eos`), so a stream that draws end-of-sequence early does
+  not make a round cheaper by chance;
+- `lm_head_ms`: the output projection alone for 1 and 8 rows, `F.linear` vs `hatcat.linear` (the
+  way the model runs it);
 - `analyze_texts_per_s_single` (64 short texts, one request each) vs `_batched` (one call, padded
   batches), `analyze_speedup`;
 - `identical_greedy`: a greedy request's tokens alone == inside a full batch of eight
@@ -35,6 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from experiments.machine import machine, now
 from hatcat.api.prompt import build_prompt
@@ -42,6 +48,7 @@ from hatcat.batching import Scheduler
 from hatcat.config import Settings
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings, encode_prompt
+from hatcat.linear import linear
 from hatcat.paths import RESULTS
 from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 
@@ -87,7 +94,8 @@ def concurrent(engine: Engine, texts: list[str], tokens: int) -> tuple[float, li
     (generated tokens / wall seconds, seconds to each stream's first token)."""
     start = time.perf_counter()
     generations = [
-        engine.generate(t, GenerationSettings(max_tokens=tokens, temperature=0.8, seed=i)) for i, t in enumerate(texts)
+        engine.generate(t, GenerationSettings(max_tokens=tokens, min_tokens=tokens, temperature=0.8, seed=i))
+        for i, t in enumerate(texts)
     ]
     first: list[float] = [0.0] * len(texts)
     counts = [0] * len(texts)
@@ -105,6 +113,23 @@ def concurrent(engine: Engine, texts: list[str], tokens: int) -> tuple[float, li
     for thread in threads:
         thread.join()
     return sum(counts) / (time.perf_counter() - start), first
+
+
+@torch.inference_mode()
+def lm_head_ms(engine: Engine, repeats: int = 5) -> dict[str, float]:
+    """Milliseconds (median) of the output projection alone for 1 and 8 rows, both ways."""
+    head = engine.model.get_output_embeddings()
+    out = {}
+    for rows in (1, 8):
+        x = torch.randn(rows, head.weight.shape[1], dtype=head.weight.dtype, device=head.weight.device)
+        for name, fn in (("F.linear", F.linear), ("hatcat.linear", linear)):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn(x, head.weight, head.bias).sum().item()  # .item(): wait for the device
+                times.append(time.perf_counter() - start)
+            out[f"{name}_{rows}"] = round(1000 * statistics.median(times), 2)
+    return out
 
 
 def drain(generations: list) -> list[list]:
@@ -240,6 +265,7 @@ def main() -> None:
         "analyze_texts_per_s_single": round(median["analyze_single"], 2),
         "analyze_texts_per_s_batched": round(median["analyze_batched"], 2),
         "analyze_speedup": round(median["analyze_batched"] / median["analyze_single"], 2),
+        "lm_head_ms": lm_head_ms(engine),
         **identity,
         "greedy_alone_vs_batch_of_8": flips,
         "runs": {k: [round(x, 3) for x in v] for k, v in runs.items()},

@@ -257,7 +257,7 @@ class Scheduler:
 
     def _prepare(self, row: _Row) -> None:
         """A row's sampler, decoder, stop holdback, words window and steering vectors (under the model)."""
-        row.sampler = _Sampler(row.settings, torch.tensor([row.prompt_ids], device=self.device))
+        row.sampler = _Sampler(row.settings, torch.tensor([row.prompt_ids], device=self.device), row.eos)
         row.detok = _Detokenizer(self.tokenizer)
         row.stops = _StopHoldback(row.settings.stop)
         try:

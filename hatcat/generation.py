@@ -45,6 +45,8 @@ from hatcat.tap import Edit, tap
 
 # OpenAI's ranges, so that the API layer can pass a request's fields straight through.
 MAX_TEMPERATURE = 2.0
+# The sampler's floor on temperature: below it any gap between float32 logits already gives probability 0.
+MIN_WARP_TEMPERATURE = 1e-30
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,9 @@ class GenerationSettings:
     temperature 0 means greedy decoding (argmax); top_k 0 turns top-k off; top_p 1 turns
     nucleus sampling off; repetition_penalty 1 is no penalty (HF semantics: a logit of a token
     already in the prompt or output is divided by it when positive, multiplied when negative);
-    seed None draws a fresh random seed; stop holds strings that end the text (not included).
+    seed None draws a fresh random seed; stop holds strings that end the text (not included);
+    min_tokens holds end-of-sequence tokens back until that many tokens are out (vLLM's
+    `min_tokens`; benchmarks use it for fixed-length streams).
     """
 
     max_tokens: int = 128
@@ -64,6 +68,7 @@ class GenerationSettings:
     repetition_penalty: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a single string, as OpenAI's `stop` also allows
@@ -85,6 +90,11 @@ class GenerationSettings:
                 "a number in (0, 10] (1 = off)",
             ),
             ("seed", self.seed is None or _is_int(self.seed), "an integer or null"),
+            (
+                "min_tokens",
+                _is_int(self.min_tokens) and 0 <= self.min_tokens <= self.max_tokens,
+                f"an integer in [0, max_tokens={self.max_tokens}]",
+            ),
             (
                 "stop",
                 isinstance(self.stop, tuple) and all(isinstance(s, str) and s for s in self.stop),
@@ -215,7 +225,7 @@ def _decode_loop(
     eos: set[int],
 ) -> Iterator[Event]:
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=device)
-    sampler = _Sampler(settings, input_ids)
+    sampler = _Sampler(settings, input_ids, eos)
     detok = _Detokenizer(tokenizer)
     stops = _StopHoldback(settings.stop)
     # Recent transformers name the KV-cache argument `cache` (`past_key_values` before).
@@ -267,12 +277,18 @@ def _forward(model: nn.Module, input_ids: torch.Tensor, cache: object, cache_kwa
 
 class _Sampler:
     """transformers' logits processors in HF's order (repetition penalty, temperature, top-k, top-p),
-    then argmax (greedy) or a seeded draw. The scores are shifted to a maximum of 0 and warped in
-    float64, so any accepted temperature or penalty gives scores that are finite or -inf, never NaN."""
+    then argmax (greedy) or a seeded draw. The scores are shifted to a maximum of 0 before warping
+    and the temperature is floored at `MIN_WARP_TEMPERATURE`, so any accepted temperature or penalty
+    gives scores that are finite or -inf, never NaN. `eos` ids are held back for the first
+    `settings.min_tokens` draws."""
 
-    def __init__(self, settings: GenerationSettings, prompt: torch.Tensor) -> None:
+    def __init__(
+        self, settings: GenerationSettings, prompt: torch.Tensor, eos: set[int] | frozenset = frozenset()
+    ) -> None:
         self.settings = settings
         self.ids = prompt  # [1, n]: the prompt and the output so far (read by the repetition penalty)
+        self.eos = torch.tensor(sorted(eos), dtype=torch.long, device=prompt.device)
+        self.drawn = 0
         self.penalty = (
             RepetitionPenaltyLogitsProcessor(float(settings.repetition_penalty))
             if settings.repetition_penalty != 1.0
@@ -280,7 +296,7 @@ class _Sampler:
         )
         self.warpers = LogitsProcessorList()
         if not settings.greedy:
-            self.warpers.append(TemperatureLogitsWarper(float(settings.temperature)))
+            self.warpers.append(TemperatureLogitsWarper(max(float(settings.temperature), MIN_WARP_TEMPERATURE)))
             if settings.top_k:
                 self.warpers.append(TopKLogitsWarper(settings.top_k))
             if settings.top_p < 1.0:
@@ -295,7 +311,9 @@ class _Sampler:
     def draw(self, logits: torch.Tensor) -> torch.Tensor:
         """The next token as a [1, 1] tensor, without waiting for the device: a batch draws every
         row's token, then reads them all at once."""
-        scores = logits[None]
+        scores = logits[None].float()
+        if self.drawn < self.settings.min_tokens and self.eos.numel():
+            scores = scores.index_fill(1, self.eos, float("-inf"))
         if self.penalty is not None:
             # a tiny penalty overflows positive logits to inf: keep them finite so the shift stays a number
             bound = torch.finfo(scores.dtype).max
@@ -303,15 +321,24 @@ class _Sampler:
         if self.settings.greedy:
             token = scores.argmax(-1, keepdim=True)
         else:
-            scores = scores.double()
             scores = self.warpers(self.ids, scores - scores.max())
-            token = torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=self.generator)
+            token = _inverse_cdf(torch.softmax(scores, dim=-1), self.generator)
         if self.penalty is not None:
             self.ids = torch.cat([self.ids, token.to(self.ids.device)], dim=1)
+        self.drawn += 1
         return token
 
     def sample(self, logits: torch.Tensor) -> int:
         return int(self.draw(logits).item())
+
+
+def _inverse_cdf(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw [1, 1] from `probs` [1, V]: the first token whose cumulative probability (summed in
+    float64) exceeds a seeded uniform. Exact, and a twentieth of `torch.multinomial`'s cost over a
+    262k vocabulary (which draws an exponential per token); tokens of probability 0 are never drawn."""
+    cdf = probs[0].double().cumsum(0)
+    u = torch.rand(1, dtype=cdf.dtype, device=cdf.device, generator=generator) * cdf[-1]
+    return torch.searchsorted(cdf, u, right=True).clamp_(max=cdf.numel() - 1)[None]
 
 
 class _Detokenizer:

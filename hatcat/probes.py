@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hatcat.errors import HatCatError
+from hatcat.linear import linear
 from hatcat.paths import model_slug, sha256_file
 
 FORMAT = 2  # 2: control-standardised scores, divergence_scale (capped residual), control-FPR thresholds
@@ -272,11 +273,11 @@ class ProbeBank:
 
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         """Activation probabilities for hidden states [..., d] -> [..., N]."""
-        return torch.sigmoid(hidden.float() @ self.act_weight.T + self.act_bias)
+        return torch.sigmoid(linear(hidden.float(), self.act_weight, self.act_bias))
 
     def scores(self, hidden: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(activation, words-only, divergence), each [..., N]: one matmul per side."""
-        act = hidden.float() @ self.act_weight.T + self.act_bias
-        text = embedding.float() @ self.text_weight.T + self.text_bias
+        act = linear(hidden.float(), self.act_weight, self.act_bias)
+        text = linear(embedding.float(), self.text_weight, self.text_bias)
         div = torch.tanh((torch.minimum(act, self.act_cap) - text) / self.divergence_scale)
         return torch.sigmoid(act), torch.sigmoid(text), div

@@ -1,5 +1,5 @@
 """Request and response models, fields in the order of OpenAI's API reference; HatCat's
-extensions (`session_id`, `top_k`, `repetition_penalty`, `include_analysis`) come last.
+extensions (`session_id`, `top_k`, `repetition_penalty`, `min_tokens`, `include_analysis`) come last.
 
 Bounds live on the fields so that a bad value is a 400 naming the field and the OpenAPI
 document tells clients (and the fuzzer) what is allowed. `max_tokens`' upper bound is a
@@ -90,6 +90,7 @@ class ChatCompletionRequest(_Request):
     # HatCat extensions
     top_k: int = Field(0, ge=0, le=1000, description="0 = off")
     repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="1 = off")
+    min_tokens: int = Field(0, ge=0, description="end-of-sequence held back until this many tokens (vLLM's)")
     session_id: SessionId = DEFAULT_SESSION
     include_analysis: bool = Field(
         True, description="stream the response-level analysis line as content after the last token"

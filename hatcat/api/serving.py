@@ -86,6 +86,7 @@ def generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationSe
         top_k=body.top_k,
         repetition_penalty=body.repetition_penalty,
         seed=body.seed,
+        min_tokens=body.min_tokens,
         stop=(body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ()),
     )
 
