@@ -14,7 +14,8 @@ tokens (a linear probe's mean score is its score of the mean state):
 (b) words only: the pack's words-only detectors, and in-distribution probes on the words features;
 (c) in-distribution probes fitted on the dev scenes themselves, cross-validated by text: fold i
     holds out the i-th scene of every concept (`text_folds`), so no text is in both parts of a split
-    and each concept trains on its other five scenes;
+    and each concept trains on its other five scenes; a learning curve trains on 1-5 of them
+    (`text_splits`) to show whether five scenes per concept are what holds the probe back;
 (d) the pack's 42 scores recombined: the same cross-validated logistic read-out on the pack's
     standardised scores (does the pack hold the information but scale or mix it badly?).
 Estimators (scikit-learn, fixed before the run, nothing tuned): difference of means (LDA with
@@ -22,6 +23,8 @@ shrinkage 1, i.e. identity covariance), shrunk LDA (shrinkage 0.2, the pack's), 
 logistic regression (C=1), each after standardising the features on the training part; scores are
 cross-validated log posteriors. If (c) is far above (a), the states support the targets and the
 limit is the ontology-derived training text; if (c) is close to (a), block-15 states limit it.
+Top-1 errors are listed with the share that lands on an ancestor or descendant of the right concept
+(e.g. Murder read as CriminalAction: the labels overlap, not the states).
 """
 
 from __future__ import annotations
@@ -30,19 +33,24 @@ import argparse
 import json
 import sys
 import time
+import warnings
+from collections import Counter
 
 import numpy as np
 import torch
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import PredefinedSplit, cross_val_predict
+from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from experiments.recipe_compare import Features, WordsOnly, read_outs, scene_labels, scene_scores
 from experiments.recipe_data import TAP_LAYER, dev_scenes
+from hatcat.concepts import load_pack
 from hatcat.config import Settings
 from hatcat.paths import RESULTS, ROOT
+from hatcat.train import DEFAULT_MELDS
+from hatcat.training.prompts import related
 from hatcat.training.recipe import control_texts
 from hatcat.training.run import pack_directions
 from hatcat.training.states import TokenStateCache, extract_states
@@ -51,6 +59,7 @@ OUT = RESULTS / "probe_ceiling.json"
 PACK = ROOT / "probes" / "gemma-3-270m" / "sumo-wordnet-v1+safety-v1"
 POOLS = ("last", "mean")
 BOOTSTRAP = 2000
+CURVE = (1, 2, 3, 4, 5)  # training scenes per concept in the learning curve
 
 ESTIMATORS = {
     "dom": lambda: LinearDiscriminantAnalysis(solver="lsqr", shrinkage=1.0),
@@ -66,10 +75,22 @@ def text_folds(scenes: dict[str, list[str]]) -> np.ndarray:
     return np.array([first.setdefault(t, i) for texts in scenes.values() for i, t in enumerate(texts)])
 
 
-def cv_log_posteriors(x: np.ndarray, label: np.ndarray, folds: np.ndarray, method: str) -> np.ndarray:
+def text_splits(folds: np.ndarray, k: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, held out) index pairs, one per fold: fold i is held out and the probe trains on the
+    other folds, or with `k` on the k folds after i (cyclically): k scenes per concept."""
+    n = int(folds.max()) + 1
+    train_folds = lambda i: [j for j in range(n) if j != i] if k is None else [(i + 1 + j) % n for j in range(k)]
+    return [(np.flatnonzero(np.isin(folds, train_folds(i))), np.flatnonzero(folds == i)) for i in range(n)]
+
+
+def cv_log_posteriors(
+    x: np.ndarray, label: np.ndarray, folds: np.ndarray, method: str, k: int | None = None
+) -> np.ndarray:
     """Held-out log posteriors [n_texts, n_concepts]: every text scored by a probe fitted without it."""
     model = make_pipeline(StandardScaler(), ESTIMATORS[method]())
-    return cross_val_predict(model, x, label, cv=PredefinedSplit(folds), method="predict_log_proba")
+    with warnings.catch_warnings():  # one scene per concept (k=1) is as many classes as rows: intended
+        warnings.filterwarnings("ignore", "The number of unique classes", UserWarning)
+        return cross_val_predict(model, x, label, cv=text_splits(folds, k), method="predict_log_proba")
 
 
 def pool_states(states: list[torch.Tensor]) -> dict[str, np.ndarray]:
@@ -87,6 +108,19 @@ def top1_gain(s: np.ndarray, base: np.ndarray, label: np.ndarray, rng: np.random
     return {
         "diff": round(float(diff.mean()), 4),
         "ci95": [round(float(q), 4) for q in np.quantile(boot, [0.025, 0.975])],
+    }
+
+
+def confusions(s: np.ndarray, label: np.ndarray, dev: list[str], pack) -> dict:
+    """Top-1 errors: how many, the share whose guess is an ancestor or descendant of the right concept,
+    and the most frequent (right, guessed) pairs."""
+    pred = s.argmax(1)
+    wrong = [(dev[t], dev[p]) for t, p in zip(label, pred) if t != p]
+    overlap = [g in related(pack, c) for c, g in wrong]
+    return {
+        "errors": len(wrong),
+        "share_to_ancestor_or_descendant": round(float(np.mean(overlap)), 4) if wrong else 0.0,
+        "most_common": [[c, g, n] for (c, g), n in Counter(wrong).most_common(10)],
     }
 
 
@@ -127,34 +161,44 @@ def main(argv: list[str] | None = None) -> int:
     pack_words = read_outs(*pack_directions(str(PACK), dev, side="text"), f.text, texts, words_ctl)
     del ctl, words_ctl
 
-    def probes(features: dict[str, np.ndarray]) -> dict:
+    scores: dict[tuple[str, str, str], np.ndarray] = {}  # (block or "words", method, read-out) -> held-out scores
+
+    def probes(name: str, features: dict[str, np.ndarray]) -> dict:
         out = {}
         for method in ESTIMATORS:
             out[method] = {}
             for pool in POOLS:
-                s = cv_log_posteriors(features[pool], label, folds, method)
+                s = scores[name, method, pool] = cv_log_posteriors(features[pool], label, folds, method)
                 out[method][pool] = {
                     **scene_scores(s, label, dev),
                     "top1_minus_pack": top1_gain(s, pack[pool], label, rng),
                 }
-            print(method, {p: (out[method][p]["mean_auroc"], out[method][p]["top1"]) for p in POOLS}, flush=True)
+            print(name, method, {p: (out[method][p]["mean_auroc"], out[method][p]["top1"]) for p in POOLS}, flush=True)
         return out
 
-    print("(b) words-only features", flush=True)
-    words_cv = probes(pool_states([f.text(t) for t in texts]))
-    in_distribution = {}
-    for layer in args.layers:
-        print(f"(c) block {layer}", flush=True)
-        in_distribution[str(layer)] = probes(pool_states(states[layer]))
+    words_cv = probes("words", pool_states([f.text(t) for t in texts]))
+    in_distribution = {str(layer): probes(str(layer), pool_states(states[layer])) for layer in args.layers}
+    best = max(
+        ((layer, m, p) for layer, rows in in_distribution.items() for m in rows for p in POOLS),
+        key=lambda k: in_distribution[k[0]][k[1]][k[2]]["mean_auroc"] + in_distribution[k[0]][k[1]][k[2]]["top1"],
+    )
+    curve = {}
+    for layer in dict.fromkeys([str(TAP_LAYER), best[0]]):
+        x = pool_states(states[int(layer)])[best[2]]
+        curve[layer] = {
+            k: scene_scores(
+                scores[layer, best[1], best[2]] if k == max(CURVE) else cv_log_posteriors(x, label, folds, best[1], k),
+                label,
+                dev,
+            )
+            for k in CURVE
+        }
+        print(f"learning curve, block {layer}:", {k: (r["mean_auroc"], r["top1"]) for k, r in curve[layer].items()})
     recombined = {}
     for pool in POOLS:
         s = cv_log_posteriors(pack[pool], label, folds, "logistic")
         recombined[pool] = {**scene_scores(s, label, dev), "top1_minus_pack": top1_gain(s, pack[pool], label, rng)}
-
-    best_layer, best_method, best_pool = max(
-        ((layer, m, p) for layer, rows in in_distribution.items() for m in rows for p in POOLS),
-        key=lambda k: in_distribution[k[0]][k[1]][k[2]]["mean_auroc"] + in_distribution[k[0]][k[1]][k[2]]["top1"],
-    )
+    ontology = load_pack(None, melds=DEFAULT_MELDS)
     doc = {
         "command": "nice -n 19 python -m experiments.probe_ceiling --layers " + " ".join(map(str, args.layers)),
         "data": "dev only: data/eval/natural_scenes.yaml (42 concepts x 6 scenes, HatCat authors); pack scores "
@@ -171,11 +215,20 @@ def main(argv: list[str] | None = None) -> int:
         },
         "c_in_distribution_cv": in_distribution,
         "d_pack_scores_recombined_cv": recombined,
+        "learning_curve": {
+            "what": f"the best in-distribution probe ({best[1]}, {best[2]} read-out) trained on k scenes per concept "
+            "(k = 1..5), scored on the same held-out texts; per block",
+            **curve,
+        },
         "best_in_distribution": {
-            "layer": int(best_layer),
-            "method": best_method,
-            "read_out": best_pool,
-            **in_distribution[best_layer][best_method][best_pool],
+            "layer": int(best[0]),
+            "method": best[1],
+            "read_out": best[2],
+            **in_distribution[best[0]][best[1]][best[2]],
+        },
+        "top1_errors": {
+            "a_shipped_pack_mean": confusions(pack["mean"], label, dev, ontology),
+            "best_in_distribution": confusions(scores[best], label, dev, ontology),
         },
         "seconds": round(time.time() - t0, 1),
     }

@@ -170,6 +170,26 @@ def speed_rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def ceiling_rows() -> list[tuple[str, str, str, str]]:
+    """Dev scenes: the shipped pack against probes fitted on the scenes themselves (what limits recognition)."""
+    pc = _load("probe_ceiling.json")
+    if pc is None:
+        return []
+    best = pc["best_in_distribution"]
+    pack, words = pc["a_shipped_pack"][best["read_out"]], pc["b_words_only"]["pack_detectors"][best["read_out"]]
+    show = lambda r: (
+        f"{_f(r['mean_auroc'])} / {_f(r['top1'])} (emotions {_f(r['emotions']['mean_auroc'])} / {_f(r['emotions']['top1'])})"
+    )
+    return [
+        (
+            f"Dev scenes, {best['read_out']} read-out, AUROC / top-1: shipped pack; probe fitted on the scenes (CV by text, block {best['layer']}, {best['method']}); words only",
+            f"{show(pack)}; {show(best)}; {_f(words['mean_auroc'])} / {_f(words['top1'])}",
+            "",
+            "`python -m experiments.probe_ceiling`",
+        )
+    ]
+
+
 def signal_rows() -> list[tuple[str, str, str, str]]:
     """Signal validity of the shipped pack through /v1/analyze (test once, dev where marked), and
     the recipe comparison it was chosen by."""
@@ -195,6 +215,7 @@ def signal_rows() -> list[tuple[str, str, str, str]]:
                 cmd,
             )
         )
+    out += ceiling_rows()
     ev = _load("signal_eval.json")
     cmd = "`python -m experiments.signal_eval`"
     if ev is None:

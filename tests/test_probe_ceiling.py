@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import PredefinedSplit
+import pytest
 
-from experiments.probe_ceiling import cv_log_posteriors, text_folds
+from experiments.probe_ceiling import cv_log_posteriors, text_folds, text_splits
 from experiments.recipe_data import dev_scenes
 
 
-def test_no_dev_scene_is_in_both_the_training_and_the_held_out_part_of_a_fold() -> None:
+@pytest.mark.parametrize("k", [None, 1, 3, 5])
+def test_no_dev_scene_is_in_both_the_training_and_the_held_out_part_of_a_fold(k: int | None) -> None:
     scenes = dev_scenes()
     texts = np.array([t for ts in scenes.values() for t in ts])
     owner = np.array([c for c, ts in scenes.items() for _ in ts])
-    for train, test in PredefinedSplit(text_folds(scenes)).split(texts):
+    splits = text_splits(text_folds(scenes), k)
+    assert sorted(np.concatenate([test for _, test in splits]).tolist()) == list(range(len(texts)))  # each once
+    for train, test in splits:
         assert not set(texts[train]) & set(texts[test])
-        assert set(owner[train]) == set(scenes)  # every concept still has training scenes
-        assert len(set(owner[test])) == len(owner[test])  # one held-out scene per concept
+        assert set(owner[test]) == set(scenes) and len(test) == len(scenes)  # one held-out scene per concept
+        per_concept = np.unique(owner[train], return_counts=True)[1]
+        assert len(per_concept) == len(scenes) and set(per_concept) == {k or 5}  # k (else all 5 others) each
 
 
 def test_a_repeated_text_keeps_the_fold_of_its_first_occurrence() -> None:
