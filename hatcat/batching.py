@@ -51,6 +51,7 @@ from hatcat.generation import (
     _Detokenizer,
     _Sampler,
     _StopHoldback,
+    draw_rows,
     encode_prompt,
     stop_token_ids,
 )
@@ -321,8 +322,8 @@ class Scheduler:
         """Score every monitored row in one pass per monitor, then sample, detokenize and stop per row."""
         records = self._score(rows, hidden)
         live = [i for i, row in enumerate(rows) if not (row.done or row.cancelled.is_set())]
-        # every row's token drawn first, then read in one transfer: one device sync per step, not one per row
-        drawn = torch.cat([rows[i].sampler.draw(logits[i]) for i in live]).flatten().tolist() if live else []
+        # every row's token drawn together, then read in one transfer: one device sync per step, not one per row
+        drawn = draw_rows([rows[i].sampler for i in live], logits[live]).tolist() if live else []
         for i, token in zip(live, drawn):
             row = rows[i]
             row.generated += 1
