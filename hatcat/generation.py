@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from tokenizers.decoders import DecodeStream
 from torch import nn
 from transformers import (
@@ -354,27 +355,37 @@ def draw_rows(samplers: list[_Sampler], logits: torch.Tensor) -> torch.Tensor:
     if warm:
         rows = scores[warm]
         temperature = rows.new_tensor([[max(samplers[i].settings.temperature, MIN_WARP_TEMPERATURE)] for i in warm])
-        probs = torch.softmax((rows - rows.amax(-1, keepdim=True)) / temperature, dim=-1)
-        tokens[warm] = _inverse_cdf(probs, [samplers[i].generator for i in warm])
+        weights = torch.exp((rows - rows.amax(-1, keepdim=True)) / temperature)  # softmax, unnormalised
+        tokens[warm] = _inverse_cdf(weights, [samplers[i].generator for i in warm])
     for i, sampler in enumerate(samplers):
         if not sampler.plain:
             warped = sampler._warped(scores[i : i + 1])
             if sampler.settings.greedy:
                 tokens[i] = warped.argmax()
             else:
-                tokens[i] = _inverse_cdf(torch.softmax(warped, dim=-1), [sampler.generator])[0]
+                tokens[i] = _inverse_cdf(torch.exp(warped), [sampler.generator])[0]
         sampler._drew(tokens[i])
     return tokens
 
 
-def _inverse_cdf(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One draw per row [b] from `probs` [b, V]: the first token whose cumulative probability (summed
-    in float64) exceeds the row's seeded uniform. Exact, and a twentieth of `torch.multinomial`'s
-    cost over a 262k vocabulary (which draws an exponential per token); tokens of probability 0 are
-    never drawn."""
-    cdf = probs.double().cumsum(-1)
-    u = torch.cat([torch.rand(1, dtype=cdf.dtype, device=cdf.device, generator=g) for g in generators])
-    return torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True)[:, 0].clamp_(max=cdf.shape[1] - 1)
+def _inverse_cdf(weights: torch.Tensor, generators: list[torch.Generator], block: int = 512) -> torch.Tensor:
+    """One draw per row [b] with probability proportional to `weights` [b, V] (>= 0, finite, a
+    positive one per row): the first token whose cumulative weight exceeds the row's seeded uniform
+    share of the total. Exact (sums in float64), never a token of weight 0, and a fortieth of
+    `torch.multinomial`'s cost over a 262k vocabulary (which draws an exponential per token): the
+    cumulative sum runs over `block`-token block totals, then inside the one block drawn."""
+    rows, vocab = weights.shape
+    blocks = F.pad(weights, (0, -vocab % block)).view(rows, -1, block)
+    totals = blocks.sum(-1, dtype=torch.float64).cumsum(-1)  # [b, blocks]
+    u = torch.cat([torch.rand(1, dtype=totals.dtype, device=totals.device, generator=g) for g in generators])
+    share = u * totals[:, -1]
+    k = torch.searchsorted(totals, share[:, None], right=True)[:, 0].clamp_(max=totals.shape[1] - 1)
+    before = torch.where(k > 0, totals.gather(1, (k - 1).clamp(min=0)[:, None])[:, 0], 0.0)
+    inside = blocks[torch.arange(rows, device=k.device), k].double().cumsum(-1)  # [b, block]
+    j = torch.searchsorted(inside, (share - before)[:, None], right=True)[:, 0]
+    # float rounding can put the share past the block's own sum: then the block's last token of weight > 0
+    last = (inside < inside[:, -1:]).sum(-1)
+    return k * block + torch.minimum(j, last)
 
 
 class _Detokenizer:

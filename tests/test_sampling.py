@@ -51,13 +51,15 @@ def test_a_seed_repeats_its_draws() -> None:
     assert [first.sample(logits) for _ in range(20)] == [second.sample(logits) for _ in range(20)]
 
 
-def test_draws_follow_the_softmax_of_the_scaled_logits() -> None:
-    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf")])
+@pytest.mark.parametrize("at", [(0, 1, 2, 3), (3, 511, 512, 4095)], ids=["one-block", "across-blocks"])
+def test_draws_follow_the_softmax_of_the_scaled_logits(at: tuple[int, ...]) -> None:
+    logits = torch.full((4096,), float("-inf"))  # probability 0 everywhere else: never drawn
+    logits[list(at)] = torch.tensor([2.0, 1.0, 0.0, -1.0])
     sampler = _Sampler(GenerationSettings(temperature=0.5, seed=4), torch.tensor([[1]]))
-    counts = torch.bincount(torch.tensor([sampler.sample(logits) for _ in range(20_000)]), minlength=5)
-    expected = torch.softmax(logits / 0.5, dim=0) * 20_000
-    assert counts[4] == 0  # probability 0 is never drawn
-    chi2 = float(((counts[:4] - expected[:4]) ** 2 / expected[:4]).sum())
+    counts = torch.bincount(torch.tensor([sampler.sample(logits) for _ in range(20_000)]), minlength=4096)
+    assert int(counts.sum() - counts[list(at)].sum()) == 0
+    expected = torch.softmax(logits[list(at)] / 0.5, dim=0) * 20_000
+    chi2 = float(((counts[list(at)] - expected) ** 2 / expected).sum())
     assert chi2 < 16.3  # 3 degrees of freedom, p = 0.001
 
 
