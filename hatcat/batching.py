@@ -56,7 +56,7 @@ from hatcat.generation import (
     stop_token_ids,
 )
 from hatcat.model import check_context, context_length
-from hatcat.monitor import Monitor, TextWindow, TokenRecord, summarise
+from hatcat.monitor import Monitor, TextWindow, TokenRecord, mean_embeddings, summarise
 from hatcat.pipeline import MonitoredFinish, MonitoredToken
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.tap import Tap, tap
@@ -263,7 +263,7 @@ class Scheduler:
         row.stops = _StopHoldback(row.settings.stop)
         try:
             if row.monitor is not None:
-                row.window = TextWindow(self.model.get_input_embeddings())
+                row.window = TextWindow()
                 row.window.push([i for i in row.prompt_ids if i != self.tokenizer.bos_token_id])  # words only
                 for steering in row.steerings:
                     layer, vector = row.vectors.vector(steering)
@@ -358,7 +358,7 @@ class Scheduler:
         for index in by_monitor.values():
             monitor = rows[index[0]].monitor
             states = hidden[monitor.bank.tap_layer][index]  # [b, d]
-            windows = torch.stack([rows[i].window.mean() for i in index])
+            windows = mean_embeddings(self.model.get_input_embeddings(), [rows[i].window for i in index])
             act, text, div = monitor.bank.scores(states, windows)
             scored = monitor.records(act, text, div, [""] * len(index), [rows[i].generated for i in index])
             records.update(zip(index, scored))

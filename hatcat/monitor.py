@@ -180,21 +180,25 @@ def _any_at(flags: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor]) -> to
 
 
 class TextWindow:
-    """Mean input embedding of the last `size` tokens read, updated one token at a time."""
+    """The ids of the last `size` tokens read, updated one token at a time; `mean_embeddings` turns
+    windows into the mean input embedding the words-only side reads."""
 
-    def __init__(self, embed: torch.nn.Module, size: int = TEXT_WINDOW) -> None:
-        self.embed = embed
-        self.rows: deque[torch.Tensor] = deque(maxlen=size)
+    def __init__(self, size: int = TEXT_WINDOW) -> None:
+        self.ids: deque[int] = deque(maxlen=size)
 
     def push(self, token_ids: list[int]) -> None:
-        if token_ids:
-            ids = torch.tensor(token_ids[-self.rows.maxlen :], device=self.embed.weight.device)
-            self.rows.extend(self.embed(ids).float())
+        self.ids.extend(token_ids)
 
-    def mean(self) -> torch.Tensor:
-        if not self.rows:  # nothing read yet: the zero vector (words say nothing)
-            return torch.zeros(self.embed.weight.shape[1], device=self.embed.weight.device)
-        return torch.stack(tuple(self.rows)).mean(0)
+
+def mean_embeddings(embed: torch.nn.Module, windows: list[TextWindow]) -> torch.Tensor:
+    """[len(windows), d]: each window's mean input embedding (zeros for an empty window: words say
+    nothing yet), from one embedding lookup for all of them (one copy to the device per step)."""
+    width = max([len(w.ids) for w in windows] + [1])
+    ids = torch.tensor([[*w.ids] + [0] * (width - len(w.ids)) for w in windows], device=embed.weight.device)
+    counts = torch.tensor([len(w.ids) for w in windows], device=ids.device)
+    real = torch.arange(width, device=ids.device)[None, :] < counts[:, None]  # [b, width]
+    vectors = embed(ids).float() * real[..., None]
+    return vectors.sum(1) / counts.clamp(min=1)[:, None]
 
 
 def window_means(embeddings: torch.Tensor, size: int = TEXT_WINDOW) -> torch.Tensor:
