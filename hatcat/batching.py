@@ -51,11 +51,12 @@ from hatcat.generation import (
     _Detokenizer,
     _Sampler,
     _StopHoldback,
+    draw_rows,
     encode_prompt,
     stop_token_ids,
 )
 from hatcat.model import check_context, context_length
-from hatcat.monitor import Monitor, TextWindow, TokenRecord, summarise
+from hatcat.monitor import Monitor, TextWindow, TokenRecord, mean_embeddings, summarise
 from hatcat.pipeline import MonitoredFinish, MonitoredToken
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.tap import Tap, tap
@@ -262,7 +263,7 @@ class Scheduler:
         row.stops = _StopHoldback(row.settings.stop)
         try:
             if row.monitor is not None:
-                row.window = TextWindow(self.model.get_input_embeddings())
+                row.window = TextWindow()
                 row.window.push([i for i in row.prompt_ids if i != self.tokenizer.bos_token_id])  # words only
                 for steering in row.steerings:
                     layer, vector = row.vectors.vector(steering)
@@ -321,8 +322,8 @@ class Scheduler:
         """Score every monitored row in one pass per monitor, then sample, detokenize and stop per row."""
         records = self._score(rows, hidden)
         live = [i for i, row in enumerate(rows) if not (row.done or row.cancelled.is_set())]
-        # every row's token drawn first, then read in one transfer: one device sync per step, not one per row
-        drawn = torch.cat([rows[i].sampler.draw(logits[i]) for i in live]).flatten().tolist() if live else []
+        # every row's token drawn together, then read in one transfer: one device sync per step, not one per row
+        drawn = draw_rows([rows[i].sampler for i in live], logits[live]).tolist() if live else []
         for i, token in zip(live, drawn):
             row = rows[i]
             row.generated += 1
@@ -357,7 +358,7 @@ class Scheduler:
         for index in by_monitor.values():
             monitor = rows[index[0]].monitor
             states = hidden[monitor.bank.tap_layer][index]  # [b, d]
-            windows = torch.stack([rows[i].window.mean() for i in index])
+            windows = mean_embeddings(self.model.get_input_embeddings(), [rows[i].window for i in index])
             act, text, div = monitor.bank.scores(states, windows)
             scored = monitor.records(act, text, div, [""] * len(index), [rows[i].generated for i in index])
             records.update(zip(index, scored))

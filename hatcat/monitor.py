@@ -141,19 +141,25 @@ class Monitor:
         rows = torch.stack([top_act, text.gather(1, top_idx), top_div], dim=-1)
         # the colour: the divergence of largest magnitude among the reported concepts that fired
         fired_div = torch.where(top_act >= self.thresholds[top_idx], top_div, torch.zeros_like(top_div))
-        colour_of = fired_div.gather(1, fired_div.abs().argmax(1, keepdim=True))[:, 0].cpu().tolist()
-        # two small copies to the host for the whole batch: the k reported rows and their indices
-        rows_host, idx_host = rows.cpu().tolist(), top_idx.cpu().tolist()
+        colour_of = fired_div.gather(1, fired_div.abs().argmax(1, keepdim=True))[:, 0]
+        # three small copies to the host for the whole batch, rounded there (not per number in Python):
+        # the k reported rows, their indices and each token's colour
+        rows_host, idx_host = _rounded(rows), top_idx.cpu().tolist()
+        names, layers = self.bank.concepts, self.layer_of
         records = []
-        for t, token in enumerate(tokens):
+        for t, (token, top) in enumerate(zip(tokens, _rounded(colour_of))):
             concepts = tuple(
-                ConceptScore(self.bank.concepts[i], self.layer_of[i], round(a, 4), round(s, 4), round(d, 4))
+                ConceptScore(names[i], layers[i], a, s, d)
                 for i, (a, s, d) in zip(idx_host[t], rows_host[t])
                 if a >= 0  # -1 marks a concept that was not a candidate
             )
-            top = round(colour_of[t], 4)
             records.append(TokenRecord(indices[t], token, concepts, top, divergence_colour(top)))
         return records
+
+
+def _rounded(values: torch.Tensor) -> list:
+    """`values` as nested Python floats rounded to 4 decimals (in float64, as `round(x, 4)` would)."""
+    return values.double().round(decimals=4).cpu().tolist()
 
 
 def _edges(lists: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,21 +180,25 @@ def _any_at(flags: torch.Tensor, edges: tuple[torch.Tensor, torch.Tensor]) -> to
 
 
 class TextWindow:
-    """Mean input embedding of the last `size` tokens read, updated one token at a time."""
+    """The ids of the last `size` tokens read, updated one token at a time; `mean_embeddings` turns
+    windows into the mean input embedding the words-only side reads."""
 
-    def __init__(self, embed: torch.nn.Module, size: int = TEXT_WINDOW) -> None:
-        self.embed = embed
-        self.rows: deque[torch.Tensor] = deque(maxlen=size)
+    def __init__(self, size: int = TEXT_WINDOW) -> None:
+        self.ids: deque[int] = deque(maxlen=size)
 
     def push(self, token_ids: list[int]) -> None:
-        if token_ids:
-            ids = torch.tensor(token_ids[-self.rows.maxlen :], device=self.embed.weight.device)
-            self.rows.extend(self.embed(ids).float())
+        self.ids.extend(token_ids)
 
-    def mean(self) -> torch.Tensor:
-        if not self.rows:  # nothing read yet: the zero vector (words say nothing)
-            return torch.zeros(self.embed.weight.shape[1], device=self.embed.weight.device)
-        return torch.stack(tuple(self.rows)).mean(0)
+
+def mean_embeddings(embed: torch.nn.Module, windows: list[TextWindow]) -> torch.Tensor:
+    """[len(windows), d]: each window's mean input embedding (zeros for an empty window: words say
+    nothing yet), from one embedding lookup for all of them (one copy to the device per step)."""
+    width = max([len(w.ids) for w in windows] + [1])
+    ids = torch.tensor([[*w.ids] + [0] * (width - len(w.ids)) for w in windows], device=embed.weight.device)
+    counts = torch.tensor([len(w.ids) for w in windows], device=ids.device)
+    real = torch.arange(width, device=ids.device)[None, :] < counts[:, None]  # [b, width]
+    vectors = embed(ids).float() * real[..., None]
+    return vectors.sum(1) / counts.clamp(min=1)[:, None]
 
 
 def window_means(embeddings: torch.Tensor, size: int = TEXT_WINDOW) -> torch.Tensor:

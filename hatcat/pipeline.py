@@ -18,7 +18,15 @@ from dataclasses import dataclass
 import torch
 
 from hatcat.generation import Finished, GenerationSettings, TokenStep, encode_prompt, generate
-from hatcat.monitor import Monitor, ResponseSummary, TextWindow, TokenRecord, summarise, window_means
+from hatcat.monitor import (
+    Monitor,
+    ResponseSummary,
+    TextWindow,
+    TokenRecord,
+    mean_embeddings,
+    summarise,
+    window_means,
+)
 from hatcat.steering import Steering, SteeringVectors, steered
 from hatcat.tap import hidden_at
 
@@ -45,11 +53,10 @@ def monitored_generation(
     steerings: list[Steering] = (),
 ) -> Iterator[MonitoredToken | MonitoredFinish]:
     """Generate with steering applied and every token monitored; the caller holds the engine lock."""
-    window = TextWindow(model.get_input_embeddings())
-    with torch.inference_mode():
-        window.push(
-            [i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id]
-        )  # words only, as in training
+    embed, window = model.get_input_embeddings(), TextWindow()
+    window.push(
+        [i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id]
+    )  # words only, as in training
     records: list[TokenRecord] = []
     with steered(model, vectors, list(steerings)):
         for event in generate(model, tokenizer, prompt, settings, monitor.bank.tap_layer):
@@ -58,7 +65,8 @@ def monitored_generation(
                 return
             # inference mode per token, never across a yield (as in generate): the consumer's code stays outside it
             with torch.inference_mode():
-                record = monitor.score(event.hidden[None], window.mean()[None], [event.text], start=event.index)[0]
+                words = mean_embeddings(embed, [window])
+                record = monitor.score(event.hidden[None], words, [event.text], start=event.index)[0]
                 window.push([event.token_id])
             records.append(record)
             yield MonitoredToken(event, record)
