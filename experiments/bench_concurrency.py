@@ -223,10 +223,12 @@ def main() -> None:
         raise SystemExit("the benchmark needs the shipped probe pack (or HATCAT_PROBE_PACK)")
     texts = prompts(engine)
     short = (SHORT_TEXTS * (args.texts // len(SHORT_TEXTS) + 1))[: args.texts]
-    # warm-up, every way once with short outputs: first forwards allocate, the scheduler thread
-    # starts, and a GPU meets each batch shape once (an H100's first round ran at a third of the rate)
-    plain(engine, texts[0], 8)
-    concurrent(engine, texts, 8)
+    # warm-up, every way once at full length: first forwards allocate, the scheduler thread starts,
+    # and a GPU meets each batch shape and cache length once (with 8-token warm-ups the H200's first
+    # measured round still ran at half the rate of the second)
+    plain(engine, texts[0], args.tokens)
+    concurrent(engine, texts[:1], args.tokens)
+    concurrent(engine, texts, args.tokens)
     analyze_rate(engine, short, batched=False)
     analyze_rate(engine, short, batched=True)
     runs: dict[str, list[float]] = {

@@ -93,6 +93,8 @@ def main() -> None:
         "monitored": lambda: monitored(engine, n),
         "reference": lambda: reference(engine.model, engine.tokenizer, probes, engine.bank.tap_layer, n),
     }
+    for fn in ways.values():  # every way once unmeasured: a GPU's first pass over new shapes runs far slower
+        fn()
     speed: dict[str, list[float]] = {name: [] for name in ways}
     load_before = os.getloadavg()  # on a shared machine absolute rates move with the neighbours
     for _ in range(args.repeats):  # interleaved, so drift in machine speed hits every way alike
