@@ -44,7 +44,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from experiments.recipe_compare import Features, WordsOnly, read_outs, scene_labels, scene_scores
+from experiments.recipe_compare import Features, WordsOnly, pooled, read_outs, scene_labels, scene_scores
 from experiments.recipe_data import TAP_LAYER, dev_scenes
 from hatcat.concepts import load_pack
 from hatcat.config import Settings
@@ -95,10 +95,7 @@ def cv_log_posteriors(
 
 def pool_states(states: list[torch.Tensor]) -> dict[str, np.ndarray]:
     """One row per text: its last token's state and its mean state."""
-    return {
-        "last": torch.stack([s[-1] for s in states]).numpy(),
-        "mean": torch.stack([s.mean(0) for s in states]).numpy(),
-    }
+    return {pooling: pooled(states, pooling)[0].numpy() for pooling in ("last", "mean")}
 
 
 def top1_gain(s: np.ndarray, base: np.ndarray, label: np.ndarray, rng: np.random.Generator) -> dict:

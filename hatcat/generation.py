@@ -313,12 +313,9 @@ class _Sampler:
         """Greedy or a temperature alone, no penalty: drawn with the batch's other plain rows."""
         return self.penalty is None and not self.settings.top_k and self.settings.top_p >= 1.0
 
-    def draw(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next token as a [1, 1] tensor (`draw_rows` for one row)."""
-        return draw_rows([self], logits[None])[:, None]
-
     def sample(self, logits: torch.Tensor) -> int:
-        return int(self.draw(logits).item())
+        """The next token for one row's logits [V] (`draw_rows` for a batch of one)."""
+        return int(draw_rows([self], logits[None]).item())
 
     def _warped(self, scores: torch.Tensor) -> torch.Tensor:
         """A non-plain row's scores [1, V] through its penalty and warpers (shifted to a maximum of 0)."""

@@ -54,9 +54,7 @@ def monitored_generation(
 ) -> Iterator[MonitoredToken | MonitoredFinish]:
     """Generate with steering applied and every token monitored; the caller holds the engine lock."""
     embed, window = model.get_input_embeddings(), TextWindow()
-    window.push(
-        [i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id]
-    )  # words only, as in training
+    window.push([i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id])  # words only
     records: list[TokenRecord] = []
     with steered(model, vectors, list(steerings)):
         for event in generate(model, tokenizer, prompt, settings, monitor.bank.tap_layer):
