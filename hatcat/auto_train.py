@@ -11,6 +11,7 @@ into the running engine as soon as it is done. `status()` is what /health and th
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ from hatcat.training.run import TrainSettings, train
 
 if TYPE_CHECKING:
     from hatcat.engine import Engine
+
+log = logging.getLogger(__name__)
 
 ALL_LAYERS = (0, 1, 2, 3, 4, 5)
 
@@ -59,7 +62,7 @@ class AutoTrainer:
             self._state["state"] = "training"
             engine = self.engine
             folder, report = train(
-                engine.loaded,
+                engine.loaded.with_own_tokenizer(),  # requests tokenize beside it
                 engine.concepts,
                 self.settings,
                 engine.settings.cache_dir,
@@ -76,5 +79,6 @@ class AutoTrainer:
                 concepts=report.concepts,
                 seconds=round(report.wall_seconds, 1),
             )
-        except Exception as err:  # noqa: BLE001 - reported on /health; the server keeps serving unmonitored
+        except Exception as err:  # reported on /health (traceback in the log); the server keeps serving unmonitored
+            log.exception("auto-train failed")
             self._state.update(state="failed", error=f"{type(err).__name__}: {err}")

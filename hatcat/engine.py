@@ -218,7 +218,11 @@ class Engine:
         out = self.settings.cache_dir / "packs" / f"workbench-{time.strftime('%Y%m%d-%H%M%S')}"
         with self.exclusive():
             folder, report = train(
-                self.loaded, pack, TrainSettings(concepts=tuple(concepts), tap_layer=tap), self.settings.cache_dir, out
+                self.loaded.with_own_tokenizer(),
+                pack,
+                TrainSettings(concepts=tuple(concepts), tap_layer=tap),
+                self.settings.cache_dir,
+                out,
             )
         if before_load is not None:
             before_load(folder)

@@ -13,12 +13,13 @@ directory; every later load reads that folder in seconds.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -87,6 +88,12 @@ class LoadedModel:
     @property
     def hidden_size(self) -> int:
         return hidden_size(self.model)
+
+    def with_own_tokenizer(self) -> LoadedModel:
+        """The same model with a private copy of the tokenizer, for work in another thread: a fast
+        tokenizer's padding settings are state on one Rust object, and changing them while another
+        thread encodes raises "Already borrowed" (huggingface/tokenizers#537)."""
+        return replace(self, tokenizer=copy.deepcopy(self.tokenizer))
 
 
 def resolve_device_dtype(device: str = "auto", dtype: str = "auto") -> tuple[torch.device, torch.dtype | None]:

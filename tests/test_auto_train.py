@@ -52,7 +52,10 @@ def test_model_without_a_pack_trains_one_in_the_background_and_hot_loads_it(tmp_
         while time.monotonic() < deadline:
             health = httpx.get(f"{base}/health", timeout=10).json()
             phases.add(health["auto_train"].get("phase"))
-            assert health["auto_train"]["state"] != "failed", health["auto_train"]
+            if health["auto_train"]["state"] == "failed":
+                pytest.fail(
+                    f"auto-train failed: {health['auto_train'].get('error')}; app log:\n{log.read_text()[-3000:]}"
+                )
             if health["auto_train"]["state"] == "done":
                 break
             time.sleep(1)
