@@ -23,7 +23,8 @@ from __future__ import annotations
 import copy
 from collections import defaultdict, deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
@@ -34,9 +35,9 @@ from hatcat.probes import ProbeBank
 TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
 
 
-@dataclass(frozen=True)
-class ConceptScore:
-    """One reported concept on one token."""
+class ConceptScore(NamedTuple):
+    """One reported concept on one token (a named tuple: records make tens of thousands per batch,
+    and a frozen dataclass costs 3x as much to build)."""
 
     concept: str
     layer: int
@@ -56,11 +57,16 @@ class TokenRecord:
     colour: str
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "concepts": [asdict(c) for c in self.concepts]}
+        return {
+            "index": self.index,
+            "token": self.token,
+            "concepts": [c._asdict() for c in self.concepts],
+            "max_divergence": self.max_divergence,
+            "colour": self.colour,
+        }
 
 
-@dataclass(frozen=True)
-class ConceptSummary:
+class ConceptSummary(NamedTuple):
     concept: str
     tokens: int
     mean_divergence: float
@@ -77,7 +83,12 @@ class ResponseSummary:
     top_concepts: tuple[ConceptSummary, ...] = field(default_factory=tuple)
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "top_concepts": [asdict(c) for c in self.top_concepts]}
+        return {
+            "tokens": self.tokens,
+            "mean_divergence": self.mean_divergence,
+            "max_divergence": self.max_divergence,
+            "top_concepts": [c._asdict() for c in self.top_concepts],
+        }
 
     def line(self) -> str:
         top = ", ".join(f"{c.concept} ({c.tokens}x{c.mean_divergence:+.2f})" for c in self.top_concepts[:5])

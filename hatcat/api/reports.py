@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from hatcat.monitor import TokenRecord
@@ -14,7 +13,7 @@ TOP_DIVERGENCES = 10  # concepts per token in `top_divergences`, highest diverge
 def divergence(record: TokenRecord) -> dict[str, Any]:
     """`metadata.divergence` of a streamed chunk: the token's max and its top concepts by divergence."""
     top = sorted(record.concepts, key=lambda c: -c.divergence)[:TOP_DIVERGENCES]
-    return {"max_divergence": record.max_divergence, "top_divergences": [asdict(c) for c in top]}
+    return {"max_divergence": record.max_divergence, "top_divergences": [c._asdict() for c in top]}
 
 
 def token_report(record: TokenRecord) -> dict[str, Any]:
