@@ -10,8 +10,8 @@ the 5,596 concepts scored on every token, activation and words-only side, hierar
   Every stream writes exactly `--tokens` tokens (`min_tokens`, as `plain` uses `min_new_tokens`
   and vLLM's serving benchmark `ignore_eos`), so a stream that draws end-of-sequence early does
   not make a round cheaper by chance;
-- `lm_head_ms`: the output projection alone for 1 and 8 rows, `F.linear` vs `hatcat.linear` (the
-  way the model runs it);
+- `lm_head_ms`: the output projection alone for 1 and 8 rows: `F.linear`, `hatcat.linear`
+  (vocabulary-major) and `head` (the model's output layer as it runs, packed for several rows);
 - `analyze_texts_per_s_single` (64 short texts, one request each) vs `_batched` (one call, padded
   batches), `analyze_speedup`;
 - `identical_greedy`: a greedy request's tokens alone == inside a full batch of eight
@@ -117,12 +117,14 @@ def concurrent(engine: Engine, texts: list[str], tokens: int) -> tuple[float, li
 
 @torch.inference_mode()
 def lm_head_ms(engine: Engine, repeats: int = 5) -> dict[str, float]:
-    """Milliseconds (median) of the output projection alone for 1 and 8 rows, both ways."""
+    """Milliseconds (median) of the output projection alone for 1 and 8 rows: `F.linear`, the
+    vocabulary-major `hatcat.linear`, and the model's output layer as it runs (`head`: a packed copy
+    for several rows where `hatcat.linear.FewRowsHead` applies)."""
     head = engine.model.get_output_embeddings()
     out = {}
     for rows in (1, 8):
         x = torch.randn(rows, head.weight.shape[1], dtype=head.weight.dtype, device=head.weight.device)
-        for name, fn in (("F.linear", F.linear), ("hatcat.linear", linear)):
+        for name, fn in (("F.linear", F.linear), ("hatcat.linear", linear), ("head", lambda x, _w, _b: head(x))):
             times = []
             for _ in range(repeats):
                 start = time.perf_counter()
