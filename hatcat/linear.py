@@ -56,7 +56,12 @@ class FewRowsHead(nn.Linear):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         rows = hidden.shape[:-1].numel()
-        if rows not in PACKED_ROWS or not onednn_packable(self.weight) or hidden.dtype != torch.float32:
+        if (
+            rows not in PACKED_ROWS
+            or not onednn_packable(self.weight)
+            or hidden.dtype != torch.float32
+            or torch.compiler.is_compiling()  # inductor packs weights itself (its lowering wants constants)
+        ):
             return linear(hidden, self.weight, self.bias)
         source = (self.weight.data_ptr(), self.weight._version)
         if self._packed is None or self._packed[0] != source:

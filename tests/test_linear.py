@@ -57,3 +57,12 @@ def test_packed_copy_is_remade_when_the_weight_changes_and_left_out_of_copies() 
     assert twin.head._packed is None and twin.head.weight is twin.embed.weight
     with torch.inference_mode():
         torch.testing.assert_close(twin.head(x), model.head(x))
+
+
+@pytest.mark.slow
+def test_output_layer_compiles_with_inductor_for_a_batch() -> None:
+    model = TiedModel()
+    use_few_rows_head(model)
+    x = torch.randn(8, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.compile(model.head)(x), x @ model.embed.weight.T, rtol=1e-5, atol=1e-4)
