@@ -12,7 +12,7 @@ records both ways as `lm_head_ms`). One row, and many rows (prefill, analysis), 
 The output layer goes one step further (`FewRowsHead`): at its first product over 2 to 32 rows it
 keeps a copy of its fp32 weight in oneDNN's blocked layout (the layout PyTorch's own CPU
 weight-prepacking uses; +671 MB for Gemma 3's vocabulary, only once decode batches happen) and
-projects through oneDNN's linear: 8 rows onto the vocabulary in 41 vs 61 ms (one row: 35 ms),
+projects through oneDNN's linear: 8 rows onto the vocabulary in 40 vs 63 ms (one row: 34 ms),
 close to the time it takes to read the weight once.
 """
 
