@@ -4,6 +4,7 @@ copy follows its weight (tying kept, repacked after an in-place change, left out
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -60,6 +61,9 @@ def test_packed_copy_is_remade_when_the_weight_changes_and_left_out_of_copies() 
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    shutil.which("c++") is None, reason="torch.compile on a CPU needs a C++ compiler (apt-get install g++)"
+)
 def test_output_layer_compiles_with_inductor_for_a_batch() -> None:
     model = TiedModel()
     use_few_rows_head(model)
