@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from fastapi import Request
 
-from hatcat.api.reports import token_report
-from hatcat.heatmap import embed_document, embeds_event, event_line, record_from_report, status_event
-from hatcat.monitor import ResponseSummary, TokenRecord
+from hatcat.heatmap import embed_document, embeds_event, event_line, status_event
+from hatcat.monitor import ResponseSummary
 
 HEADER = "X-HatCat-OpenWebUI-Events"
 ON = {"1", "true", "yes", "on"}
@@ -23,14 +22,11 @@ class OpenWebUIEvents:
     """One stream's records; at its end, a final status line and the embed as event lines."""
 
     def __init__(self) -> None:
-        self.records: list[dict] = []
+        self.records: list[dict] = []  # `TokenRecord.to_dict()`s
 
     @classmethod
     def requested(cls, request: Request) -> OpenWebUIEvents | None:
         return cls() if request.headers.get(HEADER, "").strip().lower() in ON else None
-
-    def add(self, record: TokenRecord) -> None:
-        self.records.append(record_from_report(token_report(record)))
 
     def lines(self, summary: ResponseSummary | None) -> str:
         if not self.records:

@@ -13,7 +13,7 @@ import httpx
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from hatcat.heatmap import embed_document, record_from_report  # inlined by the installer
+from hatcat.heatmap import embed_document  # inlined by the installer
 
 ANALYSIS_MARK = "\n\n**Analysis**:"  # the summary line HatCat appends to a streamed answer
 
@@ -63,8 +63,9 @@ class Action:
                 reason = response.text[:200]
             raise RuntimeError(f"HatCat /v1/analyze answered {response.status_code}: {reason}")
         analysis = response.json()
-        records = [record_from_report(t) for t in analysis["tokens"]]
-        document = embed_document(records, analysis["summary"], self.valves.top_concepts, self.valves.full_colour_at)
+        document = embed_document(
+            analysis["tokens"], analysis["summary"], self.valves.top_concepts, self.valves.full_colour_at
+        )
         if __event_emitter__ is not None:
             await __event_emitter__({"type": "status", "data": {"description": analysis["summary_line"], "done": True}})
         return HTMLResponse(document, headers={"Content-Disposition": "inline"})
