@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
 
-from tests.support import wait_until
+from hatcat.api import create_api
+from hatcat.engine import Engine
+from tests.support import serve, wait_until
 
 PROMPT = [{"role": "user", "content": "Tell me about your dog."}]
 DIVERGENCE_KEYS = {"concept", "layer", "activation", "text_similarity", "divergence"}
@@ -174,7 +177,15 @@ def test_unknown_routes_and_methods_answer_in_the_error_shape(server: str) -> No
     assert httpx.put(f"{server}/v1/chat/completions").headers["allow"] == "POST"
 
 
-def test_eight_concurrent_seeded_streams_each_match_their_solo_run(client: openai.OpenAI) -> None:
+@pytest.fixture(scope="module")
+def fp32_client(fp32_engine: Engine) -> Iterator[openai.OpenAI]:
+    """The API over the float32 engine, in-process on loopback: batch identity is a float32 property."""
+    with serve(create_api(fp32_engine)) as base:
+        yield openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_eight_concurrent_seeded_streams_each_match_their_solo_run(fp32_client: openai.OpenAI) -> None:
+    client = fp32_client
     seeds = list(range(1, 9))
     kwargs = {"max_tokens": 5, "temperature": 1.0}
     solo = {seed: token_text(stream_chunks(client, seed=seed, **kwargs)) for seed in seeds}

@@ -7,17 +7,14 @@ and steering rows on their own: tests/test_scheduler.py on the tiny model.)"""
 
 from __future__ import annotations
 
-import copy
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-import torch
 
 from hatcat.api.prompt import build_prompt
 from hatcat.batching import Scheduler
@@ -52,25 +49,15 @@ def collect_all(generations: list) -> list[list]:
 
 
 @pytest.fixture(scope="module")
-def fp32(engine: Engine, small_probe_pack: Path) -> Engine:
-    """An Engine of its own on a float32 copy of the model, with the small pack: token identity under
-    batching is a float32 property, whatever dtype the CPU rule picked for the shared model."""
-    model = copy.deepcopy(engine.model).float()
-    own = Engine(engine.settings, replace(engine.loaded, model=model, dtype=torch.float32), engine.concepts)
-    own.load_probes(small_probe_pack)
-    return own
-
-
-@pytest.fixture(scope="module")
-def scheduler(fp32: Engine) -> Scheduler:
+def scheduler(fp32_engine: Engine) -> Scheduler:
     """A scheduler of its own (the engine's own batch stays untouched)."""
-    return Scheduler(fp32.model, fp32.tokenizer, fp32.exclusive, max_batch=8, max_queue=16)
+    return Scheduler(fp32_engine.model, fp32_engine.tokenizer, fp32_engine.exclusive, max_batch=8, max_queue=16)
 
 
 def test_greedy_request_alone_and_in_a_full_batch_of_other_lengths_and_settings_is_identical(
-    fp32: Engine, scheduler: Scheduler
+    fp32_engine: Engine, scheduler: Scheduler
 ) -> None:
-    engine = fp32
+    engine = fp32_engine
     greedy = GenerationSettings(max_tokens=16, temperature=0)
     target = prompt(engine, QUESTIONS[0])
     alone = solo(engine, target, greedy)
@@ -97,8 +84,8 @@ def test_greedy_request_alone_and_in_a_full_batch_of_other_lengths_and_settings_
         assert token_ids(events) == token_ids(solo(engine, text, settings, steer))
 
 
-def test_a_request_joins_a_running_batch_and_leaves_without_waiting(fp32: Engine, scheduler: Scheduler) -> None:
-    engine, settings = fp32, GenerationSettings(max_tokens=40, min_tokens=40, temperature=0)
+def test_a_request_joins_a_running_batch_and_leaves_without_waiting(fp32_engine: Engine, scheduler: Scheduler) -> None:
+    engine, settings = fp32_engine, GenerationSettings(max_tokens=40, min_tokens=40, temperature=0)
     long = scheduler.submit(prompt(engine, QUESTIONS[2]), settings, (), engine.monitor, engine.vectors)
     first = [next(long) for _ in range(3)]  # the batch is running
     short_settings = GenerationSettings(max_tokens=3, temperature=0)
