@@ -1,7 +1,8 @@
 """What several panels share: running a monitored generation, the probe-pack guard, user errors.
 
-Views never touch torch: they call the Engine and library functions from here, and keep
-traces as plain dicts (`TokenRecord.to_dict(top=None)`: every reported concept), which Gradio state and JSON export can hold.
+Views never touch torch: they call the Engine and library functions from here, and keep traces
+as plain dicts (`TokenRecord.to_dict(top=None)`: every reported concept), which Gradio state and
+JSON export can hold.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@ extensions (`session_id`, `top_k`, `repetition_penalty`, `min_tokens`, `include_
 
 Bounds live on the fields so that a bad value is a 400 naming the field and the OpenAPI
 document tells clients (and the fuzzer) what is allowed; the sampling fields' bounds are
-`hatcat.generation`'s annotated types, the ones `GenerationSettings` validates with. `max_tokens`' upper bound is a
-setting (`HATCAT_MAX_TOKENS`): it is checked in the route and written into the schema by
-`server.create_api`.
+`hatcat.generation`'s annotated types, the ones `GenerationSettings` validates with.
+`max_tokens`' upper bound is a setting (`HATCAT_MAX_TOKENS`): it is checked in the route and
+written into the schema by `server.create_api`.
 """
 
 from __future__ import annotations
