@@ -89,7 +89,8 @@ class GenerationSettings:
                 ) from None
         if self.min_tokens > self.max_tokens:
             raise InvalidValue(
-                f"min_tokens {self.min_tokens} is above max_tokens {self.max_tokens}", param="min_tokens"
+                f"min_tokens must be an integer in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}",
+                param="min_tokens",
             )
 
     @property
