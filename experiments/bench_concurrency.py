@@ -15,7 +15,7 @@ the 5,596 concepts scored on every token, activation and words-only side, hierar
 - `analyze_texts_per_s_single` (64 short texts, one request each) vs `_batched` (one call, padded
   batches), `analyze_speedup`;
 - `identical_greedy`: a greedy request's tokens alone == inside a full batch of eight
-  different-length prompts (and == the unbatched `monitored_generation` path); the worst
+  different-length prompts (and == a `Scheduler(max_batch=1)`, the reference); the worst
   per-token activation difference of its records is reported too; `greedy_alone_vs_batch_of_8`:
   all eight prompts greedy alone vs together, in the run's dtype and (on a copy) in the other of
   fp32/bf16, with the solo run's logit margin wherever a row differs.
@@ -47,10 +47,9 @@ from hatcat.api.prompt import build_prompt
 from hatcat.batching import Scheduler
 from hatcat.config import Settings
 from hatcat.engine import Engine
-from hatcat.generation import GenerationSettings, encode_prompt
+from hatcat.generation import GenerationSettings, MonitoredFinish, MonitoredToken, encode_prompt
 from hatcat.linear import linear
 from hatcat.paths import RESULTS
-from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 
 OUT = RESULTS / "bench_concurrency.json"
 QUESTIONS = [
@@ -152,10 +151,8 @@ def analyze_rate(engine: Engine, texts: list[str], batched: bool) -> float:
 def greedy_identity(engine: Engine, texts: list[str], tokens: int) -> dict[str, object]:
     """The first prompt greedy, alone and as one row of a full batch of all eight (the others sampled)."""
     greedy = GenerationSettings(max_tokens=tokens, temperature=0)
-    with engine.exclusive():
-        unbatched = list(
-            monitored_generation(engine.model, engine.tokenizer, engine.monitor, engine.vectors, texts[0], greedy)
-        )
+    reference = Scheduler(engine.model, engine.tokenizer, engine.exclusive, max_batch=1)
+    unbatched = list(reference.submit(texts[0], greedy, (), engine.monitor, engine.vectors))
     alone = list(engine.generate(texts[0], greedy))
     generations = [engine.generate(texts[0], greedy)] + [
         engine.generate(t, GenerationSettings(max_tokens=tokens - 2 * i, temperature=0.8, seed=i))

@@ -26,10 +26,9 @@ from torch import nn
 from experiments.machine import machine, now
 from hatcat.config import Settings
 from hatcat.engine import Engine
-from hatcat.generation import GenerationSettings
+from hatcat.generation import GenerationSettings, MonitoredToken
 from hatcat.model import load_model
 from hatcat.paths import RESULTS
-from hatcat.pipeline import MonitoredToken
 
 OUT = RESULTS / "bench_generation.json"
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."

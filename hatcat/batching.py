@@ -45,19 +45,18 @@ from transformers import DynamicCache, PreTrainedTokenizerBase
 
 from hatcat.errors import HatCatError, InvalidValue
 from hatcat.generation import (
+    Decoder,
     Finished,
     GenerationSettings,
+    MonitoredFinish,
+    MonitoredToken,
     TokenStep,
-    _Detokenizer,
-    _Sampler,
-    _StopHoldback,
-    draw_rows,
     encode_prompt,
     stop_token_ids,
 )
 from hatcat.model import check_context, context_length
 from hatcat.monitor import Monitor, TextWindow, TokenRecord, mean_embeddings, summarise
-from hatcat.pipeline import MonitoredFinish, MonitoredToken
+from hatcat.sampling import Sampler, draw_rows
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.tap import Tap, tap
 
@@ -82,17 +81,14 @@ class _Row:
     monitor: Monitor | None
     vectors: SteeringVectors | None
     out: queue.Queue
-    max_new: int
-    eos: set[int]
+    room: int  # tokens it may generate: max_tokens, or less where the context ends
     cancelled: threading.Event = field(default_factory=threading.Event)
-    sampler: _Sampler | None = None
-    detok: _Detokenizer | None = None
-    stops: _StopHoldback | None = None
+    sampler: Sampler | None = None
+    decoder: Decoder | None = None
     window: TextWindow | None = None
     steer: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> vector [d]
     records: list[TokenRecord] = field(default_factory=list)
     unreleased: dict[int, TokenRecord] = field(default_factory=dict)  # step index -> record, until the text is final
-    generated: int = 0
     last_token: int = 0
     done: bool = False
 
@@ -185,7 +181,7 @@ class Scheduler:
             raise InvalidValue("prompt is empty: it encodes to no tokens", param="prompt")
         check_context(self.model, len(prompt_ids), "prompt", room=1)
         room = settings.max_tokens if self.context is None else min(settings.max_tokens, self.context - len(prompt_ids))
-        row = _Row(prompt_ids, settings, tuple(steerings), monitor, vectors, queue.Queue(), room, self.eos)
+        row = _Row(prompt_ids, settings, tuple(steerings), monitor, vectors, queue.Queue(), room)
         with self._cond:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(
@@ -257,10 +253,9 @@ class Scheduler:
         self._drop_finished()
 
     def _prepare(self, row: _Row) -> None:
-        """A row's sampler, decoder, stop holdback, words window and steering vectors (under the model)."""
-        row.sampler = _Sampler(row.settings, torch.tensor([row.prompt_ids], device=self.device), row.eos)
-        row.detok = _Detokenizer(self.tokenizer)
-        row.stops = _StopHoldback(row.settings.stop)
+        """A row's sampler, decoder, words window and steering vectors (under the model)."""
+        row.sampler = Sampler(row.settings, torch.tensor([row.prompt_ids], device=self.device), self.eos)
+        row.decoder = Decoder(self.tokenizer, row.settings, self.eos, len(row.prompt_ids), row.room)
         try:
             if row.monitor is not None:
                 row.window = TextWindow()
@@ -278,7 +273,7 @@ class Scheduler:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(rows), 1))], dim=1)
         if self.padded:  # rows of different lengths: the padding mask and each row's own position
             positions = torch.tensor(
-                [[len(r.prompt_ids) + r.generated - 1] for r in rows], dtype=torch.long, device=self.device
+                [[len(r.prompt_ids) + r.decoder.generated - 1] for r in rows], dtype=torch.long, device=self.device
             )
             logits, hidden = self._forward(rows, ids, self.mask, positions, self.cache)
         else:  # one row, or rows of one length: positions follow the cache, as in a plain decode
@@ -319,34 +314,23 @@ class Scheduler:
         return torch.zeros(self.model.config.get_text_config().hidden_size, device=self.device)
 
     def _emit(self, rows: list[_Row], logits: torch.Tensor, hidden: dict[int, torch.Tensor]) -> None:
-        """Score every monitored row in one pass per monitor, then sample, detokenize and stop per row."""
+        """The per-token step, after the prefill and after each decode forward: score every monitored
+        row (one pass per monitor), draw every row's token (one pass), then each row's decoder."""
         records = self._score(rows, hidden)
         live = [i for i, row in enumerate(rows) if not (row.done or row.cancelled.is_set())]
         # every row's token drawn together, then read in one transfer: one device sync per step, not one per row
         drawn = draw_rows([rows[i].sampler for i in live], logits[live]).tolist() if live else []
         for i, token in zip(live, drawn):
             row = rows[i]
-            row.generated += 1
             row.last_token = token
-            state = hidden[row.monitor.bank.tap_layer][i] if row.monitor is not None else logits.new_zeros(0)
+            if i in records:
+                row.unreleased[row.decoder.generated] = records[i]
             if row.window is not None:
                 row.window.push([token])
-            if token in row.eos:
-                self._release(row, row.stops.flush(row.detok.flush()))
-                self._finish(row, "stop")
-                continue
-            if i in records:
-                row.unreleased[row.generated - 1] = records[i]
-            piece = row.detok.add(token)
-            last = row.generated >= row.max_new
-            if last:
-                piece += row.detok.flush()
-            self._release(row, row.stops.add(TokenStep(row.generated - 1, token, piece, state), row.detok.pending))
-            if row.stops.matched:
-                self._finish(row, "stop")
-            elif last:
-                self._release(row, row.stops.flush(""))
-                self._finish(row, "length")
+            steps, finished = row.decoder.push(token)
+            self._release(row, steps)
+            if finished is not None:
+                self._finish(row, finished)
 
     def _score(self, rows: list[_Row], hidden: dict[int, torch.Tensor]) -> dict[int, TokenRecord]:
         """Records for the monitored rows: per monitor, the probe bank's one matmul over their states."""
@@ -360,11 +344,11 @@ class Scheduler:
             states = hidden[monitor.bank.tap_layer][index]  # [b, d]
             windows = mean_embeddings(self.model.get_input_embeddings(), [rows[i].window for i in index])
             act, text, div = monitor.bank.scores(states, windows)
-            scored = monitor.records(act, text, div, [""] * len(index), [rows[i].generated for i in index])
+            scored = monitor.records(act, text, div, [""] * len(index), [rows[i].decoder.generated for i in index])
             records.update(zip(index, scored))
         return records
 
-    def _release(self, row: _Row, steps: Iterator[TokenStep]) -> None:
+    def _release(self, row: _Row, steps: list[TokenStep]) -> None:
         for step in steps:
             record = row.unreleased.pop(step.index, None)
             if record is not None:
@@ -372,8 +356,7 @@ class Scheduler:
                 row.records.append(record)
             row.out.put(MonitoredToken(step, record))
 
-    def _finish(self, row: _Row, reason: str) -> None:
-        finished = Finished(reason, len(row.prompt_ids), row.generated, row.stops.emitted_text)
+    def _finish(self, row: _Row, finished: Finished) -> None:
         row.out.put(MonitoredFinish(finished, summarise(row.records) if row.monitor is not None else None))
         row.out.put(_END)
         row.done = True

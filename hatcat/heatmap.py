@@ -5,8 +5,9 @@ The workbench's heatmap and the OpenWebUI functions both draw with this module. 
 the standard library, because the OpenWebUI installer inlines its source into each function
 (OpenWebUI loads a function as one self-contained source file).
 
-A *record* is a token as `TokenRecord.to_dict()` has it: `index`, `token`, `max_divergence`,
-`concepts` (dicts with `concept`, `activation`, `text_similarity`, `divergence`) and `colour`.
+A *record* is a token as `TokenRecord.to_dict()` has it (and the API sends it): `index`, `token`,
+`color` and `divergence` ({`max_divergence`, `top_divergences`: dicts with `concept`, `activation`,
+`text_similarity`, `divergence`}).
 """
 
 import html
@@ -63,24 +64,13 @@ def divergence_colour(value: float, full_at: float = 1.0) -> str:
     return f"#ff{fade:02x}{fade:02x}" if v >= 0 else f"#{fade:02x}{fade:02x}ff"
 
 
-def record_from_report(report: dict) -> dict:
-    """A record from the API's per-token report (`/v1/analyze` tokens, `hatcat.tokens`)."""
-    div = report["divergence"]
-    return {
-        "index": report["index"],
-        "token": report["token"],
-        "max_divergence": div["max_divergence"],
-        "concepts": div["top_divergences"],
-        "colour": report["color"],
-    }
-
-
 def hover_text(record: dict) -> str:
+    divergence = record["divergence"]
     rows = [
         f"{c['concept']}: act {c['activation']:.2f}, text {c['text_similarity']:.2f}, div {c['divergence']:+.2f}"
-        for c in record["concepts"][:TOP_SHOWN]
+        for c in divergence["top_divergences"][:TOP_SHOWN]
     ]
-    return f"#{record['index']} {record['token']!r} max divergence {record['max_divergence']:+.2f}\n" + (
+    return f"#{record['index']} {record['token']!r} max divergence {divergence['max_divergence']:+.2f}\n" + (
         "\n".join(rows) or "no concept reported"
     )
 
@@ -126,7 +116,7 @@ def embed_document(records: list[dict], summary: dict | None, shown: int = 8, fu
     """A whole HTML page for an OpenWebUI embed: summary line, coloured tokens, legend, top-concepts chart.
 
     `summary` is `ResponseSummary.to_dict()` (tokens, mean/max divergence, top_concepts) or None."""
-    spans = [token_span(r, divergence_colour(r["max_divergence"], full_at)) for r in records]
+    spans = [token_span(r, divergence_colour(r["divergence"]["max_divergence"], full_at)) for r in records]
     legend = f'<span class="hc-scale"></span> divergence &minus;{full_at:g} &hellip; +{full_at:g}; {DIVERGENCE_LEGEND}'
     if summary is not None:
         head = (
@@ -152,8 +142,8 @@ def embed_document(records: list[dict], summary: dict | None, shown: int = 8, fu
 
 def status_line(records: list[dict]) -> str:
     """The short line OpenWebUI shows above a message: the highest divergence so far and its concept."""
-    peak = max(records, key=lambda r: r["max_divergence"])
-    concepts = sorted(peak["concepts"], key=lambda c: -c["divergence"])
+    peak = max(records, key=lambda r: r["divergence"]["max_divergence"])["divergence"]
+    concepts = peak["top_divergences"]  # highest divergence first
     return f"max divergence {peak['max_divergence']:.2f}" + (f" · {concepts[0]['concept']}" if concepts else "")
 
 

@@ -13,7 +13,7 @@ Hierarchy policy (as the original's dynamic loading, without loading anything):
 
 divergence (hatcat/probes.py, `ProbeBank.scores`): the part of the activation evidence for a concept
 that the words alone do not predict, tanh((activation logit - words-only logit) / scale) in [-1, 1];
-high where the model represents a concept that its words do not say. A token's colour is the
+high where the model represents a concept that its words do not say. A token's color is the
 divergence of largest magnitude among its reported concepts that fire (activation >= threshold), 0
 when none fires: ordinary text, where nothing fires beyond its usual range, stays white.
 """
@@ -24,7 +24,7 @@ import copy
 from collections import defaultdict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,6 +33,7 @@ from hatcat.heatmap import divergence_colour
 from hatcat.probes import ProbeBank
 
 TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
+TOP_DIVERGENCES = 10  # concepts per token in a record's `top_divergences` (the API's), highest divergence first
 
 
 class ConceptScore(NamedTuple):
@@ -54,16 +55,14 @@ class TokenRecord:
     token: str
     concepts: tuple[ConceptScore, ...]
     max_divergence: float
-    colour: str
+    color: str
 
-    def to_dict(self) -> dict[str, object]:
-        return {
-            "index": self.index,
-            "token": self.token,
-            "concepts": [c._asdict() for c in self.concepts],
-            "max_divergence": self.max_divergence,
-            "colour": self.colour,
-        }
+    def to_dict(self, top: int | None = TOP_DIVERGENCES) -> dict[str, Any]:
+        """The one shape of a token's record (API answers, stream metadata, traces, embeds): its `top`
+        concepts by divergence, highest first (None: every reported concept)."""
+        concepts = sorted(self.concepts, key=lambda c: -c.divergence)[:top]
+        divergence = {"max_divergence": self.max_divergence, "top_divergences": [c._asdict() for c in concepts]}
+        return {"index": self.index, "token": self.token, "color": self.color, "divergence": divergence}
 
 
 class ConceptSummary(NamedTuple):
@@ -150,15 +149,15 @@ class Monitor:
         top_act, top_idx = ranked.topk(k, dim=1)
         top_div = div.gather(1, top_idx)
         rows = torch.stack([top_act, text.gather(1, top_idx), top_div], dim=-1)
-        # the colour: the divergence of largest magnitude among the reported concepts that fired
+        # the color: the divergence of largest magnitude among the reported concepts that fired
         fired_div = torch.where(top_act >= self.thresholds[top_idx], top_div, torch.zeros_like(top_div))
-        colour_of = fired_div.gather(1, fired_div.abs().argmax(1, keepdim=True))[:, 0]
+        color_of = fired_div.gather(1, fired_div.abs().argmax(1, keepdim=True))[:, 0]
         # three small copies to the host for the whole batch, rounded there (not per number in Python):
-        # the k reported rows, their indices and each token's colour
+        # the k reported rows, their indices and each token's color
         rows_host, idx_host = _rounded(rows), top_idx.cpu().tolist()
         names, layers = self.bank.concepts, self.layer_of
         records = []
-        for t, (token, top) in enumerate(zip(tokens, _rounded(colour_of))):
+        for t, (token, top) in enumerate(zip(tokens, _rounded(color_of))):
             concepts = tuple(
                 ConceptScore(names[i], layers[i], a, s, d)
                 for i, (a, s, d) in zip(idx_host[t], rows_host[t])

@@ -1,73 +1,19 @@
-"""The hot path wired together: generation -> tap -> probe bank -> monitor, and text analysis.
+"""Text analysis: a given text's tap states, words-only windows and records, from forwards that stop at the tap layer.
 
-`monitored_generation` streams `MonitoredToken`s (a generated token and its `TokenRecord`)
-and ends with `MonitoredFinish` (usage and the response summary). `analyze_text` scores a
-given text in one forward pass that stops at the tap layer.
-
-Which state a record reads: in generation, token k's record uses the tap state that produced
-token k (the model's state after reading everything before it); the words-only side reads the
-same span, the last TEXT_WINDOW tokens up to that position. In analysis, token t's record
-uses the state at t itself (after reading t) and the words up to t.
+`analyze_text` scores one text in one forward pass; `batched_text_states` feeds many texts in
+right-padded batches. Token t's record uses the state at t itself (after reading t) and the words
+up to t. (Generation is `hatcat.batching`'s Scheduler, where token k's record reads the state that
+produced token k.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
-from hatcat.generation import Finished, GenerationSettings, TokenStep, encode_prompt, generate
-from hatcat.monitor import (
-    Monitor,
-    ResponseSummary,
-    TextWindow,
-    TokenRecord,
-    mean_embeddings,
-    summarise,
-    window_means,
-)
-from hatcat.steering import Steering, SteeringVectors, steered
+from hatcat.monitor import Monitor, TokenRecord, window_means
 from hatcat.tap import hidden_at
-
-
-@dataclass(frozen=True)
-class MonitoredToken:
-    step: TokenStep
-    record: TokenRecord
-
-
-@dataclass(frozen=True)
-class MonitoredFinish:
-    finished: Finished
-    summary: ResponseSummary
-
-
-def monitored_generation(
-    model: torch.nn.Module,
-    tokenizer,
-    monitor: Monitor,
-    vectors: SteeringVectors,
-    prompt: str,
-    settings: GenerationSettings,
-    steerings: list[Steering] = (),
-) -> Iterator[MonitoredToken | MonitoredFinish]:
-    """Generate with steering applied and every token monitored; the caller holds the engine lock."""
-    embed, window = model.get_input_embeddings(), TextWindow()
-    window.push([i for i in encode_prompt(tokenizer, prompt) if i != tokenizer.bos_token_id])  # words only
-    records: list[TokenRecord] = []
-    with steered(model, vectors, list(steerings)):
-        for event in generate(model, tokenizer, prompt, settings, monitor.bank.tap_layer):
-            if isinstance(event, Finished):
-                yield MonitoredFinish(event, summarise(records))
-                return
-            # inference mode per token, never across a yield (as in generate): the consumer's code stays outside it
-            with torch.inference_mode():
-                words = mean_embeddings(embed, [window])
-                record = monitor.score(event.hidden[None], words, [event.text], start=event.index)[0]
-                window.push([event.token_id])
-            records.append(record)
-            yield MonitoredToken(event, record)
 
 
 @torch.inference_mode()

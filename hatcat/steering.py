@@ -5,16 +5,14 @@ units of that block's typical hidden-state norm, so +1 adds a vector as long as 
 hidden state (far beyond what text alone produces); useful values lie around 0.05–0.5, and
 negative values steer away. The vector is the activation probe's weight direction.
 
-`steered(model, steerings, ...)` attaches one forward hook per block inside a context manager
-and removes them in `finally` — also when generation fails. `SteeringRegistry` keeps each
-session's steerings (add, update, remove, list, clear).
+`SteeringVectors` turns a steering into its vector; the Scheduler (`hatcat.batching`) adds each
+row's vectors to the residual stream on every forward. `SteeringRegistry` keeps each session's
+steerings (add, update, remove, list, clear).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -23,7 +21,7 @@ from transformers import PreTrainedTokenizerBase
 
 from hatcat.errors import InvalidValue, NotFound
 from hatcat.probes import ProbeBank
-from hatcat.tap import hidden_at, tap
+from hatcat.tap import hidden_at
 
 MAX_STRENGTH = 4.0
 _NORM_PROMPT = "The weather was mild, so we walked to the market, bought bread and talked about the week."
@@ -115,23 +113,3 @@ class SteeringVectors:
         layer = self.bank.tap_layer if steering.layer is None else steering.layer
         direction = self.bank.act_weight[self.bank.index[steering.concept]]
         return layer, steering.strength * self.norm(layer) * direction / direction.norm()
-
-
-@contextmanager
-def steered(model: nn.Module, vectors: SteeringVectors, steerings: list[Steering]) -> Iterator[None]:
-    """Apply the steerings for the duration of the block; hooks are gone afterwards, error or not."""
-    by_layer: dict[int, torch.Tensor] = {}
-    for steering in steerings:
-        layer, vector = vectors.vector(steering)
-        by_layer[layer] = by_layer.get(layer, 0) + vector
-    with ExitStack() as stack:
-        for layer, vector in by_layer.items():
-            stack.enter_context(tap(model, layer, edit=_adder(vector)))
-        yield
-
-
-def _adder(vector: torch.Tensor):
-    def add(hidden: torch.Tensor) -> torch.Tensor:
-        return hidden + vector.to(hidden.dtype)
-
-    return add

@@ -8,12 +8,15 @@ the app themselves carry the mark in their file. No fixture changes an engine an
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from hatcat.config import Settings
 from hatcat.engine import Engine
@@ -54,6 +57,16 @@ def probed_engine(engine: Engine, small_probe_pack: Path) -> Engine:
     probed = Engine(engine.settings, engine.loaded, engine.concepts)
     probed.load_probes(small_probe_pack)
     return probed
+
+
+@pytest.fixture(scope="session")
+def fp32_engine(engine: Engine, small_probe_pack: Path) -> Engine:
+    """An Engine of its own on a float32 copy of the model, with the small pack: token identity under
+    batching is a float32 property, whatever dtype the CPU rule picked for the shared model."""
+    model = copy.deepcopy(engine.model).float()
+    own = Engine(engine.settings, replace(engine.loaded, model=model, dtype=torch.float32), engine.concepts)
+    own.load_probes(small_probe_pack)
+    return own
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,10 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -38,6 +40,16 @@ def app_env(env: dict[str, str]) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("HATCAT_")}, **env}
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
+    """Wait for a state (a queue depth, a flag) under a generous timeout; fails naming `what`. It polls,
+    so the test depends on the state being reached, not on how long that takes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout:.0f} s")
+        time.sleep(0.01)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -57,6 +69,23 @@ def train_small_pack(loaded: LoadedModel, cache_dir: Path, out: Path) -> Path:
         out,
     )
     return folder
+
+
+@contextmanager
+def serve(app: object) -> Iterator[str]:
+    """An ASGI app served in-process by uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn  # here: importing this module stays light
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: server.started or not thread.is_alive(), "uvicorn start", timeout=60)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
@@ -117,8 +146,11 @@ def stop_app(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def tiny_probe_pack(folder: Path, hidden: int = 8, layer: int = 3, model: str = "m") -> Path:
-    """A valid three-concept probe pack (Music, Deception, Fear) with random weights, for model-free tests."""
+def tiny_probe_pack(
+    folder: Path, hidden: int = 8, layer: int = 3, model: str = "m", concept_pack: tuple[str, str] = ("p", "x")
+) -> Path:
+    """A valid three-concept probe pack (Music, Deception, Fear) with random weights, for model-free tests;
+    `concept_pack`: the (id, checksum) it says it was trained on."""
     import torch
 
     from hatcat.probes import save_pack
@@ -141,7 +173,7 @@ def tiny_probe_pack(folder: Path, hidden: int = 8, layer: int = 3, model: str = 
         "hidden_size": hidden,
         "tap_layer": layer,
         "pooling": "last",
-        "concept_pack": {"id": "p", "checksum": "x"},
+        "concept_pack": {"id": concept_pack[0], "checksum": concept_pack[1]},
         "concepts": concepts,
         "divergence_scale": [1.0] * len(concepts),
     }

@@ -1,27 +1,28 @@
-"""Continuous batching on the real model: a request inside a full batch of different-length prompts
-(other settings, seeds, steering) gets the tokens and records it gets alone; requests join and
-leave mid-batch; cancellation; the queue bound; and through the real `openai` client, eight
-concurrent streams with different settings, one cancelled mid-way, the others complete."""
+"""Continuous batching on the real model (fp32 for token identity, so it never skips): a request
+inside a full batch of different-length prompts (other settings, seeds, steering) gets the tokens
+and records it gets from a `Scheduler(max_batch=1)`; a request joins and leaves mid-batch; and
+through the real `openai` client, eight concurrent streams with different settings, one cancelled
+mid-way, the others complete; the API's 429 past the queue bound. (Cancellation, the queue bound
+and steering rows on their own: tests/test_scheduler.py on the tiny model.)"""
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
-import torch
 
 from hatcat.api.prompt import build_prompt
-from hatcat.batching import QueueFull, Scheduler
+from hatcat.batching import Scheduler
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
-from hatcat.pipeline import MonitoredFinish, MonitoredToken, monitored_generation
 from hatcat.steering import Steering
-from tests.support import start_app, stop_app
+from tests.support import start_app, stop_app, wait_until
+from tests.tiny import ending, solo, token_ids, token_records
 
 QUESTIONS = [
     "Tell me about your dog.",
@@ -42,40 +43,21 @@ def prompt(engine: Engine, question: str) -> str:
     return build_prompt(engine.tokenizer, [{"role": "user", "content": question}])
 
 
-def solo(engine: Engine, text: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> list:
-    """The single-stream path (no batch): `monitored_generation` under the engine lock."""
-    with engine.exclusive():
-        return list(
-            monitored_generation(
-                engine.model, engine.tokenizer, engine.monitor, engine.vectors, text, settings, steerings
-            )
-        )
-
-
-def tokens(events: list) -> list[int]:
-    return [e.step.token_id for e in events if isinstance(e, MonitoredToken)]
-
-
-def records(events: list) -> list:
-    return [e.record for e in events if isinstance(e, MonitoredToken)]
-
-
 def collect_all(generations: list) -> list[list]:
     with ThreadPoolExecutor(len(generations)) as pool:
         return list(pool.map(list, generations))
 
 
 @pytest.fixture(scope="module")
-def scheduler(engine: Engine) -> Scheduler:
-    """A scheduler of its own on the shared model (the engine's own batch stays untouched)."""
-    return Scheduler(engine.model, engine.tokenizer, engine.exclusive, max_batch=8, max_queue=16)
+def scheduler(fp32_engine: Engine) -> Scheduler:
+    """A scheduler of its own (the engine's own batch stays untouched)."""
+    return Scheduler(fp32_engine.model, fp32_engine.tokenizer, fp32_engine.exclusive, max_batch=8, max_queue=16)
 
 
 def test_greedy_request_alone_and_in_a_full_batch_of_other_lengths_and_settings_is_identical(
-    engine: Engine, scheduler: Scheduler
+    fp32_engine: Engine, scheduler: Scheduler
 ) -> None:
-    if engine.loaded.dtype != torch.float32:
-        pytest.skip("token identity under batching is a float32 property; this run is in " + str(engine.loaded.dtype))
+    engine = fp32_engine
     greedy = GenerationSettings(max_tokens=16, temperature=0)
     target = prompt(engine, QUESTIONS[0])
     alone = solo(engine, target, greedy)
@@ -89,78 +71,31 @@ def test_greedy_request_alone_and_in_a_full_batch_of_other_lengths_and_settings_
         scheduler.submit(text, settings, steer, engine.monitor, engine.vectors) for text, settings, steer in others
     ]
     batched = collect_all(generations)
-    assert tokens(batched[0]) == tokens(alone)
-    assert isinstance(batched[0][-1], MonitoredFinish) and batched[0][-1].finished.text == alone[-1].finished.text
+    assert token_ids(batched[0]) == token_ids(alone)
+    assert ending(batched[0]).text == ending(alone).text
     worst = 0.0
-    for b, a in zip(records(batched[0]), records(alone)):
+    for b, a in zip(token_records(batched[0]), token_records(alone), strict=True):
         assert (b.index, b.token) == (a.index, a.token)
         assert [c.concept for c in b.concepts] == [c.concept for c in a.concepts]
         worst = max([worst] + [abs(x.activation - y.activation) for x, y in zip(b.concepts, a.concepts)])
     assert worst <= RECORD_TOLERANCE, worst
     # every other row is its own solo run too: seeded sampling, its own max_tokens, per-row steering
     for (text, settings, steer), events in zip(others, batched[1:]):
-        assert tokens(events) == tokens(solo(engine, text, settings, list(steer)))
+        assert token_ids(events) == token_ids(solo(engine, text, settings, steer))
 
 
-def test_a_request_joins_a_running_batch_and_leaves_without_waiting(engine: Engine, scheduler: Scheduler) -> None:
-    long = scheduler.submit(
-        prompt(engine, QUESTIONS[2]),
-        GenerationSettings(max_tokens=40, temperature=0),
-        (),
-        engine.monitor,
-        engine.vectors,
-    )
+def test_a_request_joins_a_running_batch_and_leaves_without_waiting(fp32_engine: Engine, scheduler: Scheduler) -> None:
+    engine, settings = fp32_engine, GenerationSettings(max_tokens=40, min_tokens=40, temperature=0)
+    long = scheduler.submit(prompt(engine, QUESTIONS[2]), settings, (), engine.monitor, engine.vectors)
     first = [next(long) for _ in range(3)]  # the batch is running
     short_settings = GenerationSettings(max_tokens=3, temperature=0)
     short = list(scheduler.submit(prompt(engine, QUESTIONS[3]), short_settings, (), engine.monitor, engine.vectors))
-    assert isinstance(short[-1], MonitoredFinish) and short[-1].finished.completion_tokens <= 3
-    deadline = time.monotonic() + 10
-    while scheduler.depth > 1 and time.monotonic() < deadline:  # its row is dropped right after its last event
-        time.sleep(0.02)
-    assert scheduler.depth == 1  # the short one left while the long one (30+ tokens to go) still runs
+    assert ending(short).completion_tokens <= 3
+    wait_until(lambda: scheduler.depth == 1, "the short row leaving")  # while the long one (30+ tokens to go) runs
     rest = list(long)
-    assert isinstance(rest[-1], MonitoredFinish)
-    assert tokens(first + rest) == tokens(
-        solo(engine, prompt(engine, QUESTIONS[2]), GenerationSettings(max_tokens=40, temperature=0))
-    )
-    assert tokens(short) == tokens(solo(engine, prompt(engine, QUESTIONS[3]), short_settings))
-
-
-def test_a_cancelled_row_leaves_and_the_others_complete(engine: Engine, scheduler: Scheduler) -> None:
-    settings = GenerationSettings(max_tokens=12, temperature=0.8, seed=5)
-    generations = [
-        scheduler.submit(prompt(engine, q), settings, (), engine.monitor, engine.vectors) for q in QUESTIONS[:4]
-    ]
-    flag = threading.Event()
-    flagged = scheduler.submit(prompt(engine, QUESTIONS[4]), settings, (), engine.monitor, engine.vectors, cancel=flag)
-    next(generations[1])
-    generations[1].cancel()
-    assert list(generations[1]) == []  # iteration ends at once
-    next(flagged)
-    flag.set()  # a request's cancel flag (the API sets it when the client goes away) ends it too
-    assert list(flagged) == []
-    done = collect_all([g for i, g in enumerate(generations) if i != 1])
-    assert all(isinstance(events[-1], MonitoredFinish) for events in done)
-    deadline = time.monotonic() + 30
-    while scheduler.depth and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert scheduler.depth == 0
-
-
-def test_past_the_queue_bound_a_request_is_refused_with_429(engine: Engine) -> None:
-    small = Scheduler(engine.model, engine.tokenizer, engine.exclusive, max_batch=1, max_queue=1)
-    running = small.submit(
-        prompt(engine, QUESTIONS[0]), GenerationSettings(max_tokens=500), (), engine.monitor, engine.vectors
-    )
-    next(running)  # admitted: the one batch slot is taken
-    waiting = small.submit(
-        prompt(engine, QUESTIONS[1]), GenerationSettings(max_tokens=2), (), engine.monitor, engine.vectors
-    )
-    with pytest.raises(QueueFull) as refused:
-        small.submit(prompt(engine, QUESTIONS[2]), GenerationSettings(max_tokens=2), (), engine.monitor, engine.vectors)
-    assert refused.value.status == 429 and "HATCAT_MAX_QUEUE" in str(refused.value)
-    running.cancel()
-    assert isinstance(list(waiting)[-1], MonitoredFinish)  # the waiting one got the slot
+    assert ending(first + rest).completion_tokens == 40
+    assert token_ids(first + rest) == token_ids(solo(engine, prompt(engine, QUESTIONS[2]), settings))
+    assert token_ids(short) == token_ids(solo(engine, prompt(engine, QUESTIONS[3]), short_settings))
 
 
 # ---- through the HTTP API ----------------------------------------------------------------------
@@ -235,7 +170,10 @@ def test_the_api_answers_429_past_the_queue_bound(small_queue_server: str) -> No
         )
     )
     waiter.start()
-    time.sleep(5.0)  # the second request is now waiting in the queue
+    # queue_depth: generations running or waiting, plus the model lock's holder (a batch step) and waiters;
+    # 3 = the running one, its step, and the second one waiting (without it, at most 2)
+    health = f"{small_queue_server}/health"
+    wait_until(lambda: httpx.get(health, timeout=10).json()["queue_depth"] >= 3, "the second request queueing")
     with pytest.raises(openai.RateLimitError) as refused:
         client.chat.completions.create(model="hatcat-divergence", messages=messages, max_tokens=2)
     assert "HATCAT_MAX_QUEUE" in refused.value.message

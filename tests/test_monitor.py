@@ -9,7 +9,8 @@ from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
 from hatcat.heatmap import divergence_colour
 from hatcat.monitor import summarise
-from hatcat.pipeline import MonitoredFinish, MonitoredToken, analyze_text, monitored_generation, text_states
+from hatcat.pipeline import analyze_text, text_states
+from tests.tiny import ending, solo, token_records
 
 TEXT = "The orchestra tuned up, and then the violins began a slow, sad melody."
 
@@ -80,25 +81,14 @@ def test_keep_top_k_caps_the_report(probed_engine: Engine, monitor) -> None:
     assert max(len(r.concepts) for r in records) == 2
 
 
-def test_monitored_generation_streams_records_then_a_summary(probed_engine: Engine, monitor) -> None:
-    events = list(
-        monitored_generation(
-            probed_engine.model,
-            probed_engine.tokenizer,
-            monitor,
-            probed_engine.vectors,
-            "My favourite kind of music is",
-            GenerationSettings(max_tokens=8, temperature=0),
-        )
-    )
-    tokens = [e for e in events if isinstance(e, MonitoredToken)]
-    finish = events[-1]
-    assert isinstance(finish, MonitoredFinish) and len(tokens) == len(events) - 1
-    assert "".join(t.step.text for t in tokens) == finish.finished.text
-    assert [t.record.index for t in tokens] == list(range(len(tokens)))
-    assert finish.summary.tokens == len(tokens)
-    assert finish.summary.max_divergence == max(t.record.max_divergence for t in tokens)
-    assert finish.summary.line().startswith("Analysis: mean divergence")
+def test_a_monitored_generation_streams_records_then_a_summary(probed_engine: Engine) -> None:
+    events = solo(probed_engine, "My favourite kind of music is", GenerationSettings(max_tokens=8, temperature=0))
+    records, finished, summary = token_records(events), ending(events), events[-1].summary
+    assert [r.token for r in records] == [e.step.text for e in events[:-1]] and finished.completion_tokens == 8
+    assert [r.index for r in records] == list(range(len(records)))
+    assert summary.tokens == len(records)
+    assert summary.max_divergence == max(r.max_divergence for r in records)
+    assert summary.line().startswith("Analysis: mean divergence")
 
 
 def test_summary_ranks_concepts_by_count_times_mean_divergence(probed_engine: Engine, monitor) -> None:

@@ -151,7 +151,7 @@ def test_an_unreachable_store_is_one_line() -> None:
 def test_crossings_span_the_tokens_at_or_above_the_threshold() -> None:
     def token(i: int, text: str, **acts: float) -> dict:
         concepts = [{"concept": c, "activation": a, "divergence": a - 0.1} for c, a in acts.items()]
-        return {"index": i, "token": text, "concepts": concepts}
+        return {"index": i, "token": text, "divergence": {"top_divergences": concepts}}
 
     records = [
         token(0, "I", Fear=0.2),

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from hatcat.errors import InvalidValue
-from hatcat.generation import GenerationSettings, _Sampler, draw_rows
+from hatcat.generation import GenerationSettings
+from hatcat.sampling import Sampler, draw_rows
 
 TEMPERATURES = (5e-324, 1e-300, 1e-40, 1e-8, 0.7, 2.0)
 PENALTIES = (5e-324, 2e-313, 1e-3, 1.0, 10.0)
@@ -33,21 +34,21 @@ def test_extreme_temperature_and_penalty_give_a_token(temperature: float, penalt
         settings = GenerationSettings(
             temperature=temperature, repetition_penalty=penalty, top_p=top_p, top_k=top_k, seed=1
         )
-        sampler = _Sampler(settings, prompt[None])
+        sampler = Sampler(settings, prompt[None])
         tokens = [sampler.sample(logits.clone()) for _ in range(3)]
         assert all(0 <= t < logits.numel() for t in tokens)
 
 
 def test_vanishing_temperature_picks_the_argmax() -> None:
     logits = _logits()
-    sampler = _Sampler(GenerationSettings(temperature=1e-40, seed=3), torch.tensor([[1]]))
+    sampler = Sampler(GenerationSettings(temperature=1e-40, seed=3), torch.tensor([[1]]))
     assert {sampler.sample(logits) for _ in range(20)} == {7}
 
 
 def test_a_seed_repeats_its_draws() -> None:
     logits = _logits()
     settings = GenerationSettings(temperature=1.5, seed=11)
-    first, second = (_Sampler(settings, torch.tensor([[1]])) for _ in range(2))
+    first, second = (Sampler(settings, torch.tensor([[1]])) for _ in range(2))
     assert [first.sample(logits) for _ in range(20)] == [second.sample(logits) for _ in range(20)]
 
 
@@ -55,7 +56,7 @@ def test_a_seed_repeats_its_draws() -> None:
 def test_draws_follow_the_softmax_of_the_scaled_logits(at: tuple[int, ...]) -> None:
     logits = torch.full((4096,), float("-inf"))  # probability 0 everywhere else: never drawn
     logits[list(at)] = torch.tensor([2.0, 1.0, 0.0, -1.0])
-    sampler = _Sampler(GenerationSettings(temperature=0.5, seed=4), torch.tensor([[1]]))
+    sampler = Sampler(GenerationSettings(temperature=0.5, seed=4), torch.tensor([[1]]))
     counts = torch.bincount(torch.tensor([sampler.sample(logits) for _ in range(20_000)]), minlength=4096)
     assert int(counts.sum() - counts[list(at)].sum()) == 0
     expected = torch.softmax(logits[list(at)] / 0.5, dim=0) * 20_000
@@ -74,17 +75,17 @@ def test_a_row_draws_the_same_tokens_alone_and_in_a_batch_of_other_settings() ->
     ]
     steps = torch.randn(10, len(settings), 4096, generator=torch.Generator().manual_seed(1)) * 4
     prompt = torch.tensor([[3, 5]])
-    together = [_Sampler(s, prompt) for s in settings]
+    together = [Sampler(s, prompt) for s in settings]
     batched = torch.stack([draw_rows(together, logits) for logits in steps], dim=1)
     for row, s in enumerate(settings):
-        alone = _Sampler(s, prompt)
+        alone = Sampler(s, prompt)
         assert [alone.sample(logits[row]) for logits in steps] == batched[row].tolist()
 
 
 def test_min_tokens_holds_end_of_sequence_back() -> None:
     logits = _logits()  # token 7 is the clear favourite: call it end-of-sequence
     for temperature in (0, 0.7):
-        sampler = _Sampler(GenerationSettings(temperature=temperature, min_tokens=3, seed=1), torch.tensor([[1]]), {7})
+        sampler = Sampler(GenerationSettings(temperature=temperature, min_tokens=3, seed=1), torch.tensor([[1]]), {7})
         tokens = [sampler.sample(logits) for _ in range(4)]
         assert 7 not in tokens[:3] and tokens[3] == 7
 

@@ -21,7 +21,7 @@ def _trace(engine: Engine) -> list[dict]:
 
     with engine.exclusive():
         return [
-            r.to_dict()
+            r.to_dict(top=None)
             for r in analyze_text(
                 engine.model, engine.tokenizer, engine.monitor, "She was <afraid> of the loud music & the car."
             )
@@ -33,8 +33,8 @@ def test_heatmap_escapes_tokens_colours_each_and_outlines_hits(probed_engine: En
     page = tr.heatmap_html(records)
     assert page.count('class="hc-tok') == len(records)
     assert "&lt;" in page and "<afraid>" not in page
-    assert all(f"background:{r['colour']}" in page for r in records)
-    concept = records[0]["concepts"][0]["concept"]
+    assert all(f"background:{r['color']}" in page for r in records)
+    concept = records[0]["divergence"]["top_divergences"][0]["concept"]
     assert 'class="hc-tok hc-hit"' in tr.heatmap_html(records, concept, threshold=0.0)
     assert 'class="hc-tok hc-hit"' not in tr.heatmap_html(records, concept, threshold=1.01)
 
@@ -46,7 +46,7 @@ def test_exports_hold_every_record_and_concept(probed_engine: Engine) -> None:
     assert lines[:-1] == records and lines[-1] == {"summary": {"line": "x"}}
     with Path(table).open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == sum(max(1, len(r["concepts"])) for r in records)
+    assert len(rows) == sum(max(1, len(r["divergence"]["top_divergences"])) for r in records)
     assert {row["token"] for row in rows} == {r["token"] for r in records}
 
 
@@ -90,8 +90,8 @@ def test_monitor_endpoint_streams_tokens_with_records(server: str) -> None:
     trace = next(o for o in outputs if isinstance(o, dict) and "records" in o)
     records = trace["records"]
     assert 1 <= len(records) <= 8
-    assert all({"index", "token", "concepts", "max_divergence", "colour"} <= set(r) for r in records)
-    assert any(r["concepts"] for r in records)
+    assert all(set(r) == {"index", "token", "color", "divergence"} for r in records)
+    assert any(r["divergence"]["top_divergences"] for r in records)
     assert trace["summary"]["tokens"] == len(records)
     html = next(o for o in outputs if isinstance(o, str) and "hc-tok" in o)
     assert html.count('class="hc-tok') == len(records)

@@ -1,7 +1,8 @@
 """What several panels share: running a monitored generation, the probe-pack guard, user errors.
 
-Views never touch torch: they call the Engine and library functions from here, and keep
-traces as plain dicts (`TokenRecord.to_dict()`), which Gradio state and JSON export can hold.
+Views never touch torch: they call the Engine and library functions from here, and keep traces
+as plain dicts (`TokenRecord.to_dict(top=None)`: every reported concept), which Gradio state and
+JSON export can hold.
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import gradio as gr
 from hatcat.api.prompt import build_prompt
 from hatcat.engine import Engine
 from hatcat.errors import HatCatError
-from hatcat.generation import GenerationSettings
-from hatcat.pipeline import MonitoredFinish
+from hatcat.generation import GenerationSettings, MonitoredFinish
 from hatcat.steering import Steering
 from views.access import current_actor
 
@@ -67,7 +67,7 @@ def stream_trace(
                     }
                     yield records, summary
                     return
-                records = records + [event.record.to_dict()]
+                records = records + [event.record.to_dict(top=None)]
                 yield records, None
         finally:
             generation.cancel()  # the browser went away (or the generation ended): leave the batch

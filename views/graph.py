@@ -19,7 +19,7 @@ def fired_scores(records: list[dict]) -> dict[str, tuple[float, float]]:
     """Per concept in the trace: (max activation, mean divergence)."""
     acts, divs = defaultdict(list), defaultdict(list)
     for r in records:
-        for c in r["concepts"]:
+        for c in r["divergence"]["top_divergences"]:
             acts[c["concept"]].append(c["activation"])
             divs[c["concept"]].append(c["divergence"])
     return {c: (max(acts[c]), sum(divs[c]) / len(divs[c])) for c in acts}

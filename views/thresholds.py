@@ -225,7 +225,7 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     )
 
     def refresh(records: list[dict]):
-        fired = [c["concept"] for r in records or [] for c in r["concepts"]]
+        fired = [c["concept"] for r in records or [] for c in r["divergence"]["top_divergences"]]
         choices = list(dict.fromkeys(fired + engine.probe_concepts()))  # what fired in the trace first
         return gr.Dropdown(choices=choices, value=choices[0] if choices else None), gr.Dropdown(
             choices=saved_profiles(engine)

@@ -1,4 +1,4 @@
-"""A trace (list of `TokenRecord.to_dict()`) rendered: heatmap HTML, divergence plot, token table, exports.
+"""A trace (list of `TokenRecord.to_dict(top=None)`) rendered: heatmap HTML, divergence plot, token table, exports.
 
 One place for these so the Monitor, Steering and Thresholds panels draw traces the same way.
 """
@@ -20,7 +20,8 @@ BY_DIVERGENCE = "divergence"
 
 def activation_of(record: dict, concept: str) -> float | None:
     """The concept's activation on this token, or None when the monitor did not report it."""
-    return next((c["activation"] for c in record["concepts"] if c["concept"] == concept), None)
+    concepts = record["divergence"]["top_divergences"]
+    return next((c["activation"] for c in concepts if c["concept"] == concept), None)
 
 
 def activation_colour(value: float) -> str:
@@ -38,7 +39,7 @@ def heatmap_html(records: list[dict], colour_by: str = BY_DIVERGENCE, threshold:
     spans = []
     for r in records:
         if colour_by == BY_DIVERGENCE:
-            spans.append(token_span(r, r["colour"]))
+            spans.append(token_span(r, r["color"]))
         else:
             act = activation_of(r, colour_by) or 0.0
             spans.append(token_span(r, activation_colour(act), hit=threshold is not None and act >= threshold))
@@ -56,7 +57,11 @@ def divergence_figure(records: list[dict], concept: str | None = None, threshold
     x = [r["index"] for r in records]
     labels = [r["token"] for r in records]
     fig.add_scatter(
-        x=x, y=[r["max_divergence"] for r in records], mode="lines+markers", name="max divergence", text=labels
+        x=x,
+        y=[r["divergence"]["max_divergence"] for r in records],
+        mode="lines+markers",
+        name="max divergence",
+        text=labels,
     )
     if concept and concept != BY_DIVERGENCE:
         fig.add_scatter(
@@ -84,7 +89,8 @@ def token_rows(records: list[dict], index: float | None) -> list[list]:
         return []
     record = records[max(0, min(int(index), len(records) - 1))]
     return [
-        [c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]] for c in record["concepts"]
+        [c["concept"], c["layer"], c["activation"], c["text_similarity"], c["divergence"]]
+        for c in record["divergence"]["top_divergences"]
     ]
 
 
@@ -117,14 +123,14 @@ def export_files(records: list[dict], summary: dict | None) -> tuple[str, str]:
             ["index", "token", "max_divergence", "concept", "layer", "activation", "text_similarity", "divergence"]
         )
         for r in records:
-            for c in r["concepts"] or [
+            for c in r["divergence"]["top_divergences"] or [
                 {"concept": "", "layer": "", "activation": "", "text_similarity": "", "divergence": ""}
             ]:
                 writer.writerow(
                     [
                         r["index"],
                         r["token"],
-                        r["max_divergence"],
+                        r["divergence"]["max_divergence"],
                         c["concept"],
                         c["layer"],
                         c["activation"],

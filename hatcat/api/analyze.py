@@ -17,7 +17,6 @@ from fastapi import APIRouter, Request
 
 from hatcat.api.errors import APIError, error_responses
 from hatcat.api.protocol import Analysis, AnalysisList, AnalyzeRequest
-from hatcat.api.reports import token_report
 from hatcat.api.worker import ClientGone, Ended, Failed, Job
 from hatcat.engine import Engine
 
@@ -53,7 +52,7 @@ def _answer(pack_id: str, document: dict[str, Any], index: int | None) -> dict[s
     answer = {
         "object": "analysis",
         "probe_pack": pack_id,
-        "tokens": [token_report(r) for r in document["records"]],
+        "tokens": [r.to_dict() for r in document["records"]],
         "concepts": document["concepts"],
         "summary": document["summary"],
         "summary_line": document["summary_line"],

@@ -4,17 +4,15 @@ OpenWebUI forwards an upstream SSE line `data: {"choices": [], "event": {...}}` 
 emitter, so a server can put HatCat's coloured token view above the message with nothing
 installed in OpenWebUI. Ordinary OpenAI clients must never see such a line: it is sent only when
 the request carries `X-HatCat-OpenWebUI-Events: 1` (set per connection in OpenWebUI's
-`OPENAI_API_CONFIGS` headers). The embed is the compact one the OpenWebUI functions draw (their
-default valves).
+`OPENAI_API_CONFIGS` headers). The embed is the one the OpenWebUI functions draw.
 """
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from hatcat.api.reports import token_report
-from hatcat.heatmap import embeds_event, event_line, record_from_report, status_event
-from hatcat.monitor import ResponseSummary, TokenRecord
+from hatcat.heatmap import embeds_event, event_line, status_event
+from hatcat.monitor import ResponseSummary
 from hatcat.openwebui.passages import compact_embed
 
 HEADER = "X-HatCat-OpenWebUI-Events"
@@ -25,14 +23,11 @@ class OpenWebUIEvents:
     """One stream's records; at its end, a final status line and the embed as event lines."""
 
     def __init__(self) -> None:
-        self.records: list[dict] = []
+        self.records: list[dict] = []  # `TokenRecord.to_dict()`s
 
     @classmethod
     def requested(cls, request: Request) -> OpenWebUIEvents | None:
         return cls() if request.headers.get(HEADER, "").strip().lower() in ON else None
-
-    def add(self, record: TokenRecord) -> None:
-        self.records.append(record_from_report(token_report(record)))
 
     def lines(self, summary: ResponseSummary | None) -> str:
         if not self.records:

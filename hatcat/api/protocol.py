@@ -2,9 +2,10 @@
 extensions (`session_id`, `top_k`, `repetition_penalty`, `min_tokens`, `include_analysis`) come last.
 
 Bounds live on the fields so that a bad value is a 400 naming the field and the OpenAPI
-document tells clients (and the fuzzer) what is allowed. `max_tokens`' upper bound is a
-setting (`HATCAT_MAX_TOKENS`): it is checked in the route and written into the schema by
-`server.create_api`.
+document tells clients (and the fuzzer) what is allowed; the sampling fields' bounds are
+`hatcat.generation`'s annotated types, the ones `GenerationSettings` validates with.
+`max_tokens`' upper bound is a setting (`HATCAT_MAX_TOKENS`): it is checked in the route and
+written into the schema by `server.create_api`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hatcat.generation import MAX_TEMPERATURE
+from hatcat.generation import (
+    MaxTokens,
+    MinTokens,
+    RepetitionPenalty,
+    Seed,
+    StopText,
+    Temperature,
+    TopK,
+    TopP,
+)
 from hatcat.steering import MAX_STRENGTH
 
 MONITOR_MODEL_ID = "hatcat-divergence"
@@ -75,22 +85,20 @@ class ChatCompletionRequest(_Request):
         min_length=1, description="at least one user message", json_schema_extra=HAS_USER_MESSAGE
     )
     model: str = Field(MONITOR_MODEL_ID, min_length=1, max_length=200)
-    max_completion_tokens: int | None = Field(None, ge=1, description="alias of max_tokens")
-    max_tokens: int | None = Field(None, ge=1, description="at most HATCAT_MAX_TOKENS")
+    max_completion_tokens: MaxTokens | None = Field(None, description="alias of max_tokens")
+    max_tokens: MaxTokens | None = Field(None, description="at most HATCAT_MAX_TOKENS")
     n: int = Field(1, ge=1, le=1, description="only one choice per request")
-    seed: int | None = Field(None, ge=-(2**53), le=2**53, description="same seed, same text")
-    stop: Annotated[str, Field(min_length=1)] | list[Annotated[str, Field(min_length=1)]] | None = Field(
-        None, max_length=MAX_STOP_SEQUENCES
-    )
+    seed: Seed | None = Field(None, description="same seed, same text")
+    stop: StopText | list[StopText] | None = Field(None, max_length=MAX_STOP_SEQUENCES)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0.0, le=MAX_TEMPERATURE, description="0 = greedy; default 0.7")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    temperature: Temperature | None = Field(None, description="0 = greedy; default 0.7")
+    top_p: TopP | None = None
     user: str | None = None
     # HatCat extensions
-    top_k: int = Field(0, ge=0, le=1000, description="0 = off")
-    repetition_penalty: float = Field(1.0, gt=0.0, le=10.0, description="1 = off")
-    min_tokens: int = Field(0, ge=0, description="end-of-sequence held back until this many tokens (vLLM's)")
+    top_k: TopK = Field(0, description="0 = off")
+    repetition_penalty: RepetitionPenalty = Field(1.0, description="1 = off")
+    min_tokens: MinTokens = Field(0, description="end-of-sequence held back until this many tokens (vLLM's)")
     session_id: SessionId = DEFAULT_SESSION
     include_analysis: bool = Field(
         True, description="stream the response-level analysis line as content after the last token"

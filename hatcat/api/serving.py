@@ -38,13 +38,12 @@ from hatcat.api.protocol import (
     ChunkMetadata,
     Usage,
 )
-from hatcat.api.reports import divergence, steering_state, token_report
+from hatcat.api.reports import steering_state
 from hatcat.api.worker import Ended, Failed, Job
 from hatcat.batching import Generation
 from hatcat.engine import Engine
-from hatcat.generation import Finished, GenerationSettings
+from hatcat.generation import Finished, GenerationSettings, MonitoredFinish, MonitoredToken
 from hatcat.monitor import ResponseSummary, TokenRecord
-from hatcat.pipeline import MonitoredFinish, MonitoredToken
 from hatcat.steering import Steering
 
 MIN_TOP_P = 1e-9  # keeps only the most likely token, as any smaller top_p does
@@ -174,9 +173,10 @@ class ChatRun:
         record, extra = event.record, {}
         self._observe(record)
         if record is not None:
+            report = record.to_dict()
             if self.openwebui is not None:
-                self.openwebui.add(record)
-            extra = {"divergence": divergence(record), "color": record.colour, "token_index": record.index}
+                self.openwebui.records.append(report)
+            extra = {"divergence": report["divergence"], "color": report["color"], "token_index": report["index"]}
         role = {"role": "assistant"} if first else {}
         return self._chunk(ChunkDelta(**role, content=event.step.text, metadata=self._metadata(**extra)))
 
@@ -225,7 +225,7 @@ class ChatRun:
             if isinstance(item, MonitoredToken):
                 self._observe(item.record)
                 if item.record is not None:
-                    tokens.append(token_report(item.record))
+                    tokens.append(item.record.to_dict())
             elif isinstance(item, Failed):
                 raise item.error
             elif isinstance(item, Ended):

@@ -13,7 +13,6 @@ import httpx
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from hatcat.heatmap import record_from_report  # inlined by the installer
 from hatcat.openwebui.passages import compact_embed  # inlined by the installer
 
 ANALYSIS_MARK = "\n\n**Analysis**:"  # the summary line HatCat appends to a streamed answer
@@ -67,10 +66,9 @@ class Action:
                 reason = response.text[:200]
             raise RuntimeError(f"HatCat /v1/analyze answered {response.status_code}: {reason}")
         analysis = response.json()
-        records = [record_from_report(t) for t in analysis["tokens"]]
         valves = self.valves
         document = compact_embed(
-            records, analysis["summary"], valves.top_concepts, valves.full_colour_at, valves.passage_at
+            analysis["tokens"], analysis["summary"], valves.top_concepts, valves.full_colour_at, valves.passage_at
         )
         if __event_emitter__ is not None:
             await __event_emitter__({"type": "status", "data": {"description": analysis["summary_line"], "done": True}})

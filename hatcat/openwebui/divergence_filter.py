@@ -95,15 +95,14 @@ class Filter:
 
     @staticmethod
     def _add_token(message: _Message, meta: dict, text: str) -> None:
-        divergence = meta["divergence"]
-        message.records.append(
-            {
-                "index": meta["token_index"],
-                "token": text,
-                "max_divergence": divergence["max_divergence"],
-                "concepts": divergence.get("top_divergences") or [],
-            }
-        )
+        """The token's record, as HatCat's API shapes one (`TokenRecord.to_dict()`)."""
+        record = {
+            "index": meta["token_index"],
+            "token": text,
+            "color": meta.get("color"),
+            "divergence": meta["divergence"],
+        }
+        message.records.append(record)
 
     async def _status(self, message: _Message, emit, done: bool) -> None:
         now = time.monotonic()

@@ -20,11 +20,12 @@ MAX_EXCERPT = 400
 
 
 def crossings(records: Sequence[TokenRecord | dict], thresholds: dict[str, float]) -> list[dict[str, Any]]:
-    """Per concept that reached its threshold: span, score, divergence, excerpt (records: objects or dicts)."""
-    rows = [r.to_dict() if isinstance(r, TokenRecord) else r for r in records]
+    """Per concept that reached its threshold: span, score, divergence, excerpt (records: objects, or
+    `to_dict(top=None)`s with every reported concept)."""
+    rows = [r.to_dict(top=None) if isinstance(r, TokenRecord) else r for r in records]
     spans: dict[str, dict[str, Any]] = {}
     for row in rows:
-        for c in row["concepts"]:
+        for c in row["divergence"]["top_divergences"]:
             threshold = thresholds.get(c["concept"])
             if threshold is None or c["activation"] < threshold:
                 continue
