@@ -7,6 +7,7 @@ is allowed; `app.py` prints it and exits with status 2.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from hatcat.errors import HatCatError
 EMBEDDED_DEFAULT = "embedded:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCALE_EXTRA = "pip install 'hatcat[scale]' (or pip install -r requirements-scale.txt)"
+POSTGRES_EXTRA = "pip install 'hatcat[postgres]' (or pip install 'psycopg[binary]')"
 
 
 class ConfigError(HatCatError, ValueError):
@@ -97,7 +100,7 @@ class Settings:
             if get("HATCAT_AUTO_TRAIN_LIMIT")
             else None,
             users_file=Path(get("HATCAT_USERS_FILE")).expanduser() if get("HATCAT_USERS_FILE") else None,
-            db=get("HATCAT_DB") or None,
+            db=_db("HATCAT_DB", get("HATCAT_DB")),
             max_body_bytes=_int(
                 "HATCAT_MAX_BODY_BYTES", get("HATCAT_MAX_BODY_BYTES"), defaults.max_body_bytes, 1024, 1 << 30
             ),
@@ -105,6 +108,12 @@ class Settings:
             max_streams=_int("HATCAT_MAX_STREAMS", get("HATCAT_MAX_STREAMS"), defaults.max_streams, 0, 10_000),
             session_store=_session_store("HATCAT_SESSION_STORE", get("HATCAT_SESSION_STORE")),
         )
+
+
+def require_package(module: str, needed_by: str, install: str) -> None:
+    """Refuse (one line naming what to install) when an optional `module` that `needed_by` uses is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{needed_by} needs the {module!r} package, which is not installed: {install}")
 
 
 def _int(name: str, raw: str, default: int, low: int, high: int) -> int:
@@ -153,7 +162,16 @@ def _session_store(name: str, raw: str) -> str | None:
         raise ConfigError(
             f"{name}={raw!r} is invalid; allowed: unset (in-process) or a Redis URL like redis://host:6379/0"
         )
+    require_package("redis", name, SCALE_EXTRA)
     return raw
+
+
+def _db(name: str, raw: str) -> str | None:
+    """Unset: SQLite under the cache dir; a file path (SQLite); or a SQLAlchemy URL whose driver is installed."""
+    if raw.startswith("postgresql"):
+        driver = raw.split("://", 1)[0].partition("+")[2] or "psycopg2"
+        require_package(driver, name, POSTGRES_EXTRA if driver == "psycopg" else f"pip install {driver}")
+    return raw or None
 
 
 def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:
