@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from hatcat.api.protocol import ChatCompletionRequest
+from hatcat.api.serving import generation_settings
 from hatcat.config import EMBEDDED_DEFAULT, ConfigError, Settings
 from hatcat.corpus import main as corpus_main
 from hatcat.serve_ray import main as serve_ray_main
@@ -108,7 +110,7 @@ def test_port_and_host_come_from_spaces_variables_when_hatcat_ones_are_unset() -
     "name, value, module, extra",
     [
         ("HATCAT_SESSION_STORE", "redis://cache:6379/0", "redis", "hatcat[scale]"),
-        ("HATCAT_DB", "postgresql+psycopg://hc@db/hatcat", "psycopg", "hatcat[postgres]"),
+        ("HATCAT_DB", "postgresql+psycopg://hc@db/hatcat", "psycopg", "psycopg[binary]"),
     ],
 )
 def test_a_setting_whose_optional_package_is_missing_is_refused_naming_the_extra(
@@ -134,3 +136,12 @@ def test_a_scale_command_without_ray_exits_2_naming_the_extra(
     )
     code, err = run_main(main, argv, capsys)
     assert code == 2 and "'ray'" in err and "hatcat[scale]" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_chat_request_without_max_tokens_gets_the_default_length() -> None:
+    settings = Settings.from_env({"HATCAT_DEFAULT_MAX_TOKENS": "96", "HATCAT_MAX_TOKENS": "1000"})
+    assert Settings.from_env({}).default_max_tokens == 128
+    body = lambda **extra: ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], **extra)
+    assert generation_settings(body(), settings.max_tokens, settings.default_max_tokens).max_tokens == 96
+    assert generation_settings(body(max_tokens=300), settings.max_tokens, settings.default_max_tokens).max_tokens == 300
+    assert generation_settings(body(), 50, settings.default_max_tokens).max_tokens == 50  # never above the limit
