@@ -1,10 +1,11 @@
 """Entry point: settings -> Engine -> FastAPI (+ Gradio mounted at /) -> uvicorn.
 
-python app.py            # serves on HATCAT_HOST:HATCAT_PORT (default 127.0.0.1:8765)
+python app.py            # serves on HATCAT_HOST:HATCAT_PORT (default 127.0.0.1:8765); also `hatcat serve`
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 import gradio as gr
@@ -30,7 +31,12 @@ def build_app(engine: Engine) -> FastAPI:
     )
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="hatcat serve",
+        description="Serve the OpenAI-compatible API under /v1 and the workbench at / on HATCAT_HOST:HATCAT_PORT.",
+        epilog="Every setting is a HATCAT_* environment variable (README, Settings); a bad one exits 2.",
+    ).parse_args(argv)
     try:
         settings = Settings.from_env()
         engine = Engine.from_settings(settings)

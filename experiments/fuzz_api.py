@@ -6,7 +6,7 @@
 Starts `python app.py` on a free loopback port with a users file (the fuzzer sends an admin's
 key, so every route is reachable; schemathesis' `ignored_auth` check also sends none and a
 wrong one), its own SQLite record store and HATCAT_MAX_TOKENS=8 (short generations); the rate
-limit is off so that the fuzzer is not answered 429 throughout. Runs `st run` once per seed with
+limit and the failed-key throttle are off so that the fuzzer is not answered 429 throughout. Runs `st run` once per seed with
 every check, then reads the server's own request counter (`/metrics`, by route and status) for
 the ground truth on status codes. Writes `results/fuzz_api.json`: cases run, responses by
 status, 5xx found (expected 0), and the schemathesis checks that failed per seed (non-5xx
@@ -135,6 +135,7 @@ def main() -> int:
         "HATCAT_USERS_FILE": str(users),
         "HATCAT_DB": str(work / "hatcat.db"),
         "HATCAT_RATE_LIMIT": "0",
+        "HATCAT_AUTH_FAILURES": "0",
     }
     proc, base = start_app(env, work / "server.log")
     runs = {}

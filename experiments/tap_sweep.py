@@ -20,14 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch import nn
+from transformers import PreTrainedTokenizerBase
 
+from experiments.template_probes import fit_probes, metrics
 from hatcat.concepts import load_pack
 from hatcat.config import Settings
 from hatcat.model import load_model
 from hatcat.paths import DATA, RESULTS
 from hatcat.train import DEFAULT_MELDS
-from hatcat.training.activations import ActivationCache, extract, pooled_activations, text_features
-from hatcat.training.fit import auroc, fit_probes, metrics
+from hatcat.training.activations import pooled_activations
+from hatcat.training.fit import auroc
 from hatcat.training.prompts import related
 from hatcat.training.run import TrainSettings, plan
 
@@ -46,6 +49,24 @@ def scene_auroc(pack, concepts: list[str], probs: np.ndarray, owner: np.ndarray)
     return float(np.nanmean(scores))
 
 
+@torch.no_grad()
+def text_features(
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 256
+) -> torch.Tensor:
+    """Words-only features: the mean input embedding of each text's tokens (no context, no layers)."""
+    embed = model.get_input_embeddings()
+    device = embed.weight.device
+    rows = []
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            texts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+        ).to(device)
+        vectors = embed(batch["input_ids"]).float()
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        rows.append(((vectors * mask).sum(1) / mask.sum(1).clamp(min=1)).cpu())
+    return torch.cat(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 4, 6, 8, 10, 12, 14, 15, 16, 17])
@@ -60,9 +81,10 @@ def main() -> None:
 
     work = plan(pack, TrainSettings(concepts=tuple(concepts)))
     concepts = work.trained  # pack order
-    caches = [ActivationCache(settings.cache_dir, loaded.name, layer) for layer in args.layers]
     start = time.perf_counter()
-    extract(loaded.model, loaded.tokenizer, work.texts, caches)
+    texts = list(dict.fromkeys(work.texts))
+    states = pooled_activations(loaded.model, loaded.tokenizer, texts, args.layers)  # {layer: {pooling: rows}}
+    row_of = {t: i for i, t in enumerate(texts)}
     splits = {s: work.split(s) for s in ("train", "val", "test")}
     scene_states = pooled_activations(loaded.model, loaded.tokenizer, scene_texts, args.layers)
 
@@ -76,11 +98,11 @@ def main() -> None:
         }
 
     rows = []
-    for cache in caches:
+    for layer in args.layers:
         for pooling in ("last", "mean"):
-            x = {s: cache.stack(splits[s][0], pooling) for s in splits}
-            result = evaluate(x["train"], x["val"], x["test"], scene_states[cache.layer][pooling].float())
-            rows.append({"features": f"block {cache.layer}", "layer": cache.layer, "pooling": pooling, **result})
+            x = {s: states[layer][pooling][[row_of[t] for t in splits[s][0]]].float() for s in splits}
+            result = evaluate(x["train"], x["val"], x["test"], scene_states[layer][pooling].float())
+            rows.append({"features": f"block {layer}", "layer": layer, "pooling": pooling, **result})
             print(rows[-1], flush=True)
     words = {s: text_features(loaded.model, loaded.tokenizer, splits[s][0]) for s in splits}
     scene_words = text_features(loaded.model, loaded.tokenizer, scene_texts)

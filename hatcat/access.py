@@ -92,18 +92,23 @@ class Directory:
 
     def by_key(self, key: str) -> User | None:
         """The user an API key belongs to, or None."""
+        return self.known(key) or self.verify(key)
+
+    def known(self, key: str) -> User | None:
+        """The user of `HATCAT_API_KEY` or of a key verified before (no hashing), or None."""
         if self.api_key and hmac.compare_digest(key.encode(), self.api_key.encode()):
             return User(API_KEY_USER, Role.admin)
-        digest = hashlib.sha256(key.encode()).digest()
-        if digest in self._verified:
-            return self._verified[digest]
+        return self._verified.get(hashlib.sha256(key.encode()).digest())
+
+    def verify(self, key: str) -> User | None:
+        """The user a key of the users file belongs to (one argon2 verification), or None."""
         match = KEY.fullmatch(key)
         if not match:
             return None
         for entry in self.entries.values():
             stored = entry.keys.get(match.group(1))
             if stored and _verify(stored, key):
-                self._verified[digest] = entry.user
+                self._verified[hashlib.sha256(key.encode()).digest()] = entry.user
                 return entry.user
         return None
 
@@ -153,6 +158,12 @@ def _read(path: Path) -> dict[str, _Entry]:
             raise AccessError(f"{where}: passwords and keys are stored as argon2 hashes (python -m hatcat.access)")
         entries[name] = _Entry(User(name, Role[spec["role"]]), password, {str(k): v for k, v in keys.items()})
     return entries
+
+
+def key_id(key: str) -> str:
+    """The public part of a key (`hck_<id>`), what failed attempts on one key are counted by."""
+    match = KEY.fullmatch(key)
+    return match.group(1) if match else "other"
 
 
 def hash_secret(secret: str) -> str:

@@ -14,32 +14,42 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from hatcat.concepts import ConceptPack
+from hatcat.model import LoadedModel
 from hatcat.paths import model_slug
 from hatcat.training.run import TrainSettings, train
-
-if TYPE_CHECKING:
-    from hatcat.engine import Engine
 
 log = logging.getLogger(__name__)
 
 ALL_LAYERS = (0, 1, 2, 3, 4, 5)
 
 
-def auto_pack_folder(engine: Engine) -> Path:
-    return engine.settings.cache_dir / "packs" / "auto" / model_slug(engine.loaded.name) / engine.concepts.id
+def auto_pack_folder(cache_dir: Path, model: str, concept_pack: str) -> Path:
+    return cache_dir / "packs" / "auto" / model_slug(model) / concept_pack
 
 
 class AutoTrainer:
-    """One background training run for one engine, with a progress record."""
+    """One background training run on a running model, with a progress record: trains under
+    `guard` (the engine's model lock, per batch) and hands the finished pack folder to `load`."""
 
-    def __init__(self, engine: Engine, limit: int | None = None) -> None:
-        self.engine = engine
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        concepts: ConceptPack,
+        cache_dir: Path,
+        guard: Callable[[], AbstractContextManager],
+        load: Callable[[Path], object],
+        limit: int | None = None,
+    ) -> None:
+        self.loaded, self.concepts, self.cache_dir, self.guard, self.load = loaded, concepts, cache_dir, guard, load
         # a limited run is a quick check of the path: it also reads only a slice of the control corpus
         self.settings = TrainSettings(layers=ALL_LAYERS, limit=limit, control_per_split=100 if limit else None)
-        self.folder = auto_pack_folder(engine)
+        self.folder = auto_pack_folder(cache_dir, loaded.name, concepts.id)
         self._state: dict[str, Any] = {"state": "queued", "phase": None, "fraction": 0.0}
         self._thread = threading.Thread(target=self._run, name="hatcat-auto-train", daemon=True)
 
@@ -60,17 +70,16 @@ class AutoTrainer:
     def _run(self) -> None:
         try:
             self._state["state"] = "training"
-            engine = self.engine
             folder, report = train(
-                engine.loaded.with_own_tokenizer(),  # requests tokenize beside it
-                engine.concepts,
+                self.loaded.with_own_tokenizer(),  # requests tokenize beside it
+                self.concepts,
                 self.settings,
-                engine.settings.cache_dir,
+                self.cache_dir,
                 self.folder,
                 progress=self._progress,
-                guard=engine.exclusive,
+                guard=self.guard,
             )
-            engine.load_probes(folder)
+            self.load(folder)
             self._state.update(
                 state="done",
                 phase=None,

@@ -7,6 +7,7 @@ is allowed; `app.py` prints it and exits with status 2.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from hatcat.errors import HatCatError
 EMBEDDED_DEFAULT = "embedded:gemma-3-270m"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCALE_EXTRA = "pip install 'hatcat[scale]' (or pip install -r requirements-scale.txt)"
+POSTGRES_EXTRA = "pip install 'psycopg[binary]' (in requirements-dev.txt)"
 
 
 class ConfigError(HatCatError, ValueError):
@@ -43,6 +46,7 @@ class Settings:
     api_key: str | None = None
     cors_origins: tuple[str, ...] = ()
     max_tokens: int = 2048
+    default_max_tokens: int = 128  # a chat request without max_tokens (OpenWebUI sends none) stops here
     max_batch: int = 8
     max_queue: int = 64
     hf_offline: bool = False
@@ -53,6 +57,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     rate_limit: int = 120  # requests per minute per key (with access control); 0 = off
     max_streams: int = 4  # concurrent streamed chat completions per key; 0 = off
+    auth_failures: int = 5  # failed authentications per minute per client address and per key id; 0 = off
     session_store: str | None = None  # a redis:// URL: steering per session shared by replicas; None: in-process
 
     @property
@@ -89,6 +94,9 @@ class Settings:
             api_key=get("HATCAT_API_KEY") or None,
             cors_origins=_origins("HATCAT_CORS_ORIGINS", get("HATCAT_CORS_ORIGINS")),
             max_tokens=_int("HATCAT_MAX_TOKENS", get("HATCAT_MAX_TOKENS"), defaults.max_tokens, 1, 1_000_000),
+            default_max_tokens=_int(
+                "HATCAT_DEFAULT_MAX_TOKENS", get("HATCAT_DEFAULT_MAX_TOKENS"), defaults.default_max_tokens, 1, 1_000_000
+            ),
             max_batch=_int("HATCAT_MAX_BATCH", get("HATCAT_MAX_BATCH"), defaults.max_batch, 1, 256),
             max_queue=_int("HATCAT_MAX_QUEUE", get("HATCAT_MAX_QUEUE"), defaults.max_queue, 0, 100_000),
             hf_offline=_bool("HF_HUB_OFFLINE", get("HF_HUB_OFFLINE"), defaults.hf_offline),
@@ -97,14 +105,23 @@ class Settings:
             if get("HATCAT_AUTO_TRAIN_LIMIT")
             else None,
             users_file=Path(get("HATCAT_USERS_FILE")).expanduser() if get("HATCAT_USERS_FILE") else None,
-            db=get("HATCAT_DB") or None,
+            db=_db("HATCAT_DB", get("HATCAT_DB")),
             max_body_bytes=_int(
                 "HATCAT_MAX_BODY_BYTES", get("HATCAT_MAX_BODY_BYTES"), defaults.max_body_bytes, 1024, 1 << 30
             ),
             rate_limit=_int("HATCAT_RATE_LIMIT", get("HATCAT_RATE_LIMIT"), defaults.rate_limit, 0, 1_000_000),
             max_streams=_int("HATCAT_MAX_STREAMS", get("HATCAT_MAX_STREAMS"), defaults.max_streams, 0, 10_000),
+            auth_failures=_int(
+                "HATCAT_AUTH_FAILURES", get("HATCAT_AUTH_FAILURES"), defaults.auth_failures, 0, 1_000_000
+            ),
             session_store=_session_store("HATCAT_SESSION_STORE", get("HATCAT_SESSION_STORE")),
         )
+
+
+def require_package(module: str, needed_by: str, install: str) -> None:
+    """Refuse (one line naming what to install) when an optional `module` that `needed_by` uses is missing."""
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"{needed_by} needs the {module!r} package, which is not installed: {install}")
 
 
 def _int(name: str, raw: str, default: int, low: int, high: int) -> int:
@@ -153,7 +170,16 @@ def _session_store(name: str, raw: str) -> str | None:
         raise ConfigError(
             f"{name}={raw!r} is invalid; allowed: unset (in-process) or a Redis URL like redis://host:6379/0"
         )
+    require_package("redis", name, SCALE_EXTRA)
     return raw
+
+
+def _db(name: str, raw: str) -> str | None:
+    """Unset: SQLite under the cache dir; a file path (SQLite); or a SQLAlchemy URL whose driver is installed."""
+    if raw.startswith("postgresql"):
+        driver = raw.split("://", 1)[0].partition("+")[2] or "psycopg2"
+        require_package(driver, name, POSTGRES_EXTRA if driver == "psycopg" else f"pip install {driver}")
+    return raw or None
 
 
 def _choice(name: str, raw: str, allowed: tuple[str, ...]) -> str:

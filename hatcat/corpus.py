@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from hatcat.analyze import parquet_row, read_jsonl
-from hatcat.config import Settings
+from hatcat.config import SCALE_EXTRA, Settings, require_package
 from hatcat.errors import HatCatError, InvalidValue
 from hatcat.pipeline import ANALYZE_BATCH
 
@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         texts, ids = read_jsonl(args.input)  # bad input is refused before a cluster starts
         if args.output.exists() and (not args.output.is_dir() or any(args.output.iterdir())):
             raise InvalidValue(f"{args.output} already exists; remove it or choose another --output")
+        require_package("ray", "python -m hatcat.corpus", SCALE_EXTRA)
         import ray
 
         ray.init(address=args.address, include_dashboard=False, logging_level="WARNING")

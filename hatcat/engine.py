@@ -35,6 +35,7 @@ from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_i
 from hatcat.sessions import open_session_store
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.store import Store
+from hatcat.store.events import record_events
 
 if TYPE_CHECKING:
     from hatcat.training.run import RunReport
@@ -143,10 +144,18 @@ class Engine:
         elif settings.auto_train:
             from hatcat.auto_train import AutoTrainer, auto_pack_folder
 
-            if (auto_pack_folder(engine) / "manifest.json").is_file():
-                engine.load_probes(auto_pack_folder(engine))
+            auto = auto_pack_folder(settings.cache_dir, loaded.name, engine.concepts.id)
+            if (auto / "manifest.json").is_file():
+                engine.load_probes(auto)
             else:
-                engine.auto_trainer = AutoTrainer(engine, settings.auto_train_limit).start()
+                engine.auto_trainer = AutoTrainer(
+                    loaded,
+                    engine.concepts,
+                    settings.cache_dir,
+                    engine.exclusive,
+                    engine.load_probes,
+                    settings.auto_train_limit,
+                ).start()
         _settle_heap()
         return engine
 
@@ -267,30 +276,33 @@ class Engine:
             )
 
     def held_out_scores(self, concept: str, split: str = "val") -> tuple[list[float], list[int]]:
-        """The loaded activation probe's scores for `concept` on its `split` prompts (labels: 1
-        positive, 0 negative), rebuilt with the run's prompt generator and negatives; one forward
-        per prompt missing from the activation cache. For the workbench's threshold tuning."""
-        from hatcat.training.activations import ActivationCache, extract
-        from hatcat.training.run import TrainSettings, plan
+        """The loaded probe's scores for `concept` on its `split` prompts and their labels (1 positive,
+        0 negative), for the workbench's threshold tuning (`hatcat.training.held_out`); the model is
+        held per forward pass for prompts not in the token-state cache."""
+        from hatcat.training.held_out import held_out_scores  # training code: loaded only when asked
 
         packs = self.require_probes("threshold tuning")
         if concept not in packs.bank.index:
             raise NotFound(f"no probe for {concept!r} in the loaded pack", param="concept", code="concept_not_found")
-        run = packs.probes.manifest.get("training", {})
-        work = plan(
-            packs.concepts,
-            TrainSettings(
-                concepts=(concept,), n_hard=run.get("n_hard", 8), n_easy=run.get("n_easy", 8), seed=run.get("seed", 0)
-            ),
+        return held_out_scores(
+            self.loaded, packs.bank, packs.concepts, concept, split, self.settings.cache_dir, self.exclusive
         )
-        texts, rows = work.split(split)
-        bank = packs.bank
-        cache = ActivationCache(self.settings.cache_dir, self.loaded.name, bank.tap_layer)
-        with self._lock:
-            extract(self.model, self.tokenizer, texts, [cache])
-        index, labels = rows.labelled(0)
-        scores = bank.score(cache.stack([texts[i] for i in index], bank.pooling).to(self.loaded.device))
-        return scores[:, bank.index[concept]].tolist(), labels.astype(int).tolist()
+
+    def record_response(self, records: list, request_id: str, actor: str) -> int:
+        """Store the divergence events of a served response (records: TokenRecords or their dicts);
+        blocking database work, so async callers run it in a thread. Returns how many were stored."""
+        packs = self.packs
+        if self.records is None or packs.monitor is None or not records:
+            return 0
+        context = {
+            "request_id": request_id,
+            "actor": actor,
+            "model": self.loaded.name,
+            "probe_pack": packs.probes.id,
+            "pack_checksum": packs.probes.checksum,
+        }
+        thresholds = dict(zip(packs.bank.concepts, packs.monitor.thresholds.tolist()))
+        return record_events(self.records, records, thresholds, context)
 
     def generate(self, prompt: str, settings: GenerationSettings, steerings: list[Steering] = ()) -> Generation:
         """Start a generation in the running batch (continuous batching, see `hatcat.batching`):

@@ -42,7 +42,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import parse_qs
 
-from hatcat.config import Settings
+from hatcat.config import SCALE_EXTRA, Settings, require_package
 from hatcat.errors import HatCatError, InvalidValue
 
 APP_NAME = "hatcat"
@@ -354,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InvalidValue("autoscaling needs 0 <= --min-replicas <= --max-replicas and --max-replicas >= 1")
         if scale.cpus_per_replica <= 0 or scale.gpus_per_replica < 0:
             raise InvalidValue("--cpus-per-replica must be > 0 and --gpus-per-replica >= 0")
+        require_package("ray", "python -m hatcat.serve_ray", SCALE_EXTRA)
         settings = Settings.from_env()
         if settings.session_store is None and (scale.replicas or scale.max_replicas) > 1:
             print(

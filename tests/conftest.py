@@ -1,6 +1,7 @@
 """Shared fixtures: the real embedded model, loaded once, and the real app on a loopback port.
 
-Tests that need the model are `slow` (`pytest -m "not slow"` runs the model-free tier): those with
+The caller's `HATCAT_*` settings are cleared at import, before any Settings are read: each test
+sets what it needs. Tests that need the model are `slow` (`pytest -m "not slow"` runs the model-free tier): those with
 the `engine` or `server` fixture in their closure are marked here, the few that load a model or start
 the app themselves carry the mark in their file. No fixture changes an engine another test sees: `probed_engine` is its own Engine on the shared model.
 """
@@ -8,6 +9,7 @@ the app themselves carry the mark in their file. No fixture changes an engine an
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import replace
@@ -19,6 +21,9 @@ import torch
 from hatcat.config import Settings
 from hatcat.engine import Engine
 from tests.support import start_app, start_redis, stop_app, train_small_pack
+
+for _name in [name for name in os.environ if name.startswith("HATCAT_")]:
+    del os.environ[_name]
 
 MODEL_FIXTURES = {"engine", "server"}
 

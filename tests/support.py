@@ -45,6 +45,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -
         time.sleep(0.01)
 
 
+def app_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without the caller's `HATCAT_*` settings, and `env` on top."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("HATCAT_")}, **env}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -88,7 +93,7 @@ def run_app(env: dict[str, str], timeout: float = 60) -> subprocess.CompletedPro
     return subprocess.run(
         [sys.executable, "app.py"],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env=app_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -115,10 +120,10 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None, lo
 def start_app(
     env: dict[str, str], log: Path, timeout: float = 600, prefix: list[str] | None = None
 ) -> tuple[subprocess.Popen, str]:
-    """`python app.py` on a free loopback port (`env` on top of this process's), its output in `log`,
+    """`python app.py` on a free loopback port (`env` on top of `app_env`), its output in `log`,
     behind `prefix` (e.g. a privilege wrapper) when given; returns (process, base URL) once `/health` answers."""
     port = free_port()
-    full = {**os.environ, "HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), **env}
+    full = app_env({"HATCAT_HOST": "127.0.0.1", "HATCAT_PORT": str(port), **env})
     with log.open("w") as out:  # a file, not a pipe: a pipe nobody reads blocks the server once it fills
         proc = subprocess.Popen(
             [*(prefix or []), sys.executable, "app.py"], cwd=ROOT, env=full, stdout=out, stderr=subprocess.STDOUT

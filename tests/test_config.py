@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 
+from hatcat.api.protocol import ChatCompletionRequest
+from hatcat.api.serving import generation_settings
 from hatcat.config import EMBEDDED_DEFAULT, ConfigError, Settings
-from tests.support import run_app
+from hatcat.corpus import main as corpus_main
+from hatcat.serve_ray import main as serve_ray_main
+from tests.support import run_app, run_main
 
 
 def test_defaults_select_embedded_model_on_port_8765() -> None:
@@ -97,3 +104,44 @@ def test_port_and_host_come_from_spaces_variables_when_hatcat_ones_are_unset() -
     assert Settings.from_env({**spaces, "HATCAT_HOST": "127.0.0.2"}).host == "127.0.0.2"
     with pytest.raises(ConfigError, match="^PORT="):
         Settings.from_env({"PORT": "http"})
+
+
+@pytest.mark.parametrize(
+    "name, value, module, extra",
+    [
+        ("HATCAT_SESSION_STORE", "redis://cache:6379/0", "redis", "hatcat[scale]"),
+        ("HATCAT_DB", "postgresql+psycopg://hc@db/hatcat", "psycopg", "psycopg[binary]"),
+    ],
+)
+def test_a_setting_whose_optional_package_is_missing_is_refused_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, module: str, extra: str
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({name: value})
+    message = str(err.value)
+    assert name in message and module in message and extra in message and "\n" not in message
+
+
+@pytest.mark.parametrize("main", [serve_ray_main, corpus_main])
+def test_a_scale_command_without_ray_exits_2_naming_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, main
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)
+    (tmp_path / "in.jsonl").write_text('"a text"\n')
+    argv = (
+        []
+        if main is serve_ray_main
+        else ["analyze", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "o")]
+    )
+    code, err = run_main(main, argv, capsys)
+    assert code == 2 and "'ray'" in err and "hatcat[scale]" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_chat_request_without_max_tokens_gets_the_default_length() -> None:
+    settings = Settings.from_env({"HATCAT_DEFAULT_MAX_TOKENS": "96", "HATCAT_MAX_TOKENS": "1000"})
+    assert Settings.from_env({}).default_max_tokens == 128
+    body = lambda **extra: ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}], **extra)
+    assert generation_settings(body(), settings.max_tokens, settings.default_max_tokens).max_tokens == 96
+    assert generation_settings(body(max_tokens=300), settings.max_tokens, settings.default_max_tokens).max_tokens == 300
+    assert generation_settings(body(), 50, settings.default_max_tokens).max_tokens == 50  # never above the limit

@@ -19,6 +19,7 @@ import pytest
 
 from hatcat.api.openwebui_events import HEADER
 from hatcat.openwebui.bundle import FUNCTIONS, REWRITTEN_BY_OPENWEBUI, function_source
+from hatcat.openwebui.passages import GAP, compact_embed, passages
 from hatcat.paths import RESULTS
 
 SHOTS = RESULTS / "screenshots"
@@ -76,7 +77,7 @@ def run_filter(filt, streams: dict[str, list[dict]]) -> tuple[list[dict], list[t
 
 
 class Spans(HTMLParser):
-    """The token spans of an embed: (text, background colour, title)."""
+    """The token spans of an embed: (text, background colour, title, token index)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -86,7 +87,7 @@ class Spans(HTMLParser):
     def handle_starttag(self, tag, attrs) -> None:
         a = dict(attrs)
         if tag == "span" and "hc-tok" in (a.get("class") or ""):
-            self.spans.append(["", a["style"].removeprefix("background:"), a["title"]])
+            self.spans.append(["", a["style"].removeprefix("background:"), a["title"], int(a["data-index"])])
             self._open = True
 
     def handle_endtag(self, tag) -> None:
@@ -98,10 +99,30 @@ class Spans(HTMLParser):
             self.spans[-1][0] += data
 
 
-def spans_of(document: str) -> list[list[str]]:
+def spans_of(document: str) -> list[list]:
     parser = Spans()
     parser.feed(document)
     return parser.spans
+
+
+def shown(reports: list[dict]) -> list[dict]:
+    """The tokens the compact embed shows (default valves) of an answer's per-token reports
+    (`TokenRecord.to_dict()` shapes): the passages coloured past the midpoint, with context."""
+    return passages(reports, 0.5)
+
+
+def reports_of(chunks: list[dict]) -> list[dict]:
+    """Per-token reports from a stream's token chunks."""
+    return [
+        {
+            "index": c["choices"][0]["delta"]["metadata"]["token_index"],
+            "token": c["choices"][0]["delta"]["content"],
+            "divergence": c["choices"][0]["delta"]["metadata"]["divergence"],
+            "color": c["choices"][0]["delta"]["metadata"]["color"],
+            "meta": c["choices"][0]["delta"]["metadata"],
+        }
+        for c in token_chunks(chunks)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +152,25 @@ def test_installed_source_is_self_contained_and_survives_openwebuis_rewrites(tmp
         assert out.stdout.strip() in ("Filter", "Action")
 
 
-def test_filter_turns_a_real_stream_into_one_embed_with_every_token_coloured(streams: dict[str, list[dict]]) -> None:
+def test_the_compact_embed_shows_the_coloured_passages_with_context_not_the_whole_answer() -> None:
+    divergences = [0.0] * 24
+    divergences[5], divergences[16] = 0.9, -0.6
+    records = [
+        {"index": i, "token": f"t{i}", "color": "#fff", "divergence": {"max_divergence": d, "top_divergences": []}}
+        for i, d in enumerate(divergences)
+    ]
+    tokens = [r["token"] for r in passages(records, 0.5, context=2)]
+    assert tokens == ["… t3", "t4", "t5", "t6", "t7", "… t14", "t15", "t16", "t17", "t18 …"]
+    quiet = [{**r, "divergence": {"max_divergence": 0.1 if r["index"] == 2 else 0.0}} for r in records]
+    assert [r["index"] for r in passages(quiet, 0.5, context=1)] == [1, 2, 3]  # none past the cut: the strongest
+    assert passages(records[:3], 0.5) == records[:3] and passages([], 0.5) == []
+    document = compact_embed(records, None, 8, 1.0, 0.5)
+    assert [s[3] for s in spans_of(document)] == [*range(1, 10), *range(12, 21)]  # context 4 either side
+
+
+def test_filter_turns_a_real_stream_into_one_compact_embed_of_its_coloured_passages(
+    streams: dict[str, list[dict]],
+) -> None:
     filt = load("hatcat_divergence").Filter()
     chunks = streams["message-0"]
     passed, emitted = run_filter(filt, {"m": chunks})
@@ -139,13 +178,12 @@ def test_filter_turns_a_real_stream_into_one_embed_with_every_token_coloured(str
     embeds = [e for _, e in emitted if e["type"] == "embeds"]
     assert len(embeds) == 1 and embeds[0]["data"]["replace"] is True
     (document,) = embeds[0]["data"]["embeds"]
-    tokens = token_chunks(chunks)
+    reports = {r["index"]: r for r in reports_of(chunks)}
     spans = spans_of(document)
-    assert len(spans) == len(tokens) >= 5
-    for (text, colour, title), chunk in zip(spans, tokens):
-        delta = chunk["choices"][0]["delta"]
-        meta = delta["metadata"]
-        assert text == delta["content"]
+    assert len(reports) >= 5 and [s[0] for s in spans] == [r["token"] for r in shown(list(reports.values()))]
+    for text, colour, title, index in spans:
+        meta = reports[index]["meta"]
+        assert text.removeprefix(GAP).removesuffix(" " + GAP.strip()) == reports[index]["token"]
         assert colour == meta["color"]  # the default scale draws the server's colours
         top = meta["divergence"]["top_divergences"]
         assert top and top[0]["concept"] in title and f"{meta['divergence']['max_divergence']:+.2f}" in title
@@ -179,8 +217,7 @@ def test_filter_keeps_interleaved_messages_apart(streams: dict[str, list[dict]])
     _, emitted = run_filter(filt, streams)
     for message_id, chunks in streams.items():
         (document,) = [e["data"]["embeds"][0] for m, e in emitted if m == message_id and e["type"] == "embeds"]
-        expected = [c["choices"][0]["delta"]["content"] for c in token_chunks(chunks)]
-        assert [s[0] for s in spans_of(document)] == expected
+        assert [s[0] for s in spans_of(document)] == [r["token"] for r in shown(reports_of(chunks))]
 
 
 def test_filter_passes_other_models_chunks_untouched_and_emits_nothing() -> None:
@@ -203,7 +240,8 @@ def test_filter_colour_scale_valve_sets_the_divergence_at_full_colour(streams: d
     _, emitted = run_filter(filt, {"m": streams["message-0"]})
     document = next(e["data"]["embeds"][0] for _, e in emitted if e["type"] == "embeds")
     full = "#ff0000" if value > 0 else "#0000ff"
-    assert tokens[strongest]["color"] != full and spans_of(document)[strongest][1] == full
+    colour_of = {index: colour for _, colour, _, index in spans_of(document)}
+    assert tokens[strongest]["color"] != full and colour_of[tokens[strongest]["token_index"]] == full
 
 
 def test_action_rescores_a_past_message_through_analyze(server: str, streams: dict[str, list[dict]]) -> None:
@@ -230,8 +268,9 @@ def test_action_rescores_a_past_message_through_analyze(server: str, streams: di
     assert response.headers["content-disposition"] == "inline"
     document = response.body.decode()
     direct = httpx.post(f"{server}/v1/analyze", json={"text": answer.split("\n\n**Analysis**:")[0]}, timeout=120).json()
-    assert [s[0] for s in spans_of(document)] == [t["token"] for t in direct["tokens"]]
-    assert [s[1] for s in spans_of(document)] == [t["color"] for t in direct["tokens"]]
+    reports = direct["tokens"]
+    assert [s[0] for s in spans_of(document)] == [t["token"] for t in shown(reports)]
+    assert [s[1] for s in spans_of(document)] == [t["color"] for t in shown(reports)]
     assert statuses[-1] == {"description": direct["summary_line"], "done": True}
 
 
@@ -256,8 +295,8 @@ def test_server_sends_openwebui_event_lines_only_when_asked(server: str) -> None
     assert [e["type"] for e in events] == ["status", "embeds"] and events[0]["data"]["done"] is True
     spans = spans_of(events[1]["data"]["embeds"][0])
     tokens = token_chunks(asked)
-    assert [s[0] for s in spans] == [c["choices"][0]["delta"]["content"] for c in tokens]
-    assert [s[1] for s in spans] == [c["choices"][0]["delta"]["metadata"]["color"] for c in tokens]
+    assert [s[0] for s in spans] == [r["token"] for r in shown(reports_of(asked))]
+    assert [s[1] for s in spans] == [r["color"] for r in shown(reports_of(asked))]
     assert token_chunks(plain) and [c["choices"][0]["delta"]["content"] for c in token_chunks(plain)] == [
         c["choices"][0]["delta"]["content"] for c in tokens
     ]
@@ -289,7 +328,7 @@ def test_embed_renders_in_a_sandboxed_iframe_in_chromium(streams: dict[str, list
         page.wait_for_function("window.heights.length > 0", timeout=30_000)
         frame = page.frame_locator("#embed")
         spans = frame.locator(".hc-tok")
-        assert spans.count() == len(token_chunks(streams["message-0"]))
+        assert spans.count() == len(shown(reports_of(streams["message-0"])))
         colours = [spans.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(spans.count())]
         assert all(c not in ("", "rgba(0, 0, 0, 0)") for c in colours)
         assert frame.locator(".hc-bar").count() >= 1

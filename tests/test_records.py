@@ -8,12 +8,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from hatcat.access import API_KEY_USER, AccessError, Directory, Forbidden, Role, User, hash_secret, main, new_key
+from hatcat.access import (
+    API_KEY_USER,
+    AccessError,
+    Directory,
+    Forbidden,
+    Role,
+    User,
+    hash_secret,
+    key_id,
+    main,
+    new_key,
+)
 from hatcat.api.limits import RateWindow
 from hatcat.store import ProfileOwned, Store, StoreUnavailable
 from hatcat.store.events import crossings
 
-# a divergence event as `hatcat.store.events.record_response` writes it
+# a divergence event as `hatcat.store.events.record_events` writes it
 EVENT = {
     "request_id": "chatcmpl-1",
     "actor": "rex",
@@ -86,7 +97,10 @@ def test_the_users_command_adds_users_and_keys(tmp_path: Path, capsys: pytest.Ca
     assert main(["add", "svc", "--role", "researcher", "--no-password", "--file", str(path)]) == 0
     assert main(["key", "svc", "--file", str(path)]) == 0
     key = capsys.readouterr().out.strip()
-    assert Directory.load(path, None).by_key(key) == User("svc", Role.researcher)
+    users = Directory.load(path, None)
+    assert users.known(key) is None  # not verified yet: only `verify` hashes
+    assert users.by_key(key) == users.known(key) == User("svc", Role.researcher)
+    assert key_id(key) == key.split("_")[1] and key_id("not-a-key") == "other"
     assert main(["key", "ghost", "--file", str(path)]) == 2
 
 
@@ -96,6 +110,16 @@ def test_rate_window_admits_per_minute_and_says_when_to_retry() -> None:
     assert window.admit("k", now=3.0) == pytest.approx(57.0)
     assert window.admit("other", now=3.0) == 0.0
     assert window.admit("k", now=60.5) == 0.0  # the first request left the window
+
+
+def test_failure_window_blocks_when_any_counted_key_is_at_its_limit() -> None:
+    window = RateWindow(2)
+    window.add(("address:a", "key:1"), now=0.0)
+    assert window.wait(("address:a", "key:1"), now=1.0) == 0.0  # one failure: under the limit, nothing counted
+    window.add(("address:a", "key:1"), now=1.0)
+    assert window.wait(("address:b", "key:1"), now=2.0) == pytest.approx(58.0)  # same key id, another address
+    assert window.wait(("address:b", "key:2"), now=2.0) == 0.0
+    assert window.wait(("address:a", "key:1"), now=61.0) == 0.0  # both failures left the window
 
 
 def test_store_keeps_audit_events_and_profiles_across_opens(tmp_path: Path) -> None:

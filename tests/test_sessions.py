@@ -88,5 +88,6 @@ def test_a_session_store_that_is_not_a_redis_url_is_refused(value: str) -> None:
 
 @pytest.mark.slow
 def test_an_unreachable_redis_is_refused_at_start() -> None:
+    pytest.importorskip("redis", reason="the redis client: pip install -r requirements-scale.txt (.ci/run does)")
     with pytest.raises(ConfigError, match="cannot reach Redis"):
         open_session_store(f"redis://127.0.0.1:{free_port()}/0")

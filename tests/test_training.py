@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from hatcat.concepts import load_pack
 from hatcat.engine import Engine
@@ -17,7 +18,8 @@ from hatcat.probes import ProbeBank, ProbePack, ProbePackError
 from hatcat.tap import hidden_at
 from hatcat.train import DEFAULT_MELDS
 from hatcat.training.prompts import SPLITS, build_prompts
-from hatcat.training.run import RECALIBRATION, TrainSettings, training_record
+from hatcat.training.run import RECALIBRATION, Side, Texts, TrainSettings, training_record, write_pack
+from hatcat.training.states import TokenStateCache
 from tests.support import SMALL_PACK as SMALL_PACK_CONCEPTS
 
 CONCEPTS = SMALL_PACK_CONCEPTS
@@ -124,3 +126,37 @@ def test_cli_documents_every_option_and_refuses_unknown_concepts() -> None:
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["hatcat.train: unknown concept(s): NoSuchConcept"]
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean", "all"])
+def test_the_manifest_records_the_pooling_the_run_used(tmp_path: Path, pooling: str) -> None:
+    gen = torch.Generator().manual_seed(0)
+    side = lambda: Side(torch.randn(2, 8, generator=gen), torch.zeros(2), torch.randn(64, 2, generator=gen))
+    texts = Texts(["Fear", "Music"], [], {}, ["a text"], {"dev": [], "test": []}, {}, ([], []))
+    concepts = load_pack()
+    folder = write_pack(
+        tmp_path / "pack",
+        {"model": "m", "model_class": "M", "hidden_size": 8},
+        concepts,
+        TrainSettings(pooling=pooling),
+        texts,
+        side(),
+        side(),
+        torch.ones(2),
+        0.01,
+        {"per_concept": {}},
+    )
+    pack = ProbePack.load(folder, model_id="m", hidden_size=8)
+    assert pack.manifest["pooling"] == pooling and pack.manifest["concepts"] == ["Fear", "Music"]
+
+
+def test_the_token_state_cache_keeps_finished_shards_and_skips_a_half_written_one(tmp_path: Path) -> None:
+    cache = TokenStateCache(tmp_path, "embedded:m", 3)
+    states = [torch.arange(6.0).reshape(2, 3), torch.ones(1, 3)]
+    cache.add(["first text", "second text"], states)
+    assert cache.missing(["second text", "third text", "third text"]) == ["third text"]
+    cache.add(["an item"], [torch.zeros(4, 3)], key=lambda item: "item-key")
+    (cache.folder / "shard-killed.safetensors").write_bytes(b"")  # its key list was never written
+    again = TokenStateCache(tmp_path, "embedded:m", 3)
+    assert torch.equal(again.get("first text"), states[0]) and again.get("second text").shape == (1, 3)
+    assert again.rows["item-key"].shape == (4, 3) and len(again.rows) == 3

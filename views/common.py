@@ -17,7 +17,6 @@ from hatcat.engine import Engine
 from hatcat.errors import HatCatError
 from hatcat.generation import GenerationSettings, MonitoredFinish
 from hatcat.steering import Steering
-from hatcat.store.events import record_response
 from views.access import current_actor
 
 NO_PACK = (
@@ -60,7 +59,7 @@ def stream_trace(
         try:
             for event in generation:
                 if isinstance(event, MonitoredFinish):
-                    record_response(engine, records, f"workbench-{uuid.uuid4().hex}", current_actor())
+                    engine.record_response(records, f"workbench-{uuid.uuid4().hex}", current_actor())
                     summary = {
                         **event.summary.to_dict(),
                         "line": event.summary.line(),

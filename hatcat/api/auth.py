@@ -2,37 +2,50 @@
 
 `Door` runs before routing when access control is configured, so an unauthenticated request
 learns nothing else (not even whether its JSON was valid); `/health`, `/metrics` and CORS
-preflights (OPTIONS) pass. The user lands in `request.state.user`; routes state the role
-they need with `Depends(requires(Role.x, "what"))` (403 with the reason otherwise). Without
-access control every caller is `None` and may do everything, as before.
+preflights (OPTIONS) pass. A key seen valid before costs a dictionary lookup; any other costs an
+argon2 verification, so failed authentications are counted per client address and per key id
+(`HATCAT_AUTH_FAILURES` a minute): past that, 429 with `Retry-After` before any hashing. The user
+lands in `request.state.user`; routes state the role they need with
+`Depends(requires(Role.x, "what"))` (403 with the reason otherwise). Without access control every
+caller is `None` and may do everything, as before.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from hatcat.access import Directory, Role, User
+from hatcat.access import Directory, Role, User, key_id
 from hatcat.api.errors import error_response
-
-
-def is_api(path: str) -> bool:
-    return path == "/v1" or path.startswith("/v1/")
+from hatcat.api.limits import RateWindow, is_api
 
 
 class Door:
-    def __init__(self, app: ASGIApp, users: Directory) -> None:
-        self.app, self.users = app, users
+    def __init__(self, app: ASGIApp, users: Directory, failures: RateWindow | None) -> None:
+        self.app, self.users, self.failures = app, users, failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] != "OPTIONS" and is_api(scope.get("path", "")):
             given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1")
             scheme, _, key = given.partition(" ")
-            # an unseen key costs one argon2 verification: off the event loop
-            user = await run_in_threadpool(self.users.by_key, key.strip()) if scheme.lower() == "bearer" else None
+            key = key.strip() if scheme.lower() == "bearer" else ""
+            user = self.users.known(key) if key else None
+            if user is None and key:
+                counted = (f"address:{(scope.get('client') or ('?',))[0]}", f"key:{key_id(key)}")
+                if self.failures is not None and (wait := self.failures.wait(counted)) > 0:
+                    retry = str(max(1, math.ceil(wait)))
+                    message = f"too many failed authentications; retry in {retry} s"
+                    await error_response(429, message, code="auth_throttled", headers={"Retry-After": retry})(
+                        scope, receive, send
+                    )
+                    return
+                user = await run_in_threadpool(self.users.verify, key)  # argon2: off the event loop
+                if user is None and self.failures is not None:
+                    self.failures.add(counted)
             if user is None:
                 message = "invalid API key" if given else "missing API key: send Authorization: Bearer <key>"
                 response = error_response(401, message, code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})

@@ -1,7 +1,8 @@
 """Limits on `/v1/*`: a body size cap (413), requests per minute per key and concurrent streams
 per key (429 with `Retry-After`). Settings: `HATCAT_MAX_BODY_BYTES`, `HATCAT_RATE_LIMIT`,
 `HATCAT_MAX_STREAMS` (`hatcat.config`). The rate and stream limits count per key (the
-authenticated user), so they apply with access control; the body cap always applies.
+authenticated user), so they apply with access control; the body cap always applies. Failed
+authentications are counted by the door (`hatcat.api.auth`) in a `RateWindow` of their own.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from collections import defaultdict, deque
 from fastapi import HTTPException, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from hatcat.api.auth import is_api
 from hatcat.api.errors import APIError, error_response
 
 WINDOW_S = 60.0
+
+
+def is_api(path: str) -> bool:
+    return path == "/v1" or path.startswith("/v1/")
 
 
 def identity(scope: Scope) -> str | None:
@@ -35,16 +39,36 @@ class RateWindow:
         self._lock = threading.Lock()
 
     def admit(self, key: str, now: float | None = None) -> float:
-        """0 when admitted, else the seconds until the oldest request leaves the window."""
+        """0 when admitted (and counted), else the seconds until the oldest request leaves the window."""
         now = time.monotonic() if now is None else now
         with self._lock:
-            seen = self._seen[key]
-            while seen and seen[0] <= now - WINDOW_S:
-                seen.popleft()
-            if len(seen) >= self.per_minute:
-                return seen[0] + WINDOW_S - now
-            seen.append(now)
+            if (wait := self._wait(key, now)) > 0:
+                return wait
+            self._seen[key].append(now)
             return 0.0
+
+    def wait(self, keys: tuple[str, ...], now: float | None = None) -> float:
+        """0 when none of `keys` is at its limit, else the seconds until all are below it (counts nothing)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            return max(self._wait(key, now) for key in keys)
+
+    def add(self, keys: tuple[str, ...], now: float | None = None) -> None:
+        """Count one event for each of `keys`."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            for key in keys:
+                self._seen[key].append(now)
+
+    def _wait(self, key: str, now: float) -> float:
+        seen = self._seen[key]
+        while seen and seen[0] <= now - WINDOW_S:
+            seen.popleft()
+        if not seen:
+            del self._seen[key]  # an address seen once is not kept for ever
+            return 0.0
+        # below the limit again once the oldest events beyond it have left the window
+        return seen[len(seen) - self.per_minute] + WINDOW_S - now if len(seen) >= self.per_minute else 0.0
 
 
 class Limits:

@@ -4,15 +4,17 @@ OpenWebUI forwards an upstream SSE line `data: {"choices": [], "event": {...}}` 
 emitter, so a server can put HatCat's coloured token view above the message with nothing
 installed in OpenWebUI. Ordinary OpenAI clients must never see such a line: it is sent only when
 the request carries `X-HatCat-OpenWebUI-Events: 1` (set per connection in OpenWebUI's
-`OPENAI_API_CONFIGS` headers). The embed is the one the OpenWebUI functions draw.
+`OPENAI_API_CONFIGS` headers). The embed is the compact one the OpenWebUI functions draw (their
+default valves).
 """
 
 from __future__ import annotations
 
 from fastapi import Request
 
-from hatcat.heatmap import embed_document, embeds_event, event_line, status_event
+from hatcat.heatmap import embeds_event, event_line, status_event
 from hatcat.monitor import ResponseSummary
+from hatcat.openwebui.passages import compact_embed
 
 HEADER = "X-HatCat-OpenWebUI-Events"
 ON = {"1", "true", "yes", "on"}
@@ -31,5 +33,5 @@ class OpenWebUIEvents:
     def lines(self, summary: ResponseSummary | None) -> str:
         if not self.records:
             return ""
-        document = embed_document(self.records, summary.to_dict() if summary else None)
+        document = compact_embed(self.records, summary.to_dict() if summary else None, 8, 1.0, 0.5)
         return event_line(status_event(self.records, done=True)) + event_line(embeds_event(document))

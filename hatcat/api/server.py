@@ -1,7 +1,7 @@
 """FastAPI application factory: one app per Engine, a thin router per endpoint.
 
 Middleware, outermost first: CORS (when `HATCAT_CORS_ORIGINS` is set), request metrics,
-the door on `/v1/*` (a Bearer key, when access control is configured), limits (body size,
+the door on `/v1/*` (a Bearer key, when access control is configured; failed keys throttled), limits (body size,
 rate per key). Every error leaves in one shape
 (`hatcat.api.errors`); an unknown `/v1/...` path is answered here (404, or 405 for a known
 path with another method) rather than by the workbench mounted at `/`.
@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from hatcat.api import analyze, chat, concept_packs, errors, health, metrics, models, probe_packs, records, steering
 from hatcat.api.auth import Door
 from hatcat.api.errors import error_response
-from hatcat.api.limits import Limits, StreamSlots
+from hatcat.api.limits import Limits, RateWindow, StreamSlots
 from hatcat.engine import Engine
 
 ALL_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "QUERY"]
@@ -39,7 +39,8 @@ def create_api(engine: Engine) -> FastAPI:
     api.router.routes.append(Route("/v1/{path:path}", _UnknownRoute()))
     api.add_middleware(Limits, max_body_bytes=settings.max_body_bytes, per_minute=settings.rate_limit)
     if engine.users is not None:
-        api.add_middleware(Door, users=engine.users)
+        failures = RateWindow(settings.auth_failures) if settings.auth_failures else None
+        api.add_middleware(Door, users=engine.users, failures=failures)
     api.add_middleware(metrics.MetricsMiddleware, metrics=api.state.metrics)
     if settings.cors_origins:
         origins = list(settings.cors_origins)

@@ -22,6 +22,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
 
 from hatcat.api.auth import actor
 from hatcat.api.errors import APIError, as_body
@@ -44,9 +45,7 @@ from hatcat.engine import Engine
 from hatcat.generation import Finished, GenerationSettings, MonitoredFinish, MonitoredToken
 from hatcat.monitor import ResponseSummary, TokenRecord
 from hatcat.steering import Steering
-from hatcat.store.events import record_response
 
-DEFAULT_MAX_TOKENS = 512
 MIN_TOP_P = 1e-9  # keeps only the most likely token, as any smaller top_p does
 
 
@@ -68,8 +67,9 @@ def check_model(engine: Engine, model: str) -> None:
     raise APIError(404, f"unknown model: {model} (available: {known})", param="model", code="model_not_found")
 
 
-def generation_settings(body: ChatCompletionRequest, limit: int) -> GenerationSettings:
-    max_tokens = body.max_tokens or body.max_completion_tokens or min(DEFAULT_MAX_TOKENS, limit)
+def generation_settings(body: ChatCompletionRequest, limit: int, default: int) -> GenerationSettings:
+    """`default`: the answer length when the request names none (HATCAT_DEFAULT_MAX_TOKENS; OpenWebUI sends none)."""
+    max_tokens = body.max_tokens or body.max_completion_tokens or min(default, limit)
     if max_tokens > limit:
         raise APIError(
             400,
@@ -95,7 +95,7 @@ def chat_request(
 ) -> tuple[str, GenerationSettings, list[Steering]]:
     """Check a chat request and turn it into the engine's arguments (tokenizes: run it off the event loop)."""
     check_model(engine, body.model)
-    settings = generation_settings(body, engine.settings.max_tokens)
+    settings = generation_settings(body, engine.settings.max_tokens, engine.settings.default_max_tokens)
     prompt = chat_prompt(engine, [m.model_dump(exclude_none=True) for m in body.messages])
     return prompt, settings, engine.steering.list(session)
 
@@ -143,11 +143,14 @@ class ChatRun:
 
     def _usage(self, finished: Finished) -> Usage:
         self.metrics.generation(finished.completion_tokens, time.perf_counter() - self.started)
-        record_response(self.engine, self.records, self.id, actor(self.request))
         total = finished.prompt_tokens + finished.completion_tokens
         return Usage(
             prompt_tokens=finished.prompt_tokens, completion_tokens=finished.completion_tokens, total_tokens=total
         )
+
+    async def _record(self) -> None:
+        """The response's divergence events into the record store, off the event loop."""
+        await run_in_threadpool(self.engine.record_response, self.records, self.id, actor(self.request))
 
     def _chunk(self, delta: ChunkDelta | None, finish_reason: str | None = None, usage: Usage | None = None) -> str:
         choices = (
@@ -201,6 +204,7 @@ class ChatRun:
                     yield self._token_chunk(item, first)
                     first = False
                 elif isinstance(item, MonitoredFinish):
+                    await self._record()
                     for chunk in self._finish_chunks(item):
                         yield chunk
                     yield "data: [DONE]\n\n"
@@ -228,6 +232,7 @@ class ChatRun:
                 raise APIError(503, "the generation was cancelled", code="cancelled")
             item = await self.job.next_watching(self.request)
         finished, summary = item.finished, item.summary
+        await self._record()
         return ChatCompletion.model_validate(
             {
                 "id": self.id,

@@ -2,18 +2,18 @@
 title: HatCat analyze
 author: HatCat
 version: 0.1.0
-description: Re-scores a message with HatCat's /v1/analyze and shows its tokens coloured by divergence.
+description: Re-scores a message with HatCat's /v1/analyze and shows where it diverges.
 """
 
 # An OpenWebUI Action function: a button under each message. It gets the message's text only,
 # so it asks HatCat's `/v1/analyze` to monitor that text in one forward pass and returns the
-# same embed the divergence filter draws while streaming (one renderer, inlined by the installer).
+# same compact embed the divergence filter draws after streaming (one renderer, inlined by the installer).
 
 import httpx
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 
-from hatcat.heatmap import embed_document  # inlined by the installer
+from hatcat.openwebui.passages import compact_embed  # inlined by the installer
 
 ANALYSIS_MARK = "\n\n**Analysis**:"  # the summary line HatCat appends to a streamed answer
 
@@ -36,6 +36,9 @@ class Action:
         api_key: str = Field("", description="HATCAT_API_KEY of that server, if it has one")
         full_colour_at: float = Field(
             1.0, gt=0, description="divergence shown at full red (and its negative at full blue)"
+        )
+        passage_at: float = Field(
+            0.5, ge=0, le=1, description="share of full colour a token needs to be shown (with a few tokens around it)"
         )
         top_concepts: int = Field(8, ge=1, le=10, description="concepts in the embed's chart (HatCat summarises 10)")
         timeout_s: float = Field(120.0, gt=0, description="seconds to wait for the analysis")
@@ -63,8 +66,9 @@ class Action:
                 reason = response.text[:200]
             raise RuntimeError(f"HatCat /v1/analyze answered {response.status_code}: {reason}")
         analysis = response.json()
-        document = embed_document(
-            analysis["tokens"], analysis["summary"], self.valves.top_concepts, self.valves.full_colour_at
+        valves = self.valves
+        document = compact_embed(
+            analysis["tokens"], analysis["summary"], valves.top_concepts, valves.full_colour_at, valves.passage_at
         )
         if __event_emitter__ is not None:
             await __event_emitter__({"type": "status", "data": {"description": analysis["summary_line"], "done": True}})

@@ -1,17 +1,18 @@
 """The OpenWebUI functions as the single source files OpenWebUI stores and runs.
 
-Each function module in this package imports the renderer (`hatcat.heatmap`) on one line
-marked `# inlined by the installer`; `function_source` replaces that line with the renderer's
-source, so what gets installed needs nothing from HatCat. The tests run exactly this text.
+Each function module in this package imports HatCat's standard-library-only modules (the renderer
+`hatcat.heatmap`, the compact embed `hatcat.openwebui.passages`) on lines marked `# inlined by the
+installer`; `function_source` replaces each such line with that module's source (its own marked
+lines inlined the same way, each module once), so what gets installed needs nothing from HatCat.
+The tests run exactly this text.
 """
 
 from __future__ import annotations
 
+import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import hatcat.heatmap
 
 HERE = Path(__file__).resolve().parent
 INLINE_MARK = "# inlined by the installer"
@@ -51,15 +52,25 @@ def function(function_id: str) -> Function:
 
 
 def function_source(function_id: str) -> str:
-    """The self-contained source of one function, the renderer inlined."""
-    text = function(function_id).source.read_text()
-    lines = [line for line in text.splitlines() if line.rstrip().endswith(INLINE_MARK)]
-    if len(lines) != 1 or not re.match(r"from hatcat\.heatmap import ", lines[0]):
-        raise ValueError(f"{function_id}: expected one `from hatcat.heatmap import ...  {INLINE_MARK}` line")
-    renderer = Path(hatcat.heatmap.__file__).read_text()
-    inlined = f"# --- hatcat/heatmap.py (inlined) ---\n{renderer.rstrip()}\n# --- end of hatcat/heatmap.py ---"
-    bundled = text.replace(lines[0], inlined, 1)
+    """The self-contained source of one function, HatCat's modules it imports inlined."""
+    bundled = _inline(function(function_id).source.read_text(), set())
+    if "from hatcat" in bundled or "import hatcat" in bundled:
+        raise ValueError(f"{function_id}: imports HatCat on a line without `{INLINE_MARK}`")
     clash = [p for p in REWRITTEN_BY_OPENWEBUI if p in bundled]
     if clash:
         raise ValueError(f"{function_id}: OpenWebUI would rewrite {clash} in the function text")
     return bundled
+
+
+def _inline(text: str, done: set[str]) -> str:
+    """`text` with each marked `from hatcat... import` line replaced by that module's (inlined) source."""
+    for line in [line for line in text.splitlines() if line.rstrip().endswith(INLINE_MARK)]:
+        match = re.match(r"from (hatcat(?:\.\w+)+) import ", line)
+        if match is None:
+            raise ValueError(f"expected `from hatcat.<module> import ...  {INLINE_MARK}`, got {line!r}")
+        module = match.group(1)
+        source = "" if module in done else _inline(Path(importlib.import_module(module).__file__).read_text(), done)
+        done.add(module)
+        inlined = f"# --- {module} (inlined) ---\n{source.rstrip()}\n# --- end of {module} ---" if source else ""
+        text = text.replace(line, inlined, 1)
+    return text

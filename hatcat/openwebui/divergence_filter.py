@@ -2,16 +2,17 @@
 title: HatCat divergence
 author: HatCat
 version: 0.1.0
-description: Colours each token of a HatCat answer by divergence (an embed above the message) and shows a live status line.
+description: Shows where a HatCat answer diverges (a compact embed above the message) and a status line.
 """
 
 # An OpenWebUI Filter function. OpenWebUI hands `stream` every chunk the model server sends, as
 # parsed JSON; HatCat's chunks carry `choices[0].delta.metadata` (the token's divergence and top
-# concepts, then the response summary). The filter collects them per message, shows a throttled
-# status line while the answer streams and, at `finish_reason`, emits one embed: the tokens
-# coloured by divergence with hover titles, the summary and a top-concepts chart. Chunks of other
-# models carry no such metadata and pass untouched. The installer (`python -m hatcat.openwebui
-# install`) inlines the renderer imported below, so the installed function is one source file.
+# concepts, then the response summary). The filter collects them per message, shows a status line
+# at the first token and then at most every `status_every_s` (each is a database write) and, at
+# `finish_reason`, emits one compact embed: the summary, a top-concepts chart and the passages
+# coloured by divergence (hover titles), not the whole answer again. Chunks of other models carry
+# no such metadata and pass untouched. The installer (`python -m hatcat.openwebui install`)
+# inlines the modules imported below, so the installed function is one source file.
 
 import logging
 import time
@@ -19,7 +20,8 @@ from collections import OrderedDict
 
 from pydantic import BaseModel, Field
 
-from hatcat.heatmap import embed_document, embeds_event, status_event  # inlined by the installer
+from hatcat.heatmap import embeds_event, status_event  # inlined by the installer
+from hatcat.openwebui.passages import compact_embed  # inlined by the installer
 
 log = logging.getLogger("hatcat.openwebui.filter")
 
@@ -41,9 +43,12 @@ class Filter:
         full_colour_at: float = Field(
             1.0, gt=0, description="divergence shown at full red (and its negative at full blue)"
         )
+        passage_at: float = Field(
+            0.5, ge=0, le=1, description="share of full colour a token needs to be shown (with a few tokens around it)"
+        )
         top_concepts: int = Field(8, ge=1, le=10, description="concepts in the embed's chart (HatCat summarises 10)")
         status_every_s: float = Field(
-            1.0, ge=0, description="least seconds between status lines while streaming (each is a database write)"
+            15.0, ge=0, description="least seconds between status lines while streaming (each is a database write)"
         )
 
     def __init__(self) -> None:
@@ -74,8 +79,9 @@ class Filter:
         if choice.get("finish_reason") and key in self.messages:
             message = self.messages.pop(key)
             if emit is not None:
-                document = embed_document(
-                    message.records, message.summary, self.valves.top_concepts, self.valves.full_colour_at
+                valves = self.valves
+                document = compact_embed(
+                    message.records, message.summary, valves.top_concepts, valves.full_colour_at, valves.passage_at
                 )
                 await emit(embeds_event(document))
             await self._status(message, emit, done=True)

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from hatcat.monitor import TokenRecord
-from hatcat.store import StoreWriteError
-
-if TYPE_CHECKING:
-    from hatcat.engine import Engine
+from hatcat.store import Store, StoreWriteError
 
 log = logging.getLogger("hatcat.store")
 CONTEXT_TOKENS = 6
@@ -64,23 +61,15 @@ def crossings(records: Sequence[TokenRecord | dict], thresholds: dict[str, float
     return events
 
 
-def record_response(engine: Engine, records: Sequence[TokenRecord | dict], request_id: str, actor: str) -> int:
-    """Store the response's events; a store that refuses is logged, never raised (the answer is served)."""
-    packs = engine.packs
-    if engine.records is None or packs.monitor is None or not records:
-        return 0
-    thresholds = dict(zip(packs.bank.concepts, packs.monitor.thresholds.tolist()))
+def record_events(
+    store: Store, records: Sequence[TokenRecord | dict], thresholds: dict[str, float], context: dict
+) -> int:
+    """Store a response's events (each with `context`: request, actor, model, pack); a store that
+    refuses is logged, never raised (the answer is served). Returns how many were stored."""
     found = crossings(records, thresholds)
-    context = {
-        "request_id": request_id,
-        "actor": actor,
-        "model": engine.loaded.name,
-        "probe_pack": packs.probes.id,
-        "pack_checksum": packs.probes.checksum,
-    }
     try:
-        engine.records.add_events([{**context, **event} for event in found])
+        store.add_events([{**context, **event} for event in found])
     except StoreWriteError as err:
-        log.warning("%s (request %s)", err, request_id)
+        log.warning("%s (request %s)", err, context.get("request_id"))
         return 0
     return len(found)

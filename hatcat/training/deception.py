@@ -44,8 +44,8 @@ from torch import nn
 from hatcat.paths import DATA, RESULTS
 from hatcat.probes import ProbePack, ProbePackError, read_manifest, replace_row
 from hatcat.tap import hidden_at
-from hatcat.training.activations import ShardCache
 from hatcat.training.fit import LinearProbes
+from hatcat.training.states import TokenStateCache
 
 FACTS = DATA / "honesty" / "facts_true_false.csv"
 DIALOGUES = DATA / "honesty" / "dialogues.yaml"
@@ -250,15 +250,9 @@ def build_items(
     return items
 
 
-class TokenStateCache(ShardCache):
-    """Per-token tap states of each item's statement span (`rows[item.key]`: [tokens, hidden] fp16)."""
-
-    kind = "token_states"
-    single = "states"
-
-    @staticmethod
-    def key(item: Item) -> str:
-        return item.key
+def item_key(item: Item) -> str:
+    """An item's key in the `TokenStateCache` (`rows[item.key]`: its statement's [tokens, hidden] fp16)."""
+    return item.key
 
 
 @torch.no_grad()
@@ -302,14 +296,14 @@ def fill_cache(
     progress=None,
 ) -> int:
     """Compute what the caches lack, a chunk at a time (each chunk written at once). Returns #computed."""
-    todo = {it.key: it for c in caches for it in c.missing(items)}
+    todo = {it.key: it for c in caches for it in c.missing(items, key=item_key)}
     todo_list = list(todo.values())
     layers = [c.layer for c in caches]
     for start in range(0, len(todo_list), chunk):
         part = todo_list[start : start + chunk]
         states = statement_states(model, tokenizer, part, layers, batch_size)
         for cache in caches:
-            cache.add(part, {"states": torch.cat(states[cache.layer]).half()}, [len(s) for s in states[cache.layer]])
+            cache.add(part, states[cache.layer], key=item_key)
         if progress:
             progress(len(part))
     return len(todo_list)

@@ -27,8 +27,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from hatcat.training.deception import Item, TokenStateCache
+from hatcat.training.deception import Item
 from hatcat.training.fit import LinearProbes
+from hatcat.training.states import TokenStateCache
 
 POOLINGS = ("token", "mean", "last")
 FITS = ("lda", "dom", "logistic")

@@ -15,6 +15,9 @@ The recipe (chosen on dev data written by others; see the README):
 Per-concept metrics (metrics.json): control FPR on dev and held-out tokens, recall on natural
 positives where the repository has some (data/eval, data/signal), and template metrics on the
 concept's held-out template prompts as a secondary view.
+
+`train` = `gather` (the texts) -> `extract_states` (the token-state cache) -> `activation_side`
+-> `words_side` -> `write_pack`.
 """
 
 from __future__ import annotations
@@ -170,6 +173,137 @@ def natural_positives() -> dict[str, list[str]]:
     return out
 
 
+@dataclass
+class Texts:
+    """Every text a run reads: training texts per concept, the control corpus, natural positives, held-out templates."""
+
+    trained: list[str]
+    needed: list[str]  # the trained concepts and their negatives (none when directions come from a pack)
+    of: dict[str, list[str]]  # training texts per needed concept
+    order: list[str]  # the training texts, each once
+    control: dict[str, list[str]]  # "dev" and "test" parts of the control corpus
+    natural: dict[str, list[str]]
+    held_out: tuple[list[str], list[str]]
+
+    @property
+    def all(self) -> list[str]:
+        return [
+            *self.control["dev"],
+            *self.control["test"],
+            *self.order,
+            *(t for ts in self.natural.values() for t in ts),
+            *self.held_out[0],
+        ]
+
+
+def gather(pack: ConceptPack, settings: TrainSettings, work: Plan) -> Texts:
+    """The texts of a run (`plan` chose its concepts and negatives)."""
+    trained = work.trained
+    needed = list(dict.fromkeys([*trained, *(n for c in trained for pair in work.negatives[c] for n in pair)]))
+    if settings.directions_from:
+        needed = []  # directions come from the given pack: no training texts to encode
+    of = {c: training_texts(pack[c], settings.k_texts) for c in needed}
+    limit = settings.control_per_split
+    return Texts(
+        trained,
+        needed,
+        of,
+        list(dict.fromkeys(t for c in needed for t in of[c])),
+        {split: control_texts(split)[:limit] for split in ("dev", "test")},
+        {c: t for c, t in natural_positives().items() if c in set(trained)},
+        template_sample(work, settings.seed),
+    )
+
+
+@dataclass
+class Side:
+    """One side's probes in z units on the control corpus: weight, bias and the control dev tokens' z."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    z_dev: torch.Tensor
+
+
+def _fit_side(
+    rows_x: list[torch.Tensor], control_dev: torch.Tensor, texts: Texts, work: Plan, settings: TrainSettings, side: str
+) -> Side:
+    """Directions (fitted on the pooled training rows against the control tokens, or taken from
+    `directions_from`), standardised on the control corpus's dev tokens."""
+    if settings.directions_from:
+        weight, bias = pack_directions(settings.directions_from, texts.trained, side=side)
+    else:
+        start_of = np.concatenate([[0], np.cumsum([len(r) for r in rows_x])])
+        span = {t: np.arange(start_of[i], start_of[i + 1]) for i, t in enumerate(texts.order)}
+        rows_of = lambda cs: np.unique(
+            np.concatenate([span[t] for c in cs for t in texts.of[c]] or [np.zeros(0)])
+        ).astype(np.int64)
+        n = int(start_of[-1])
+        rows = Rows(
+            pos=[rows_of([c]) for c in texts.trained],
+            hard=[rows_of(work.negatives[c][0]) for c in texts.trained],
+            easy=[rows_of(work.negatives[c][1]) for c in texts.trained],
+            background=np.arange(n, n + len(control_dev)),
+        )
+        weight, bias = directions(torch.cat([*rows_x, control_dev]), rows, settings.method)
+    weight, bias = standardise_on_control(weight, bias, control_dev)  # z units on ordinary text
+    return Side(weight, bias, control_dev @ weight.T + bias)
+
+
+def activation_side(cache: TokenStateCache, texts: Texts, work: Plan, settings: TrainSettings) -> Side:
+    """The activation probes: pooled tap-layer states of the training texts, the control corpus's dev tokens."""
+    control_dev = torch.cat([cache.get(t) for t in texts.control["dev"]])
+    return _fit_side(
+        [pool(cache.get(t), settings.pooling) for t in texts.order], control_dev, texts, work, settings, "activation"
+    )
+
+
+def words_side(loaded: LoadedModel, texts: Texts, work: Plan, settings: TrainSettings) -> Side:
+    """The words-only detector: the monitor's words features of the same texts, pooled the same way."""
+    words = lambda t: words_windows(loaded.model, loaded.tokenizer, t)
+    words_dev = torch.cat([words(t) for t in texts.control["dev"]])
+    rows_x = [] if settings.directions_from else [pool(words(t), settings.pooling) for t in texts.order]
+    return _fit_side(rows_x, words_dev, texts, work, settings, "text")
+
+
+def write_pack(
+    out: Path,
+    model: dict[str, Any],
+    pack: ConceptPack,
+    settings: TrainSettings,
+    texts: Texts,
+    act: Side,
+    words: Side,
+    z_threshold: torch.Tensor,
+    level: float,
+    metrics_doc: dict[str, Any],
+) -> Path:
+    """The probe pack on disk: both sides on the bank's scale (logit = z - Z_MID), the divergence
+    scale, and a manifest recording how it was made (`model`: name, class and hidden size)."""
+    residual_sd = capped_residual(act.z_dev, words.z_dev, z_threshold).std(0).clamp(min=1e-6)
+    scale, mid_sd = divergence_scale(residual_sd, act.z_dev, words.z_dev, z_threshold)
+    threshold = torch.sigmoid(z_threshold - Z_MID)  # activation 0.5 = Z_MID control standard deviations up
+    manifest = {
+        **model,
+        "tap_layer": settings.tap_layer,
+        "pooling": settings.pooling,
+        "scores": f"activation = sigmoid(z - {Z_MID}), z = standard deviations above the control corpus's dev tokens",
+        "text_features": "mean input embedding of the last 8 tokens; the words-only detector is standardised like z",
+        "divergence": "tanh((min(z, z_threshold) - z_words) / divergence_scale): activation evidence the words do not account for",
+        "divergence_scale": [round(float(s), 5) for s in scale],
+        "divergence_midpoint_sd": round(mid_sd, 3),
+        "threshold_level": round(level, 6),
+        "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
+        "concept_pack": {"id": pack.id, "checksum": pack.checksum},
+        "concepts": texts.trained,
+        "training": training_record(settings, len(texts.order), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
+    }
+    sides = {
+        "activation": (act.weight, act.bias - Z_MID, threshold),
+        "text": (words.weight, words.bias - Z_MID, threshold),  # the words-only logit, on the activation's scale
+    }
+    return save_pack(out, manifest, sides, metrics_doc)
+
+
 def train(
     loaded: LoadedModel,
     pack: ConceptPack,
@@ -179,7 +313,7 @@ def train(
     progress: Callable[[str, float], None] | None = None,
     guard: Callable[[], AbstractContextManager] = nullcontext,
 ) -> tuple[Path, RunReport]:
-    """Train activation probes and the words-only predictor for the selected concepts; write a probe pack.
+    """Train activation probes and the words-only detector for the selected concepts; write a probe pack.
 
     `progress(phase, fraction)` is called as the run goes (the server's auto-train shows it);
     `guard()` is held around each forward pass (see `extract_states`)."""
@@ -187,29 +321,14 @@ def train(
     start = time.perf_counter()
     phases: dict[str, float] = {}
     work = plan(pack, settings)
-    trained = work.trained
-    needed = list(dict.fromkeys([*trained, *(n for c in trained for pair in work.negatives[c] for n in pair)]))
-    if settings.directions_from:
-        needed = []  # directions come from the given pack: no training texts to encode
-    texts_of = {c: training_texts(pack[c], settings.k_texts) for c in needed}
-    limit = settings.control_per_split
-    control = {split: control_texts(split)[:limit] for split in ("dev", "test")}
-    natural = {c: t for c, t in natural_positives().items() if c in set(trained)}
-    held_out = template_sample(work, settings.seed)
-    all_texts = [
-        *control["dev"],
-        *control["test"],
-        *(t for c in needed for t in texts_of[c]),
-        *(t for ts in natural.values() for t in ts),
-        *held_out[0],
-    ]
+    texts = gather(pack, settings, work)
     cache = TokenStateCache(cache_dir, loaded.name, settings.tap_layer)
-    todo = len(cache.missing(all_texts))
+    todo = len(cache.missing(texts.all))
     t0 = time.perf_counter()
     extract_states(
         loaded.model,
         loaded.tokenizer,
-        all_texts,
+        texts.all,
         cache,
         settings.batch_size,
         progress=lambda done, total: say("token states", done / max(total, 1)),
@@ -219,82 +338,23 @@ def train(
 
     t0 = time.perf_counter()
     say("fitting", 0.0)
-    words = lambda t: words_windows(loaded.model, loaded.tokenizer, t)
-    order = list(dict.fromkeys(t for c in needed for t in texts_of[c]))
-    x = [pool(cache.get(t), settings.pooling) for t in order]
-    start_of = np.concatenate([[0], np.cumsum([len(r) for r in x])])
-    span = {t: np.arange(start_of[i], start_of[i + 1]) for i, t in enumerate(order)}
-    rows_of = lambda cs: np.unique(np.concatenate([span[t] for c in cs for t in texts_of[c]] or [np.zeros(0)])).astype(
-        np.int64
-    )
-    control_dev = torch.cat([cache.get(t) for t in control["dev"]])
-    if settings.directions_from:
-        weight, bias = pack_directions(settings.directions_from, trained)
-    else:
-        n = int(start_of[-1])
-        rows = Rows(
-            pos=[rows_of([c]) for c in trained],
-            hard=[rows_of(work.negatives[c][0]) for c in trained],
-            easy=[rows_of(work.negatives[c][1]) for c in trained],
-            background=np.arange(n, n + len(control_dev)),
-        )
-        weight, bias = directions(torch.cat([*x, control_dev]), rows, settings.method)
-    weight, bias = standardise_on_control(weight, bias, control_dev)  # z units on ordinary text
-    z_dev = control_dev @ weight.T + bias
-    sources = np.repeat(control_sources("dev")[: len(control["dev"])], [len(cache.get(t)) for t in control["dev"]])
-    level = held_out_level(z_dev, sources, settings.target_fpr)
-    z_threshold = control_thresholds(z_dev, level)
-    # the bank's logit is z - Z_MID: activation 0.5 = Z_MID control standard deviations above ordinary text
-    act_bias = bias - Z_MID
-    threshold = torch.sigmoid(z_threshold - Z_MID)
+    act = activation_side(cache, texts, work, settings)
+    tokens = [len(cache.get(t)) for t in texts.control["dev"]]
+    level = held_out_level(act.z_dev, np.repeat(control_sources("dev")[: len(tokens)], tokens), settings.target_fpr)
+    z_threshold = control_thresholds(act.z_dev, level)
     say("fitting", 0.5)
-    words_dev = torch.cat([words(t) for t in control["dev"]])
-    if settings.directions_from:
-        text_weight, text_bias = pack_directions(settings.directions_from, trained, side="text")
-    else:
-        word_x = [pool(words(t), settings.pooling) for t in order]
-        text_weight, text_bias = directions(torch.cat([*word_x, words_dev]), rows, settings.method)
-    text_weight, text_bias = standardise_on_control(text_weight, text_bias, words_dev)
-    z_words_dev = words_dev @ text_weight.T + text_bias
-    residual_sd = capped_residual(z_dev, z_words_dev, z_threshold).std(0).clamp(min=1e-6)
-    scale, mid_sd = divergence_scale(residual_sd, z_dev, z_words_dev, z_threshold)
-    text_bias = text_bias - Z_MID  # the bank's words-only logit, on the activation's scale
+    words = words_side(loaded, texts, work, settings)
     phases["fit"] = time.perf_counter() - t0
 
     say("metrics", 0.0)
-    control_test = torch.cat([cache.get(t) for t in control["test"]])
-    metrics_doc = _metrics(
-        pack, trained, weight, bias, z_threshold, z_dev, control_test @ weight.T + bias, natural, held_out, cache
-    )
-    folder = out
-    manifest = {
-        "model": loaded.name,
-        "model_class": type(loaded.model).__name__,
-        "hidden_size": loaded.hidden_size,
-        "tap_layer": settings.tap_layer,
-        "pooling": "last",
-        "scores": f"activation = sigmoid(z - {Z_MID}), z = standard deviations above the control corpus's dev tokens",
-        "text_features": "mean input embedding of the last 8 tokens; the words-only detector is standardised like z",
-        "divergence": "tanh((min(z, z_threshold) - z_words) / divergence_scale): activation evidence the words do not account for",
-        "divergence_scale": [round(float(s), 5) for s in scale],
-        "divergence_midpoint_sd": round(mid_sd, 3),
-        "threshold_level": round(level, 6),
-        "background": "every token of the control corpus's dev part (data/signal/control.yaml), negative for every concept",
-        "concept_pack": {"id": pack.id, "checksum": pack.checksum},
-        "concepts": trained,
-        "training": training_record(settings, len(order), time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())),
-    }
-    save_pack(
-        folder,
-        manifest,
-        {
-            "activation": (weight, act_bias, threshold),
-            "text": (text_weight, text_bias, threshold),
-        },
-        metrics_doc,
-    )
+    z_test = torch.cat([cache.get(t) for t in texts.control["test"]]) @ act.weight.T + act.bias
+    metrics_doc = _metrics(pack, texts, act, z_threshold, z_test, cache)
+    model = {"model": loaded.name, "model_class": type(loaded.model).__name__, "hidden_size": loaded.hidden_size}
+    folder = write_pack(out, model, pack, settings, texts, act, words, z_threshold, level, metrics_doc)
     say("done", 1.0)
-    report = RunReport(len(trained), len(order), todo, time.perf_counter() - start, phases["extraction"], phases)
+    report = RunReport(
+        len(texts.trained), len(texts.order), todo, time.perf_counter() - start, phases["extraction"], phases
+    )
     return folder, report
 
 
@@ -346,19 +406,22 @@ def template_sample(work: Plan, seed: int) -> tuple[list[str], list[str]]:
     return [t for t, _ in pairs], [c for _, c in pairs]
 
 
-def _metrics(pack, trained, weight, bias, z_threshold, z_dev, z_test, natural, held_out, cache) -> dict[str, Any]:
+def _metrics(
+    pack: ConceptPack, texts: Texts, act: Side, z_threshold: torch.Tensor, z_test: torch.Tensor, cache: TokenStateCache
+) -> dict[str, Any]:
     """Per concept: threshold, control FPR (dev: where it was set; test: held-out sources), the
     control-score quantiles at FPR_LEVELS, natural recall where natural texts exist, and held-out
     template AUROC/F1 (own test prompts against the other sampled concepts' test prompts)."""
+    trained, weight, bias, z_dev, natural = texts.trained, act.weight, act.bias, act.z_dev, texts.natural
     index = {c: i for i, c in enumerate(trained)}
     fpr_dev = (z_dev >= z_threshold).float().mean(0)
     fpr_test = (z_test >= z_threshold).float().mean(0)
     quantiles = torch.stack([control_thresholds(z_dev, level) for level in FPR_LEVELS], dim=1)
     recall = {}
-    for c, texts in natural.items():
-        last = torch.stack([(cache.get(t)[-1] @ weight[index[c]] + bias[index[c]]) for t in texts])
-        recall[c] = (round(float((last >= z_threshold[index[c]]).float().mean()), 4), len(texts))
-    template = _template_metrics(trained, index, weight, bias, z_threshold, held_out, cache)
+    for c, positives in natural.items():
+        last = torch.stack([(cache.get(t)[-1] @ weight[index[c]] + bias[index[c]]) for t in positives])
+        recall[c] = (round(float((last >= z_threshold[index[c]]).float().mean()), 4), len(positives))
+    template = _template_metrics(trained, index, weight, bias, z_threshold, texts.held_out, cache)
     per_concept = {}
     for c, i in index.items():
         m: dict[str, Any] = {

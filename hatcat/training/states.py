@@ -3,7 +3,8 @@
 The signal-validity recipe (hatcat/training/recipe.py) reads states the way the monitor does:
 per token, not only at a prompt's last position. `TokenStateCache` keeps, per text, the states
 of all its tokens after BOS (float16), in safetensors shards keyed by model, tap layer and text,
-so an interrupted run resumes where it stopped. `words_windows` gives the matching words-only
+so an interrupted run resumes where it stopped; the deception study keeps its items' statement
+states in it too. `words_windows` gives the matching words-only
 features (the monitor's window of mean input embeddings), cheap enough never to cache.
 `continuations` asks the model to write about a concept: texts that imply it in the model's
 own words, re-encoded later without the prompt.
@@ -11,11 +12,14 @@ own words, re-encoded later without the prompt.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import re
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -23,35 +27,51 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from hatcat.monitor import window_means
+from hatcat.paths import model_slug
 from hatcat.tap import hidden_at
-from hatcat.training.activations import text_key
+
+
+def text_key(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
 class TokenStateCache:
-    """{text: [T, d] float16 states of its tokens after BOS} for one model and tap layer."""
+    """{key: [T, d] float16 token states} for one model and tap layer: the one on-disk cache of
+    hidden states. A text's key is `text_key(text)` and its states are those of its tokens after
+    BOS (`extract_states`); other inputs (the deception study's items) bring their own key and states.
+
+    Shards live under `<root>/token_states/<model slug>/layer<L>/`: a shard's tensor `states` holds
+    its inputs' rows one after another, its `.json` (written after it) the keys and row counts, so a
+    killed run keeps every finished shard and ignores one without its key list."""
 
     def __init__(self, root: Path, model_id: str, layer: int) -> None:
         self.layer = layer
-        self.folder = Path(root) / "text_states" / re.sub(r"[^A-Za-z0-9._-]+", "_", model_id) / f"layer{layer}"
+        self.folder = Path(root) / "token_states" / model_slug(model_id) / f"layer{layer}"
         self.rows: dict[str, torch.Tensor] = {}
         for shard in sorted(self.folder.glob("shard-*.safetensors")):
-            if shard.with_suffix(".json").is_file():  # a run killed between the two writes: recomputed
-                tensors = load_file(shard)
-                for i, key in enumerate(json.loads(shard.with_suffix(".json").read_text())):
-                    self.rows[key] = tensors[str(i)]
+            if shard.with_suffix(".json").is_file():
+                self._index(json.loads(shard.with_suffix(".json").read_text()), load_file(shard)["states"])
 
-    def missing(self, texts: list[str]) -> list[str]:
-        return list(dict.fromkeys(t for t in texts if text_key(t) not in self.rows))
+    def _index(self, meta: dict[str, list], states: torch.Tensor) -> None:
+        ends = np.cumsum(meta["lengths"])
+        self.rows.update((key, states[end - n : end]) for key, end, n in zip(meta["keys"], ends, meta["lengths"]))
 
-    def add(self, texts: list[str], states: list[torch.Tensor]) -> None:
+    def missing(self, things: list[Any], key: Callable[[Any], str] = text_key) -> list[Any]:
+        """The inputs not cached yet, each once, in order."""
+        return list({key(t): t for t in things if key(t) not in self.rows}.values())
+
+    def add(self, things: list[Any], states: list[torch.Tensor], key: Callable[[Any], str] = text_key) -> None:
+        """Store one computed chunk (written to disk at once: a killed run keeps it)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        keys = [text_key(t) for t in texts]
-        shard = self.folder / f"shard-{text_key(''.join(keys))}.safetensors"
-        save_file({str(i): s.contiguous() for i, s in enumerate(states)}, shard)
-        shard.with_suffix(".json").write_text(json.dumps(keys))
-        self.rows.update(zip(keys, states))
+        meta = {"keys": [key(t) for t in things], "lengths": [len(s) for s in states]}
+        stacked = torch.cat(states).half().contiguous()
+        shard = self.folder / f"shard-{text_key(''.join(meta['keys']))}.safetensors"  # concurrent runs never collide
+        save_file({"states": stacked}, shard)
+        shard.with_suffix(".json").write_text(json.dumps(meta))
+        self._index(meta, stacked)
 
     def get(self, text: str) -> torch.Tensor:
+        """A cached text's token states, float32."""
         return self.rows[text_key(text)].float()
 
 
