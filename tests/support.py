@@ -82,6 +82,8 @@ def serve(app: object) -> Iterator[str]:
     thread.start()
     try:
         wait_until(lambda: server.started or not thread.is_alive(), "uvicorn start", timeout=60)
+        if not server.started:
+            raise RuntimeError(f"uvicorn did not start on port {port} (see its log above)")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
