@@ -50,6 +50,11 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -
         time.sleep(0.01)
 
 
+def app_env(env: dict[str, str]) -> dict[str, str]:
+    """This process's environment without the caller's `HATCAT_*` settings, and `env` on top."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("HATCAT_")}, **env}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -82,6 +87,8 @@ def serve(app: object) -> Iterator[str]:
     thread.start()
     try:
         wait_until(lambda: server.started or not thread.is_alive(), "uvicorn start", timeout=60)
+        if not server.started:
+            raise RuntimeError(f"uvicorn did not start on port {port} (see its log above)")
         yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True

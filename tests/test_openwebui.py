@@ -105,20 +105,21 @@ def spans_of(document: str) -> list[list]:
     return parser.spans
 
 
-def shown(records: list[dict]) -> list[dict]:
-    """The tokens the compact embed shows (default valves) of an answer's records: the passages
-    coloured past the midpoint of the scale, with context."""
-    return passages(records, 0.5)
+def shown(reports: list[dict]) -> list[dict]:
+    """The tokens the compact embed shows (default valves) of an answer's per-token reports
+    (`TokenRecord.to_dict()` shapes): the passages coloured past the midpoint, with context."""
+    return passages(reports, 0.5)
 
 
-def records_of(chunks: list[dict]) -> list[dict]:
-    """An answer's token records (as the API shapes them) from its stream's token chunks."""
+def reports_of(chunks: list[dict]) -> list[dict]:
+    """Per-token reports from a stream's token chunks."""
     return [
         {
             "index": c["choices"][0]["delta"]["metadata"]["token_index"],
             "token": c["choices"][0]["delta"]["content"],
-            "color": c["choices"][0]["delta"]["metadata"]["color"],
             "divergence": c["choices"][0]["delta"]["metadata"]["divergence"],
+            "color": c["choices"][0]["delta"]["metadata"]["color"],
+            "meta": c["choices"][0]["delta"]["metadata"],
         }
         for c in token_chunks(chunks)
     ]
@@ -154,16 +155,13 @@ def test_installed_source_is_self_contained_and_survives_openwebuis_rewrites(tmp
 def test_the_compact_embed_shows_the_coloured_passages_with_context_not_the_whole_answer() -> None:
     divergences = [0.0] * 24
     divergences[5], divergences[16] = 0.9, -0.6
-    record = lambda i, d: {
-        "index": i,
-        "token": f"t{i}",
-        "color": "#fff",
-        "divergence": {"max_divergence": d, "top_divergences": []},
-    }
-    records = [record(i, d) for i, d in enumerate(divergences)]
+    records = [
+        {"index": i, "token": f"t{i}", "color": "#fff", "divergence": {"max_divergence": d, "top_divergences": []}}
+        for i, d in enumerate(divergences)
+    ]
     tokens = [r["token"] for r in passages(records, 0.5, context=2)]
     assert tokens == ["… t3", "t4", "t5", "t6", "t7", "… t14", "t15", "t16", "t17", "t18 …"]
-    quiet = [record(i, 0.1 if i == 2 else 0.0) for i in range(24)]
+    quiet = [{**r, "divergence": {"max_divergence": 0.1 if r["index"] == 2 else 0.0}} for r in records]
     assert [r["index"] for r in passages(quiet, 0.5, context=1)] == [1, 2, 3]  # none past the cut: the strongest
     assert passages(records[:3], 0.5) == records[:3] and passages([], 0.5) == []
     document = compact_embed(records, None, 8, 1.0, 0.5)
@@ -180,15 +178,15 @@ def test_filter_turns_a_real_stream_into_one_compact_embed_of_its_coloured_passa
     embeds = [e for _, e in emitted if e["type"] == "embeds"]
     assert len(embeds) == 1 and embeds[0]["data"]["replace"] is True
     (document,) = embeds[0]["data"]["embeds"]
-    records = {r["index"]: r for r in records_of(chunks)}
+    reports = {r["index"]: r for r in reports_of(chunks)}
     spans = spans_of(document)
-    assert len(records) >= 5 and [s[0] for s in spans] == [r["token"] for r in shown(list(records.values()))]
+    assert len(reports) >= 5 and [s[0] for s in spans] == [r["token"] for r in shown(list(reports.values()))]
     for text, colour, title, index in spans:
-        record = records[index]
-        assert text.removeprefix(GAP).removesuffix(" " + GAP.strip()) == record["token"]
-        assert colour == record["color"]  # the default scale draws the server's colours
-        top = record["divergence"]["top_divergences"]
-        assert top and top[0]["concept"] in title and f"{record['divergence']['max_divergence']:+.2f}" in title
+        meta = reports[index]["meta"]
+        assert text.removeprefix(GAP).removesuffix(" " + GAP.strip()) == reports[index]["token"]
+        assert colour == meta["color"]  # the default scale draws the server's colours
+        top = meta["divergence"]["top_divergences"]
+        assert top and top[0]["concept"] in title and f"{meta['divergence']['max_divergence']:+.2f}" in title
     summary = next(
         c["choices"][0]["delta"]["metadata"]["analysis"]
         for c in chunks
@@ -219,7 +217,7 @@ def test_filter_keeps_interleaved_messages_apart(streams: dict[str, list[dict]])
     _, emitted = run_filter(filt, streams)
     for message_id, chunks in streams.items():
         (document,) = [e["data"]["embeds"][0] for m, e in emitted if m == message_id and e["type"] == "embeds"]
-        assert [s[0] for s in spans_of(document)] == [r["token"] for r in shown(records_of(chunks))]
+        assert [s[0] for s in spans_of(document)] == [r["token"] for r in shown(reports_of(chunks))]
 
 
 def test_filter_passes_other_models_chunks_untouched_and_emits_nothing() -> None:
@@ -270,8 +268,9 @@ def test_action_rescores_a_past_message_through_analyze(server: str, streams: di
     assert response.headers["content-disposition"] == "inline"
     document = response.body.decode()
     direct = httpx.post(f"{server}/v1/analyze", json={"text": answer.split("\n\n**Analysis**:")[0]}, timeout=120).json()
-    assert [s[0] for s in spans_of(document)] == [t["token"] for t in shown(direct["tokens"])]
-    assert [s[1] for s in spans_of(document)] == [t["color"] for t in shown(direct["tokens"])]
+    reports = direct["tokens"]
+    assert [s[0] for s in spans_of(document)] == [t["token"] for t in shown(reports)]
+    assert [s[1] for s in spans_of(document)] == [t["color"] for t in shown(reports)]
     assert statuses[-1] == {"description": direct["summary_line"], "done": True}
 
 
@@ -296,8 +295,8 @@ def test_server_sends_openwebui_event_lines_only_when_asked(server: str) -> None
     assert [e["type"] for e in events] == ["status", "embeds"] and events[0]["data"]["done"] is True
     spans = spans_of(events[1]["data"]["embeds"][0])
     tokens = token_chunks(asked)
-    assert [s[0] for s in spans] == [r["token"] for r in shown(records_of(asked))]
-    assert [s[1] for s in spans] == [r["color"] for r in shown(records_of(asked))]
+    assert [s[0] for s in spans] == [r["token"] for r in shown(reports_of(asked))]
+    assert [s[1] for s in spans] == [r["color"] for r in shown(reports_of(asked))]
     assert token_chunks(plain) and [c["choices"][0]["delta"]["content"] for c in token_chunks(plain)] == [
         c["choices"][0]["delta"]["content"] for c in tokens
     ]
@@ -329,7 +328,7 @@ def test_embed_renders_in_a_sandboxed_iframe_in_chromium(streams: dict[str, list
         page.wait_for_function("window.heights.length > 0", timeout=30_000)
         frame = page.frame_locator("#embed")
         spans = frame.locator(".hc-tok")
-        assert spans.count() == len(shown(records_of(streams["message-0"])))
+        assert spans.count() == len(shown(reports_of(streams["message-0"])))
         colours = [spans.nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(spans.count())]
         assert all(c not in ("", "rgba(0, 0, 0, 0)") for c in colours)
         assert frame.locator(".hc-bar").count() >= 1

@@ -4,7 +4,8 @@ OpenWebUI forwards an upstream SSE line `data: {"choices": [], "event": {...}}` 
 emitter, so a server can put HatCat's coloured token view above the message with nothing
 installed in OpenWebUI. Ordinary OpenAI clients must never see such a line: it is sent only when
 the request carries `X-HatCat-OpenWebUI-Events: 1` (set per connection in OpenWebUI's
-`OPENAI_API_CONFIGS` headers). The embed is the one the OpenWebUI functions draw.
+`OPENAI_API_CONFIGS` headers). The embed is the compact one the OpenWebUI functions draw (their
+default valves).
 """
 
 from __future__ import annotations

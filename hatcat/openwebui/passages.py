@@ -10,13 +10,13 @@ GAP = "… "  # starts a passage that does not start the answer
 
 
 def passages(records: list[dict], cut: float, context: int = CONTEXT_TOKENS) -> list[dict]:
-    """The records (`TokenRecord.to_dict()`s) to show: every token with |max divergence| >= `cut`
-    (the strongest one when none is), with `context` tokens either side; a passage after a gap
-    starts with `GAP`, and a trailing gap ends the last one."""
+    """The records to show: every token with |max_divergence| >= `cut` (the strongest one when none
+    is), with `context` tokens either side; a passage after a gap starts with `GAP`, and a trailing
+    gap ends the last one."""
     if not records:
         return []
-    strength = [abs(r["divergence"]["max_divergence"]) for r in records]
-    hot = [i for i, s in enumerate(strength) if s >= cut] or [max(range(len(records)), key=strength.__getitem__)]
+    hot = [i for i, r in enumerate(records) if abs(r["divergence"]["max_divergence"]) >= cut]
+    hot = hot or [max(range(len(records)), key=lambda i: abs(records[i]["divergence"]["max_divergence"]))]
     keep = sorted({j for i in hot for j in range(max(0, i - context), min(len(records), i + context + 1))})
     shown = []
     for n, j in enumerate(keep):
