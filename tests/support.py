@@ -35,11 +35,6 @@ def run_main(main: Callable[[list[str]], int], argv: list[str], capsys: pytest.C
     return code, capsys.readouterr().err
 
 
-def app_env(env: dict[str, str]) -> dict[str, str]:
-    """This process's environment without the caller's `HATCAT_*` settings, and `env` on top."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("HATCAT_")}, **env}
-
-
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = 120) -> None:
     """Wait for a state (a queue depth, a flag) under a generous timeout; fails naming `what`. It polls,
     so the test depends on the state being reached, not on how long that takes."""
