@@ -24,7 +24,8 @@ Steps, each recorded with pass/fail, seconds and details in `results/openwebui.j
 8. stream   - the same chat streamed through OpenWebUI: HatCat's per-token divergence metadata
               (`choices[0].delta.metadata.divergence`) reaches the client;
 9. ui_chat_before_install - a chat as the web page sends it (`chat_id`/`parent_id`, `id`,
-              `session_id`, stream): saved in OpenWebUI, plain text, no embed;
+              `session_id`, stream, no `max_tokens`: HatCat's default length): saved in OpenWebUI,
+              plain text, no embed; each turn records its length and seconds until saved;
 10. function_installed - `python -m hatcat.openwebui install` (run twice: create, then update):
               both functions active and global, the stored source is exactly the tested bundle;
 11. ui_chat  - a second turn in that chat: the Filter's compact embed (the answer's coloured passages)
@@ -185,6 +186,12 @@ def embed_tokens_text(document: str) -> str:
     return html.unescape("".join(re.findall(r'<span class="hc-tok"[^>]*>([^<]*)</span>', document)))
 
 
+def summary_tokens(document: str) -> int | None:
+    """The answer's length in tokens, from an embed's summary line."""
+    match = re.search(r"(\d+) tokens", document)
+    return int(match.group(1)) if match else None
+
+
 def passages_of(embed_text: str, answer: str) -> bool:
     """Whether a compact embed shows passages of the answer: at least one, each in the answer's text."""
     parts = [part.strip() for part in embed_text.split(GAP.strip()) if part.strip()]
@@ -229,8 +236,7 @@ class UIChat:
         body = {
             "model": MODEL_ID,
             "messages": [*history, {"role": "user", "content": prompt}],
-            "stream": True,
-            "max_tokens": 12,
+            "stream": True,  # no max_tokens, as the page sends none: HatCat's default answer length
             "temperature": 0,
             "seed": 7,
             "parent_id": parent,
@@ -247,12 +253,14 @@ class UIChat:
             "session_id": self.session_id,
             **({"chat_id": self.chat_id} if self.chat_id else {}),
         }
+        sent = time.perf_counter()
         r = httpx.post(f"{self.webui}/api/chat/completions", json=body, headers=self.headers, timeout=120)
         r.raise_for_status()
         answer = r.json()
         self.chat_id = self.chat_id or answer.get("chat_id")
         self.assistant_ids.append(assistant_id)
         message = self.wait_done(assistant_id)
+        answered_s = round(time.perf_counter() - sent, 1)
         embeds = message.get("embeds") or []
         statuses = message.get("statusHistory") or []
         embed_text = embed_tokens_text(embeds[0]) if embeds else ""
@@ -273,6 +281,8 @@ class UIChat:
             "chat_id": self.chat_id,
             "message_id": assistant_id,
             "content": content,
+            "answer_seconds": answered_s,
+            "answer_tokens": summary_tokens(embeds[0]) if embeds else None,
             "embed_text": embed_text,
             "status_history": [s.get("description") for s in statuses],
         }
@@ -330,7 +340,7 @@ def screenshot(webui: str, token: str, chat_id: str, messages: int) -> dict[str,
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         # tall enough for the whole chat: OpenWebUI scrolls its message pane, not the page
-        page = browser.new_page(viewport={"width": 1280, "height": 2200})
+        page = browser.new_page(viewport={"width": 1280, "height": 3000})
         page.goto(f"{webui}/auth", wait_until="domcontentloaded", timeout=120_000)
         page.evaluate("t => localStorage.setItem('token', t)", token)
         page.goto(f"{webui}/c/{chat_id}", wait_until="domcontentloaded", timeout=120_000)
