@@ -161,7 +161,7 @@ def lying_items(answered: list[dict], seed: int = 0) -> list[dict]:
     The few-shot examples state false objects (another fact's object of the same relation)."""
     rng = random.Random(seed + 1)
     items = []
-    for split, relations in _split_facts(random.Random(seed)).items():
+    for relations in _split_facts(random.Random(seed)).values():
         for name, (template, facts) in relations.items():
             objects = sorted({o for _, o in facts})
             shots = [(s, rng.choice([x for x in objects if x != o])) for s, o in facts[:SHOTS]]
@@ -202,6 +202,11 @@ def _strings(node: object) -> list[str]:
     return []
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file ([] when it does not exist)."""
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def write(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
@@ -210,8 +215,8 @@ def main(argv: list[str]) -> None:
     if argv[:1] == ["honest"]:
         write(DATA / "items_honest.jsonl", honest_items() + ordinary_prompts())
     elif argv[:1] == ["lying"]:
-        asked = {json.loads(line)["id"] for line in (DATA / "items_honest.jsonl").open()}
-        answered = [json.loads(line) for line in (DATA / "outputs_honest.jsonl").open()]
+        asked = {r["id"] for r in read_jsonl(DATA / "items_honest.jsonl")}
+        answered = read_jsonl(DATA / "outputs_honest.jsonl")
         write(
             DATA / "items_lying.jsonl",
             lying_items([a for a in answered if a["id"] in asked and a["task"] == "hallucination"]),

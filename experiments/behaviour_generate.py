@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.behaviour_data import matches
+from experiments.behaviour_data import matches, read_jsonl
 from hatcat.concepts import load_pack
 from hatcat.config import Settings
 from hatcat.engine import Engine
@@ -47,8 +47,8 @@ def plain_engine() -> Engine:
 
 
 def main(src: str, dst: str, limit: int | None = None) -> None:
-    items = [json.loads(line) for line in Path(src).open()]
-    done = {json.loads(line)["id"] for line in Path(dst).open()} if Path(dst).exists() else set()
+    items = read_jsonl(Path(src))
+    done = {r["id"] for r in read_jsonl(Path(dst))}
     todo = [(k, it) for k, it in enumerate(items) if it["id"] not in done][:limit]
     engine = plain_engine()
     start, n = time.perf_counter(), 0

@@ -4,7 +4,8 @@
 
 Hooks at blocks 6, 9, 12 and 15 (the shipped pack's tap) and the logits of the same forward give,
 per item: token log-probabilities of the output (mean, min, entropy, first token), the states
-(mean over the output tokens and the last prompt token) per block, the shipped monitor's
+(mean over the positions that produced the output tokens, as a stream sees them, and the last
+prompt token) per block, the shipped monitor's
 response-level scores over the output tokens (divergence, activation, the words side alone, the
 `Deception` row), and the logit lens of the known entity's first token at each block. Cached in
 shards under HATCAT_CACHE_DIR/behaviour (resumable: a shard already written is not recomputed).
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from experiments.behaviour_data import read_jsonl
 from hatcat.config import Settings
 from hatcat.engine import Engine
 from hatcat.generation import encode_prompt
@@ -83,8 +85,11 @@ def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | 
         lp = logp[r, a0 - 1 : a1 - 1]  # the distributions that produced the output tokens
         took = lp.gather(1, ids[r, a0:a1, None].to(device))[:, 0]
         entropy = -(lp.exp() * lp).sum(-1)
-        h15 = taps[bank.tap_layer].hidden[r, a0:a1]
-        window = window_means(model.get_input_embeddings()(ids[r, a0:a1].to(device)))
+        # as in a monitored stream: token k is scored on the state that produced it, with the words
+        # of the output tokens before it (none for the first)
+        h15 = taps[bank.tap_layer].hidden[r, a0 - 1 : a1 - 1]
+        words = window_means(model.get_input_embeddings()(ids[r, a0:a1].to(device)))
+        window = torch.cat([torch.zeros_like(words[:1]), words[:-1]])
         act_logit = linear(h15.float(), bank.act_weight, bank.act_bias)
         text_logit = linear(window.float(), bank.text_weight, bank.text_bias)
         records = monitor.records(*bank.scores(h15, window), [""] * len(o), range(len(o)))
@@ -103,7 +108,10 @@ def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | 
                 ]
             ).cpu()
         )
-        out["answer"].append(torch.stack([taps[b].hidden[r, a0:a1].float().mean(0) for b in BLOCKS]).half().cpu())
+        states = [
+            taps[b].hidden[r, a0 - 1 : a1 - 1].float().mean(0) for b in BLOCKS
+        ]  # the states that produced the output
+        out["answer"].append(torch.stack(states).half().cpu())
         out["last"].append(torch.stack([taps[b].hidden[r, a0 - 1].float() for b in BLOCKS]).half().cpu())
         if entity is None:
             out["lens"].append(torch.full((len(BLOCKS) + 1,), float("nan")))
@@ -132,16 +140,17 @@ def extract(engine: Engine, items: list[dict], folder: Path) -> dict[str, dict]:
     return found
 
 
+def extract_file(engine: Engine, outputs: Path) -> dict[str, dict]:
+    """`extract` for every row of an outputs file (prompts from its items file; the same batches every time)."""
+    prompts = {r["id"]: r["prompt"] for r in read_jsonl(outputs.with_name(outputs.name.replace("outputs_", "items_")))}
+    rows = [r for r in read_jsonl(outputs) if r["id"] in prompts]
+    return extract(engine, [{**r, "prompt": prompts[r["id"]]} for r in rows], cache_dir(engine.settings))
+
+
 def main(paths: list[str]) -> None:
     engine = Engine.from_settings(Settings.from_env())
     for path in paths:
-        items = [json.loads(line) for line in Path(path).open()]
-        prompts = {json.loads(line)["id"]: json.loads(line)["prompt"] for line in _items_file(path).open()}
-        extract(engine, [{**it, "prompt": prompts[it["id"]]} for it in items], cache_dir(engine.settings))
-
-
-def _items_file(outputs: str) -> Path:
-    return Path(outputs.replace("outputs_", "items_"))
+        extract_file(engine, Path(path))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,76 @@
+"""Behaviour read-outs: `falsehood`, `deception` and `withholding` as named scores of a response.
+
+A read-out taps its own decoder block, which may differ from the concept bank's (block 9 for a
+truth direction, 15 for concepts): the same forward pass carries one hook per block and each block's
+states go through one product. Per response it reads the mean state of the response's tokens at its
+block and the response's own token probabilities (from the logits that forward already has):
+
+    score = w · mean_state[block] + v · [mean log-prob, min log-prob, mean entropy, first token prob] + b
+    fired = score >= threshold   (the threshold: 5% false positives on ordinary text the model generated)
+
+A probe pack lists them in its manifest as `readouts: {name: {block, threshold, ...}}` with the
+weights in `readouts.safetensors` beside it (`python -m experiments.behaviour` writes both).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+OUTPUT_FEATURES = ("mean_logprob", "min_logprob", "entropy", "first_token_prob")
+WEIGHTS = "readouts.safetensors"
+
+
+def output_features(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """[4]: OUTPUT_FEATURES of a response from the log-distributions that produced its tokens
+    (`logprobs` [T, V], `tokens` [T])."""
+    took = logprobs.gather(1, tokens[:, None])[:, 0]
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return torch.stack([took.mean(), took.min(), entropy.mean(), took[0].exp()])
+
+
+@dataclass(frozen=True)
+class Readouts:
+    """The read-outs of one probe pack, stacked per block."""
+
+    names: tuple[str, ...]
+    blocks: tuple[int, ...]  # one per read-out
+    state_weight: torch.Tensor  # [R, d]
+    output_weight: torch.Tensor  # [R, len(OUTPUT_FEATURES)]
+    bias: torch.Tensor  # [R]
+    threshold: torch.Tensor  # [R]
+
+    @classmethod
+    def load(cls, folder: Path, manifest: dict[str, Any], device: torch.device | str = "cpu") -> Readouts | None:
+        """The pack's read-outs (None when its manifest lists none)."""
+        entries = manifest.get("readouts") or {}
+        if not entries:
+            return None
+        weights = load_file(folder / WEIGHTS)
+        names = tuple(entries)
+        output = [
+            weights[f"{n}.output_weight"] if entries[n].get("output_features") else torch.zeros(len(OUTPUT_FEATURES))
+            for n in names
+        ]
+        return cls(
+            names,
+            tuple(int(entries[n]["block"]) for n in names),
+            torch.stack([weights[f"{n}.state_weight"] for n in names]).to(device, torch.float32),
+            torch.stack(output).to(device, torch.float32),
+            torch.cat([weights[f"{n}.bias"] for n in names]).to(device, torch.float32),
+            torch.tensor([float(entries[n]["threshold"]) for n in names], device=device),
+        )
+
+    def score(self, mean_states: dict[int, torch.Tensor], outputs: torch.Tensor) -> dict[str, dict[str, object]]:
+        """{name: {score, threshold, fired}} for one response: `mean_states` {block: [d]}, `outputs` [4]."""
+        states = torch.stack([mean_states[b] for b in self.blocks]).float()  # [R, d]
+        scores = (states * self.state_weight).sum(1) + self.output_weight @ outputs.float() + self.bias
+        values, thresholds = scores.tolist(), self.threshold.tolist()
+        return {
+            name: {"score": round(s, 4), "threshold": round(t, 4), "fired": s >= t}
+            for name, s, t in zip(self.names, values, thresholds, strict=True)
+        }
