@@ -29,7 +29,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from experiments.behaviour_data import read_jsonl
+from experiments.behaviour_data import LIAR_FRAMES, read_jsonl
 from experiments.behaviour_states import BLOCKS, SCALARS, extract_file
 from hatcat.config import Settings
 from hatcat.engine import Engine
@@ -63,10 +63,13 @@ def load_items() -> dict[str, list[dict]]:
                 tasks["withholding"].append({**r, "label": int(r["frame"] == "secret")})
         elif r["task"] == "ordinary":
             tasks["ordinary"].append({**r, "label": 0})
-    for r in read_jsonl(DATA / "outputs_lying.jsonl"):
-        honest_twin = by_id[r["id"].replace("l-", "h-", 1)]
-        if not r["correct"] and r["output"].strip():  # a lie: a false answer under the liar frame
-            tasks["lying"] += [{**r, "label": 1}, {**honest_twin, "label": 0, "lie_of": r["id"]}]
+    lies: dict[str, dict] = {}  # fact -> its first lie (liar frames in LIAR_FRAMES order)
+    for r in sorted(read_jsonl(DATA / "outputs_lying.jsonl"), key=lambda r: list(LIAR_FRAMES).index(r["frame"])):
+        fact = r["id"].removeprefix("l-").rsplit("-", 1)[0]
+        if not r["correct"] and r["output"].strip() and fact not in lies:  # a false answer under a liar frame
+            lies[fact] = r
+    for fact, r in sorted(lies.items()):
+        tasks["lying"] += [{**r, "label": 1}, {**by_id["h-" + fact], "label": 0, "lie_of": r["id"]}]
     return tasks
 
 

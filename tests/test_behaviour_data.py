@@ -41,8 +41,8 @@ def test_lying_frames_only_the_facts_answered_right() -> None:
     ]
     lies = lying_items(answered)
     right = {r["id"] for r in answered if r["correct"]}
-    assert lies and {r["id"].replace("l-", "h-", 1) for r in lies} == right
+    assert lies and {r["id"].replace("l-", "h-", 1).rsplit("-", 1)[0] for r in lies} == right
     for r in lies:  # the examples state false facts
         template, facts = load_relation(r["relation"])
         true = {template.format(s) + " " + o for s, o in facts}
-        assert not true & set(r["prompt"].split("\n")[1:-1])
+        assert not true & {line.removeprefix("Bob: ") for line in r["prompt"].split("\n")[1:-1]}
