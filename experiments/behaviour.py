@@ -7,8 +7,8 @@ and withheld facts, with 95% bootstrap intervals -> results/behaviour.json.
 Items, outputs and their features come from `experiments.behaviour_data`, `behaviour_generate` and
 `behaviour_states`. Every detector's score is oriented so that higher flags the behaviour (a wrong
 answer, a lie, a withheld fact). Hidden-state read-outs are logistic regressions fitted on dev
-states; their dev scores are leave-one-relation-out predictions (a relation is never scored by a
-fit that saw it), their test scores come from the fit on all of dev. Recall at 1% / 5% FPR uses
+states; their dev scores are 5-fold cross-validated predictions (folds grouped by subject), their
+test scores (other relations, other entities) come from the fit on all of dev. Recall at 1% / 5% FPR uses
 thresholds set on each detector's scores of ordinary text the model generated.
 """
 
@@ -18,6 +18,7 @@ import argparse
 import json
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +27,19 @@ from safetensors.torch import save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
+from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from experiments.behaviour_data import LIAR_FRAMES, read_jsonl
-from experiments.behaviour_states import BLOCKS, SCALARS, extract_file
+from experiments.behaviour_states import BLOCKS, SCALARS, cache_dir, cached, extract, with_prompts
 from hatcat.config import Settings
 from hatcat.engine import Engine
 from hatcat.paths import RESULTS, ROOT
 
 DATA = ROOT / "data" / "behaviour"
 BOOT = 1000
+FOLDS = 5
 OUTPUT_BASELINES = {  # name -> (scalar, sign): higher flags the behaviour
     "mean_logprob": ("mean_logprob", -1),
     "min_logprob": ("min_logprob", -1),
@@ -46,7 +49,7 @@ OUTPUT_BASELINES = {  # name -> (scalar, sign): higher flags the behaviour
 MONITOR = {"divergence": "divergence", "activation": "activation", "minus_words": "minus_words"}
 READOUT_NAME = {"hallucination": "falsehood", "lying": "deception", "withholding": "withholding"}
 POSITIONS = ("answer", "last")  # mean over the output tokens, or the last prompt token
-C_GRID = (0.01, 0.1)
+C = 0.01  # the directions' inverse regularisation (640 standardised features, a few hundred items per relation)
 
 
 def load_items() -> dict[str, list[dict]]:
@@ -127,69 +130,101 @@ class Features:
         return np.array([float(self.found[r["id"]]["lens"][b] - self.found[r["id"]]["lens"][-1]) for r in items])
 
 
-def _probe(c: float) -> object:
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+def _probe(c: float) -> Pipeline:
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
 
 
-def loro_scores(x: np.ndarray, y: np.ndarray, groups: list[str], c: float) -> np.ndarray:
-    """Leave-one-relation-out decision values (each relation scored by a fit on the others)."""
+def _raw(fit: Pipeline) -> tuple[np.ndarray, float]:
+    """A standardised logistic fit as (weight, bias) on the raw features."""
+    scaler, lr = fit[0], fit[1]
+    weight = lr.coef_[0] / scaler.scale_
+    return weight, float(lr.intercept_[0] - (scaler.mean_ / scaler.scale_) @ lr.coef_[0])
+
+
+def cv_scores(x: np.ndarray, y: np.ndarray, groups: list[str], c: float) -> np.ndarray:
+    """5-fold cross-validated decision values, folds grouped by subject (a lie and its honest
+    answer, or one fact asked two ways, fall in the same fold)."""
     out = np.zeros(len(y))
-    groups_arr = np.array(groups)
-    for g in sorted(set(groups)):
-        held = groups_arr == g
-        if len(set(y[~held])) < 2:
-            out[held] = 0.0
-            continue
-        out[held] = _probe(c).fit(x[~held], y[~held]).decision_function(x[held])
+    for fit_on, held in GroupKFold(FOLDS).split(x, y, groups):
+        out[held] = _probe(c).fit(x[fit_on], y[fit_on]).decision_function(x[held])
     return out
 
 
-def choose_probe(feats: Features, dev: list[dict], with_outputs: bool) -> tuple[dict, float]:
-    """The (block, position, C) with the best leave-one-relation-out dev AUROC. A read-out with the
-    output's token probabilities (shipped) reads the output tokens' mean state only: a response has
-    that state whether or not its prompt is at hand."""
-    y = np.array([r["label"] for r in dev])
-    groups = [r["relation"] for r in dev]
-    best: tuple[float, dict] = (-1.0, {})
-    for block in BLOCKS:
-        for position in POSITIONS[:1] if with_outputs else POSITIONS:
-            x = design(feats, dev, {"block": block, "position": position, "outputs": with_outputs})
-            for c in C_GRID:
-                auc = roc_auc_score(y, loro_scores(x, y, groups, c))
-                if auc > best[0]:
-                    best = (auc, {"block": block, "position": position, "C": c, "outputs": with_outputs})
-    return best[1], round(best[0], 4)
+@dataclass
+class Direction:
+    """A logistic direction on one block's states, chosen and fitted on dev: its cross-validated dev
+    scores (`oof`) and the fit on all of dev."""
+
+    block: int
+    position: str
+    dev_auroc: float
+    oof: np.ndarray
+    fit: Pipeline
+
+    @classmethod
+    def choose(cls, feats: Features, dev: list[dict], positions: tuple[str, ...]) -> Direction:
+        y, groups = np.array([r["label"] for r in dev]), [r["subject"] for r in dev]
+        best = None
+        for block in BLOCKS:
+            for position in positions:
+                oof = cv_scores(feats.states(dev, position, block), y, groups, C)
+                auc = roc_auc_score(y, oof)
+                if best is None or auc > best[0]:
+                    best = (auc, block, position, oof)
+        auc, block, position, oof = best
+        return cls(block, position, round(auc, 4), oof, _probe(C).fit(feats.states(dev, position, block), y))
+
+    def scores(self, feats: Features, items: list[dict]) -> np.ndarray:
+        return self.fit.decision_function(feats.states(items, self.position, self.block))
 
 
-def design(feats: Features, items: list[dict], choice: dict) -> np.ndarray:
-    x = feats.states(items, choice["position"], choice["block"])
-    return np.concatenate([x, feats.outputs(items)], axis=1) if choice["outputs"] else x
+@dataclass
+class Readout:
+    """A shipped read-out: a direction's score stacked with the output's token probabilities (one
+    logistic fit on dev; its dev scores are cross-validated)."""
+
+    direction: Direction
+    oof: np.ndarray
+    fit: Pipeline
+
+    @classmethod
+    def fit_on(cls, feats: Features, dev: list[dict]) -> Readout:
+        direction = Direction.choose(feats, dev, POSITIONS[:1])  # the output tokens' states: any response has them
+        y, groups = np.array([r["label"] for r in dev]), [r["subject"] for r in dev]
+        z = np.column_stack([feats.outputs(dev), direction.oof])
+        return cls(direction, cv_scores(z, y, groups, 1.0), _probe(1.0).fit(z, y))
+
+    def scores(self, feats: Features, items: list[dict]) -> np.ndarray:
+        return self.fit.decision_function(np.column_stack([feats.outputs(items), self.direction.scores(feats, items)]))
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(state weight [d], output weight [4], bias) of the whole read-out on raw features."""
+        state_w, state_b = _raw(self.direction.fit)
+        stack_w, stack_b = _raw(self.fit)
+        return stack_w[-1] * state_w, stack_w[:-1], stack_b + stack_w[-1] * state_b
 
 
 def lexical(dev: list[dict], items: list[dict], fit_all: bool) -> np.ndarray:
-    """A bag of character n-grams of the answer text alone (LORO on dev, the dev fit for other items)."""
+    """A bag of character n-grams of the answer text alone (cross-validated on dev, the dev fit for other items)."""
 
-    def model() -> object:
-        return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)), LogisticRegression(max_iter=2000))
+    def model() -> Pipeline:
+        return make_pipeline(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4)), LogisticRegression(max_iter=1000))
 
-    texts = lambda rows: [r["output"].strip() for r in rows]
+    def texts(rows: list[dict], keep: np.ndarray | None = None) -> list[str]:
+        return [r["output"].strip() for k, r in enumerate(rows) if keep is None or keep[k]]
+
     y = np.array([r["label"] for r in dev])
     if fit_all:
         return model().fit(texts(dev), y).decision_function(texts(items))
     out = np.zeros(len(dev))
-    groups = np.array([r["relation"] for r in dev])
-    for g in sorted(set(groups)):
-        held = groups == g
-        out[held] = (
-            model()
-            .fit(texts([r for r, h in zip(dev, ~held) if h]), y[~held])
-            .decision_function(texts([r for r, h in zip(dev, held) if h]))
-        )
+    for fit_on, held in GroupKFold(FOLDS).split(dev, y, [r["subject"] for r in dev]):
+        keep = np.isin(np.arange(len(dev)), fit_on)
+        out[held] = model().fit(texts(dev, keep), y[keep]).decision_function(texts(dev, ~keep))
     return out
 
 
 def evaluate_task(task: str, tasks: dict, feats: Features, split: str, chosen: dict) -> dict:
-    """Every detector on one task and split; `chosen` holds the dev choices (filled on dev)."""
+    """Every detector on one task and split; `chosen` holds the dev choices (made on the dev call)."""
     dev = [r for r in tasks[task] if r["split"] == "dev"]
     items = [r for r in tasks[task] if r["split"] == split]
     ordinary = tasks["ordinary"]
@@ -199,43 +234,37 @@ def evaluate_task(task: str, tasks: dict, feats: Features, split: str, chosen: d
         scores[name] = (sign * feats.scalar(items, scalar), sign * feats.scalar(ordinary, scalar))
     for name, scalar in MONITOR.items():
         scores[name] = (feats.scalar(items, scalar), feats.scalar(ordinary, scalar))
-    scores["Deception"] = (feats.scalar(items, "deception_row"), feats.scalar(ordinary, "deception_row"))
-    # hidden-state read-outs fitted on dev: the truth/correctness direction (hallucination dev,
-    # states alone) and this task's read-out (states + the output's token probabilities)
-    for name, source, with_outputs in (
-        ("truth_direction", "hallucination", False),
-        (READOUT_NAME[task], task, True),
-    ):
-        key = f"{name}:{source}"
-        src_dev = [r for r in tasks[source] if r["split"] == "dev"]
-        if key not in chosen:
-            chosen[key], chosen[key + ":dev_auroc"] = choose_probe(feats, src_dev, with_outputs)
-        choice = chosen[key]
-        y_src = np.array([r["label"] for r in src_dev])
-        fit = _probe(choice["C"]).fit(design(feats, src_dev, choice), y_src)
-        if split == "dev" and source == task:
-            item_scores = loro_scores(design(feats, items, choice), y, [r["relation"] for r in items], choice["C"])
-        else:
-            item_scores = fit.decision_function(design(feats, items, choice))
-        scores[name] = (item_scores, fit.decision_function(design(feats, ordinary, choice)))
-        if name == READOUT_NAME[task]:
-            chosen[key + ":fit"] = fit
+    # the truth/correctness direction: hallucination dev states alone, block and position chosen on dev
+    if "truth_direction" not in chosen:
+        chosen["truth_direction"] = Direction.choose(
+            feats, [r for r in tasks["hallucination"] if r["split"] == "dev"], POSITIONS
+        )
+    truth = chosen["truth_direction"]
+    own = split == "dev" and task == "hallucination"
+    scores["truth_direction"] = (truth.oof if own else truth.scores(feats, items), truth.scores(feats, ordinary))
+    # this task's read-out (its own dev labels: states + the output's token probabilities)
+    name = READOUT_NAME[task]
+    if name not in chosen:
+        chosen[name] = Readout.fit_on(feats, dev)
+    readout = chosen[name]
+    scores[name] = (readout.oof if split == "dev" else readout.scores(feats, items), readout.scores(feats, ordinary))
     if task == "lying":
         scores["lexical"] = (lexical(dev, items, split != "dev"), lexical(dev, ordinary, True))
-    if task == "withholding":
+    if task == "withholding":  # "represented but not said": the known entity's logit lens minus its output log-prob
         if "lens_block" not in chosen:
             ydev = np.array([r["label"] for r in dev])
             chosen["lens_block"] = max(BLOCKS, key=lambda b: roc_auc_score(ydev, feats.lens(dev, b)))
-        scores["entity_lens"] = (feats.lens(items, chosen["lens_block"]), None)  # needs the known entity
-    result: dict = {name: metrics(y, s, o) for name, (s, o) in scores.items()}
+        scores["entity_lens"] = (feats.lens(items, chosen["lens_block"]), None)  # ordinary text has no known entity
+    result: dict = {key: metrics(y, s, o) for key, (s, o) in scores.items()}
+    result["Deception"] = metrics(y, feats.scalar(items, "deception_row"), feats.scalar(ordinary, "deception_row"))
     if "best_output:" + task not in chosen:  # the best output-only baseline, chosen on dev
         chosen["best_output:" + task] = max(OUTPUT_BASELINES, key=lambda n: result[n]["auroc"])
     best = chosen["best_output:" + task]
     result["best_output_baseline"] = {"name": best, **result[best]}
-    shipped = READOUT_NAME[task]
-    result["shipped_minus_best_baseline"] = paired_delta(y, scores[shipped][0], scores[best][0])
+    result["shipped_minus_best_baseline"] = paired_delta(y, scores[name][0], scores[best][0])
     result["items"] = {"total": len(items), "positive": int(y.sum()), "negative": int(len(y) - y.sum())}
-    result["readout_choice"] = {k: v for k, v in chosen[f"{shipped}:{task}"].items()}
+    result["readout"] = {"block": readout.direction.block, "direction_dev_auroc": readout.direction.dev_auroc}
+    result["truth_direction_choice"] = {"block": truth.block, "position": truth.position, "dev_auroc": truth.dev_auroc}
     if task == "hallucination":
         result["accuracy_per_relation"] = {
             rel: round(float(np.mean([1 - r["label"] for r in items if r["relation"] == rel])), 4)
@@ -245,27 +274,25 @@ def evaluate_task(task: str, tasks: dict, feats: Features, split: str, chosen: d
     return result
 
 
-def save_readouts(chosen: dict, dev_results: dict, thresholds: dict, folder: Path) -> dict:
-    """Each read-out's dev fit as weights on raw features (standardisation folded in) + its manifest entry."""
+def save_readouts(chosen: dict, feats: Features, tasks: dict, dev_results: dict, folder: Path) -> dict:
+    """Each read-out as weights on raw features + its manifest entry (threshold: 5% FPR on ordinary
+    generated text); `ship` says whether it beat the best output-only baseline on dev."""
     tensors, entries = {}, {}
     for task, name in READOUT_NAME.items():
-        fit, choice = chosen[f"{name}:{task}:fit"], chosen[f"{name}:{task}"]
-        scaler, lr = fit[0], fit[1]
-        weight = lr.coef_[0] / scaler.scale_
-        bias = lr.intercept_[0] - float((scaler.mean_ / scaler.scale_) @ lr.coef_[0])
-        d = len(weight) - (len(OUTPUT_BASELINES) if choice["outputs"] else 0)
-        tensors[f"{name}.state_weight"] = torch.tensor(weight[:d], dtype=torch.float32)
-        tensors[f"{name}.output_weight"] = torch.tensor(weight[d:], dtype=torch.float32)
+        readout: Readout = chosen[name]
+        state_w, output_w, bias = readout.weights()
+        tensors[f"{name}.state_weight"] = torch.tensor(state_w, dtype=torch.float32)
+        tensors[f"{name}.output_weight"] = torch.tensor(output_w, dtype=torch.float32)
         tensors[f"{name}.bias"] = torch.tensor([bias], dtype=torch.float32)
         r = dev_results[task]
         entries[name] = {
-            "block": choice["block"],
-            "position": choice["position"],
-            "output_features": list(OUTPUT_BASELINES) if choice["outputs"] else [],
-            "threshold": thresholds[name],
+            "block": readout.direction.block,
+            "output_features": list(OUTPUT_BASELINES),
+            "threshold": round(float(np.quantile(readout.scores(feats, tasks["ordinary"]), 0.95)), 4),
             "dev_auroc": r[name]["auroc"],
             "best_output_baseline": r["best_output_baseline"]["name"],
-            "beats_best_output_baseline_on_dev": r["shipped_minus_best_baseline"]["ci"][0] > 0,
+            "dev_minus_best_baseline": r["shipped_minus_best_baseline"],
+            "ship": r["shipped_minus_best_baseline"]["ci"][0] > 0,
         }
     folder.mkdir(parents=True, exist_ok=True)
     save_file(tensors, folder / "readouts.safetensors")
@@ -276,25 +303,32 @@ def save_readouts(chosen: dict, dev_results: dict, thresholds: dict, folder: Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--test", action="store_true", help="also score the test splits (once) and log it")
+    parser.add_argument("--extract-only", action="store_true", help="only fill the feature cache (resumable)")
+    parser.add_argument("--cached-only", action="store_true", help="score only the items already in the cache")
     args = parser.parse_args()
     tasks = load_items()
     engine = Engine.from_settings(Settings.from_env())
-    found = {}
-    for name in ("outputs_honest.jsonl", "outputs_lying.jsonl"):
-        found.update(extract_file(engine, DATA / name))
+    needed = {r["id"] for rows in tasks.values() for r in rows}
+    items = [r for name in ("outputs_honest.jsonl", "outputs_lying.jsonl") for r in with_prompts(DATA / name, needed)]
+    if args.cached_only:  # items whose features are not extracted yet are left out (the counts say how many)
+        found = cached(cache_dir(engine.settings))
+        lying = tasks.pop("lying")  # (lie, honest answer) pairs, kept whole
+        tasks = {task: [r for r in rows if r["id"] in found] for task, rows in tasks.items()}
+        pairs = zip(lying[::2], lying[1::2], strict=True)
+        tasks["lying"] = [r for pair in pairs if all(r["id"] in found for r in pair) for r in pair]
+    else:
+        found = extract(engine, items, cache_dir(engine.settings))
+    if args.extract_only:
+        return
     feats = Features(found)
     chosen: dict = {}
-    report: dict = {"command": "python -m experiments.behaviour" + (" --test" if args.test else "")}
+    flags = [f for f, on in (("--test", args.test), ("--cached-only", args.cached_only)) if on]
+    report: dict = {"command": " ".join(["python -m experiments.behaviour", *flags])}
     for split in ("dev", "test") if args.test else ("dev",):
         report[split] = {task: evaluate_task(task, tasks, feats, split, chosen) for task in READOUT_NAME}
-    thresholds = {}  # the shipped threshold: 5% FPR on ordinary generated text
-    for task, name in READOUT_NAME.items():
-        fit, choice = chosen[f"{name}:{task}:fit"], chosen[f"{name}:{task}"]
-        ordinary = fit.decision_function(design(feats, tasks["ordinary"], choice))
-        thresholds[name] = round(float(np.quantile(ordinary, 0.95)), 4)
-    report["readouts"] = save_readouts(chosen, report["dev"], thresholds, RESULTS / "behaviour_readouts")
+    report["readouts"] = save_readouts(chosen, feats, tasks, report["dev"], RESULTS / "behaviour_readouts")
     report["ordinary_texts"] = len(tasks["ordinary"])
-    report["choices"] = {k: v for k, v in chosen.items() if not k.endswith(":fit")}
+    report["choices"] = {k: v for k, v in chosen.items() if isinstance(v, (str, int))}
     (RESULTS / "behaviour.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.test:
         commit = subprocess.run(

@@ -27,15 +27,14 @@ from hatcat.engine import Engine
 from hatcat.generation import encode_prompt
 from hatcat.linear import linear
 from hatcat.monitor import summarise, window_means
+from hatcat.readouts import OUTPUT_FEATURES, output_features, token_stats
 from hatcat.tap import tap
 
 BLOCKS = (6, 9, 12, 15)
 BATCH = 16
+FIELDS = ("scalars", "answer", "last", "lens")
 SCALARS = (
-    "mean_logprob",
-    "min_logprob",
-    "entropy",
-    "first_token_prob",
+    *OUTPUT_FEATURES,
     "divergence",
     "activation",
     "minus_words",
@@ -56,11 +55,6 @@ def encode(engine: Engine, item: dict) -> tuple[list[int], list[int], int | None
     return prompt, output, entity
 
 
-def _shard_name(rows: list[tuple[dict, list[int], list[int]]]) -> str:
-    key = json.dumps([(r["id"], p, o) for r, p, o in rows])
-    return hashlib.sha256(key.encode()).hexdigest()[:20] + ".pt"
-
-
 @torch.inference_mode()
 def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | None]]) -> dict:
     """One right-padded forward for a batch; the shard's contents."""
@@ -75,16 +69,21 @@ def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | 
         mask[r, : lengths[r]] = 1
     with engine.exclusive(), ExitStack() as stack:
         taps = {b: stack.enter_context(tap(model, b)) for b in BLOCKS}
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits.float()
-    logp = logits.log_softmax(-1)
-    norm, head = model.model.norm, model.get_output_embeddings()
+        last = model.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    norm, head = model.model.norm, model.get_output_embeddings()  # logits only where read (not [B, L, 262k])
     deception = bank.index["Deception"]
+    spans = [(len(p), len(p) + len(o)) for _, p, o, _ in rows]
+    # one product with the output layer for the batch: the output's distributions, then the logit lens
+    # of every block at each last prompt token
+    lens_in = norm(torch.stack([taps[b].hidden[r, a0 - 1] for r, (a0, _) in enumerate(spans) for b in BLOCKS]))
+    logp = head(torch.cat([*(last[r, a0 - 1 : a1 - 1] for r, (a0, a1) in enumerate(spans)), lens_in]))
+    logp = logp.float().log_softmax(-1)
+    output_lp = logp[: -len(lens_in)].split([a1 - a0 for a0, a1 in spans])
+    lens_lp = logp[-len(lens_in) :].view(len(rows), len(BLOCKS), -1)
     out = {"ids": [it["id"] for it, *_ in rows], "scalars": [], "answer": [], "last": [], "lens": []}
     for r, (_, p, o, entity) in enumerate(rows):
-        a0, a1 = len(p), len(p) + len(o)
-        lp = logp[r, a0 - 1 : a1 - 1]  # the distributions that produced the output tokens
-        took = lp.gather(1, ids[r, a0:a1, None].to(device))[:, 0]
-        entropy = -(lp.exp() * lp).sum(-1)
+        (a0, a1), lp = spans[r], output_lp[r]  # the distributions that produced the output
+        took, entropy = token_stats(lp, ids[r, a0:a1].to(device))
         # as in a monitored stream: token k is scored on the state that produced it, with the words
         # of the output tokens before it (none for the first)
         h15 = taps[bank.tap_layer].hidden[r, a0 - 1 : a1 - 1]
@@ -97,10 +96,7 @@ def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | 
         out["scalars"].append(
             torch.stack(
                 [
-                    took.mean(),
-                    took.min(),
-                    entropy.mean(),
-                    took[0].exp(),
+                    *output_features(took, entropy),
                     torch.tensor(summarise(records).mean_divergence, device=device),
                     (act_logit - bank.act_cap).amax(1).mean(),
                     minus_words.mean(),
@@ -116,41 +112,47 @@ def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | 
         if entity is None:
             out["lens"].append(torch.full((len(BLOCKS) + 1,), float("nan")))
         else:
-            lens = [head(norm(taps[b].hidden[r, a0 - 1])).float().log_softmax(-1)[entity] for b in BLOCKS]
-            out["lens"].append(torch.stack([*lens, logp[r, a0 - 1, entity]]).cpu())
+            out["lens"].append(torch.cat([lens_lp[r, :, entity], lp[0, entity : entity + 1]]).cpu())
     return {k: (torch.stack(v) if k != "ids" else v) for k, v in out.items()}
 
 
-def extract(engine: Engine, items: list[dict], folder: Path) -> dict[str, dict]:
-    """{item id: {"scalars", "answer" [blocks, d], "last" [blocks, d], "lens"}} for every item, from the cache."""
-    folder.mkdir(parents=True, exist_ok=True)
-    rows = [(it, *encode(engine, it)) for it in items]
-    rows.sort(key=lambda r: len(r[1]) + len(r[2]))
+def cached(folder: Path) -> dict[str, dict]:
+    """Every item's features already in the cache's shards."""
     found: dict[str, dict] = {}
-    for start in range(0, len(rows), BATCH):
-        batch = rows[start : start + BATCH]
-        path = folder / _shard_name([(it, p, o) for it, p, o, _ in batch])
-        if not path.exists():
-            torch.save(features(engine, batch), path)
+    for path in sorted(folder.glob("*.pt")):
         shard = torch.load(path)
         for k, item_id in enumerate(shard["ids"]):
-            found[item_id] = {name: shard[name][k] for name in ("scalars", "answer", "last", "lens")}
-        if start // BATCH % 20 == 0:
-            print(f"{start + len(batch)}/{len(rows)} items", flush=True)
+            found[item_id] = {name: shard[name][k] for name in FIELDS}
     return found
 
 
-def extract_file(engine: Engine, outputs: Path) -> dict[str, dict]:
-    """`extract` for every row of an outputs file (prompts from its items file; the same batches every time)."""
+def extract(engine: Engine, items: list[dict], folder: Path) -> dict[str, dict]:
+    """{item id: {"scalars", "answer" [blocks, d], "last" [blocks, d], "lens"}} for `items` (an item's
+    id names its prompt and output), computing only those not in the cache yet, in batches of similar length."""
+    folder.mkdir(parents=True, exist_ok=True)
+    found = cached(folder)
+    todo = [(it, *encode(engine, it)) for it in items if it["id"] not in found]
+    todo.sort(key=lambda r: len(r[1]) + len(r[2]))
+    for start in range(0, len(todo), BATCH):
+        shard = features(engine, todo[start : start + BATCH])
+        torch.save(shard, folder / f"{hashlib.sha256(json.dumps(shard['ids']).encode()).hexdigest()[:20]}.pt")
+        for k, item_id in enumerate(shard["ids"]):
+            found[item_id] = {name: shard[name][k] for name in FIELDS}
+        print(f"{start + len(shard['ids'])}/{len(todo)} items", flush=True)
+    return {it["id"]: found[it["id"]] for it in items}
+
+
+def with_prompts(outputs: Path, keep: set[str] | None = None) -> list[dict]:
+    """The rows of an outputs file (those in `keep`, if given) with their prompts from its items file."""
     prompts = {r["id"]: r["prompt"] for r in read_jsonl(outputs.with_name(outputs.name.replace("outputs_", "items_")))}
-    rows = [r for r in read_jsonl(outputs) if r["id"] in prompts]
-    return extract(engine, [{**r, "prompt": prompts[r["id"]]} for r in rows], cache_dir(engine.settings))
+    rows = read_jsonl(outputs)
+    return [{**r, "prompt": prompts[r["id"]]} for r in rows if r["id"] in prompts and (keep is None or r["id"] in keep)]
 
 
 def main(paths: list[str]) -> None:
     engine = Engine.from_settings(Settings.from_env())
     for path in paths:
-        extract_file(engine, Path(path))
+        extract(engine, with_prompts(Path(path)), cache_dir(engine.settings))
 
 
 if __name__ == "__main__":

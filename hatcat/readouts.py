@@ -25,11 +25,14 @@ OUTPUT_FEATURES = ("mean_logprob", "min_logprob", "entropy", "first_token_prob")
 WEIGHTS = "readouts.safetensors"
 
 
-def output_features(logprobs: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """[4]: OUTPUT_FEATURES of a response from the log-distributions that produced its tokens
-    (`logprobs` [T, V], `tokens` [T])."""
-    took = logprobs.gather(1, tokens[:, None])[:, 0]
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
+def token_stats(logprobs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probability of each token, entropy of its distribution), each [T], from the
+    log-distributions that produced the tokens (`logprobs` [T, V], `tokens` [T])."""
+    return logprobs.gather(-1, tokens[..., None])[..., 0], -(logprobs.exp() * logprobs).sum(-1)
+
+
+def output_features(took: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
+    """[4]: OUTPUT_FEATURES of a response from its tokens' log-probabilities and entropies ([T] each)."""
     return torch.stack([took.mean(), took.min(), entropy.mean(), took[0].exp()])
 
 
