@@ -14,12 +14,17 @@ weights in `readouts.safetensors` beside it (`python -m experiments.behaviour` w
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from hatcat.paths import sha256_file
+from hatcat.probes import ProbePackError
 
 OUTPUT_FEATURES = ("mean_logprob", "min_logprob", "entropy", "first_token_prob")
 WEIGHTS = "readouts.safetensors"
@@ -53,8 +58,21 @@ class Readouts:
         entries = manifest.get("readouts") or {}
         if not entries:
             return None
-        weights = load_file(folder / WEIGHTS)
+        try:
+            weights = load_file(folder / WEIGHTS)
+        except (SafetensorError, OSError) as err:
+            raise ProbePackError(f"{folder}: cannot read the read-outs' weights: {err}") from None
         names = tuple(entries)
+        missing = [f"{n}.{part}" for n in names for part in ("state_weight", "bias") if f"{n}.{part}" not in weights]
+        wrong = [
+            n
+            for n in names
+            if f"{n}.state_weight" in weights and len(weights[f"{n}.state_weight"]) != manifest["hidden_size"]
+        ]
+        if missing or wrong:
+            raise ProbePackError(
+                f"{folder}: read-out weights missing ({', '.join(missing)}) or of the wrong size ({', '.join(wrong)})"
+            )
         output = [
             weights[f"{n}.output_weight"] if entries[n].get("output_features") else torch.zeros(len(OUTPUT_FEATURES))
             for n in names
@@ -77,3 +95,20 @@ class Readouts:
             name: {"score": round(s, 4), "threshold": round(t, 4), "fired": s >= t}
             for name, s, t in zip(self.names, values, thresholds, strict=True)
         }
+
+
+def install(folder: Path, weights: dict[str, torch.Tensor], entries: dict[str, dict[str, Any]]) -> None:
+    """Write read-outs into the probe pack at `folder`: `readouts.safetensors` beside it, the
+    `readouts` manifest entry and its checksum (an empty `entries` removes them)."""
+    manifest_path = folder / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    target = folder / WEIGHTS
+    manifest.pop("readouts", None)
+    manifest.get("checksums", {}).pop(WEIGHTS, None)
+    target.unlink(missing_ok=True)
+    if entries:
+        save_file({k: v.contiguous() for k, v in weights.items() if k.split(".")[0] in entries}, target)
+        target.chmod(0o644)
+        manifest["readouts"] = entries
+        manifest.setdefault("checksums", {})[WEIGHTS] = sha256_file(target)
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
