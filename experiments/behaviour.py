@@ -3,6 +3,7 @@ and withheld facts, with 95% bootstrap intervals -> results/behaviour.json.
 
     python -m experiments.behaviour           # dev only (every choice is made here)
     python -m experiments.behaviour --test    # also the test splits, once; appends results/test_log.jsonl
+    python -m experiments.behaviour --install probes/gemma-3-270m/sumo-wordnet-v1+safety-v1   # shipped read-outs
 
 Items, outputs and their features come from `experiments.behaviour_data`, `behaviour_generate` and
 `behaviour_states`. Every detector's score is oriented so that higher flags the behaviour (a wrong
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -36,8 +37,10 @@ from experiments.behaviour_states import BLOCKS, SCALARS, cache_dir, cached, ext
 from hatcat.config import Settings
 from hatcat.engine import Engine
 from hatcat.paths import RESULTS, ROOT
+from hatcat.readouts import install
 
 DATA = ROOT / "data" / "behaviour"
+READOUTS = RESULTS / "behaviour_readouts"  # every read-out's weights and manifest entry, shipped or not
 BOOT = 1000
 FOLDS = 5
 OUTPUT_BASELINES = {  # name -> (scalar, sign): higher flags the behaviour (the sign is flipped where dev says so)
@@ -313,7 +316,14 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="also score the test splits (once) and log it")
     parser.add_argument("--extract-only", action="store_true", help="only fill the feature cache (resumable)")
     parser.add_argument("--cached-only", action="store_true", help="score only the items already in the cache")
+    parser.add_argument("--install", metavar="PACK", type=Path, help="write the shipped read-outs into a probe pack")
     args = parser.parse_args()
+    if args.install:
+        entries = json.loads((READOUTS / "readouts.json").read_text())
+        shipped = {name: e for name, e in entries.items() if e["ship"]}
+        install(args.install, load_file(READOUTS / "readouts.safetensors"), shipped)
+        print(f"installed {sorted(shipped) or 'no read-outs'} into {args.install}")
+        return
     tasks = load_items()
     engine = Engine.from_settings(Settings.from_env())
     needed = {r["id"] for rows in tasks.values() for r in rows}
@@ -334,7 +344,7 @@ def main() -> None:
     report: dict = {"command": " ".join(["python -m experiments.behaviour", *flags])}
     for split in ("dev", "test") if args.test else ("dev",):
         report[split] = {task: evaluate_task(task, tasks, feats, split, chosen) for task in READOUT_NAME}
-    report["readouts"] = save_readouts(chosen, feats, tasks, report["dev"], RESULTS / "behaviour_readouts")
+    report["readouts"] = save_readouts(chosen, feats, tasks, report["dev"], READOUTS)
     report["ordinary_texts"] = len(tasks["ordinary"])
     report["choices"] = {k: v for k, v in chosen.items() if isinstance(v, (str, int))}
     (RESULTS / "behaviour.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -15,6 +15,7 @@ weights in `readouts.safetensors` beside it (`python -m experiments.behaviour` w
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,11 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from hatcat.paths import sha256_file
 from hatcat.probes import ProbePackError
+from hatcat.tap import tap
 
 OUTPUT_FEATURES = ("mean_logprob", "min_logprob", "entropy", "first_token_prob")
 WEIGHTS = "readouts.safetensors"
@@ -95,6 +98,30 @@ class Readouts:
             name: {"score": round(s, 4), "threshold": round(t, 4), "fired": s >= t}
             for name, s, t in zip(self.names, values, thresholds, strict=True)
         }
+
+
+@torch.inference_mode()
+def text_behaviours(model: nn.Module, tokenizer, readouts: Readouts, texts: list[str]) -> list[dict[str, dict]]:
+    """Each text read as a response: its tokens after the first, each on the state (at every read-out's
+    block) and the distribution that produced it, as a stream sees them. One right-padded forward
+    through the output layer (the concept analysis stops at the bank's block)."""
+    encoded = [tokenizer(t).input_ids for t in texts]
+    device = readouts.bias.device
+    ids = torch.full((len(texts), max(map(len, encoded))), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, e in enumerate(encoded):
+        ids[r, : len(e)], mask[r, : len(e)] = torch.tensor(e), 1
+    ids, mask = ids.to(device), mask.to(device)
+    with ExitStack() as stack:
+        taps = {b: stack.enter_context(tap(model, b)) for b in sorted(set(readouts.blocks))}
+        last = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    head, found = model.get_output_embeddings(), []
+    for r, e in enumerate(encoded):
+        produced = slice(0, max(len(e) - 1, 1))  # one token only (BOS or a lone token): its own state
+        took, entropy = token_stats(head(last[r, produced]).float().log_softmax(-1), ids[r, 1 : max(len(e), 2)])
+        means = {b: taps[b].hidden[r, produced].float().mean(0) for b in taps}
+        found.append(readouts.score(means, output_features(took, entropy)))
+    return found
 
 
 def install(folder: Path, weights: dict[str, torch.Tensor], entries: dict[str, dict[str, Any]]) -> None:

@@ -53,8 +53,8 @@ def test_readouts_of_the_wrong_size_are_refused(tmp_path: Path) -> None:
         Readouts.load(tmp_path, json.loads((tmp_path / "manifest.json").read_text()))
 
 
-def test_a_readout_reads_its_own_block_in_the_same_stream(engine: Engine, tmp_path: Path) -> None:
-    """A read-out at block 9 beside the bank at 15: the stream's score equals an offline forward's."""
+def test_a_readout_reads_its_own_block_in_the_stream_and_in_analysis(engine: Engine, tmp_path: Path) -> None:
+    """A read-out at block 9 beside the bank at 15: the stream's and /v1/analyze's scores equal an offline forward's."""
     folder = tmp_path / "pack"
     shutil.copytree(engine.probes.folder, folder)
     weights = _weights(engine.loaded.hidden_size)
@@ -81,3 +81,19 @@ def test_a_readout_reads_its_own_block_in_the_same_stream(engine: Engine, tmp_pa
     )
     assert behaviour["score"] == pytest.approx(expected, abs=0.05 + 0.02 * abs(expected))
     assert behaviour["fired"] == (behaviour["score"] >= 0.0)
+    # /v1/analyze reads a given text the same way: each token after the first on what produced it
+    text = prompt + events[-1].finished.text
+    ((_, document),) = probed.analyze([text])
+    whole = probed.tokenizer(text).input_ids
+    with torch.no_grad():
+        out = probed.model(input_ids=torch.tensor([whole]), output_hidden_states=True)
+    produced = slice(0, len(whole) - 1)
+    took, entropy = token_stats(out.logits[0, produced].float().log_softmax(-1), torch.tensor(whole[1:]))
+    expected = float(
+        out.hidden_states[10][0, produced].float().mean(0) @ weights["falsehood.state_weight"]
+        + weights["falsehood.output_weight"] @ output_features(took, entropy)
+        + weights["falsehood.bias"]
+    )
+    assert document["summary"]["behaviours"]["falsehood"]["score"] == pytest.approx(
+        expected, abs=0.05 + 0.02 * abs(expected)
+    )
