@@ -324,6 +324,8 @@ def main() -> None:
         install(args.install, load_file(READOUTS / "readouts.safetensors"), shipped)
         print(f"installed {sorted(shipped) or 'no read-outs'} into {args.install}")
         return
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
+    commit = commit.stdout.strip()  # the code this run starts from (the test log names it)
     tasks = load_items()
     engine = Engine.from_settings(Settings.from_env())
     needed = {r["id"] for rows in tasks.values() for r in rows}
@@ -349,9 +351,6 @@ def main() -> None:
     report["choices"] = {k: v for k, v in chosen.items() if isinstance(v, (str, int))}
     (RESULTS / "behaviour.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.test:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True
-        ).stdout.strip()
         numbers = {
             t: {d: report["test"][t][d]["auroc"] for d in (READOUT_NAME[t], "best_output_baseline")}
             for t in READOUT_NAME
