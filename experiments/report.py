@@ -302,9 +302,9 @@ def behaviour_rows() -> list[tuple[str, str, str, str]]:
     """The embedded model's own hallucinations, lies and withheld facts: the read-out against the best
     output-only baseline, per split (AUROC [95% CI]; recall at 5% FPR on ordinary generated text)."""
     result = _load("behaviour.json")
-    cmd = "`python -m experiments.behaviour`"
+    cmd = "python -m experiments.behaviour"
     if result is None:
-        return [("Behaviour benchmark", "not run", "", cmd)]
+        return [("Behaviour benchmark", "not run", "", f"`{cmd}`")]
     out = []
     for split in ("dev", "test"):
         for task, (name, target) in BEHAVIOUR_TARGETS.items():
@@ -312,7 +312,8 @@ def behaviour_rows() -> list[tuple[str, str, str, str]]:
                 continue
             r = result[split][task]
             best, delta = r["best_output_baseline"], r["shipped_minus_best_baseline"]
-            ok = r[name]["auroc"] >= target and delta["ci"][0] > 0
+            shipped = result["readouts"][name]["ship"]
+            ok = r[name]["auroc"] >= target and delta["ci"][0] > 0 and shipped
             out.append(
                 (
                     (
@@ -323,8 +324,9 @@ def behaviour_rows() -> list[tuple[str, str, str, str]]:
                         f"{_f(r[name]['auroc'])} {r[name]['ci']} / {_f(best['auroc'])} {best['ci']}; "
                         f"Δ {_f(delta['delta'])} {delta['ci']}; recall@5% FPR {_f(r[name]['recall_at_5pct_fpr'])}"
                     ),
-                    f"≥ {target} and Δ > 0" + (_target(ok) if split == "test" else ""),
-                    cmd + (" --test" if split == "test" else ""),
+                    (f"≥ {target} and Δ > 0" if shipped else "not shipped: the classes differ in their prompt")
+                    + (_target(ok) if split == "test" else ""),
+                    f"`{cmd}{' --test' if split == 'test' else ''}`",
                 )
             )
             out.append(
@@ -332,7 +334,7 @@ def behaviour_rows() -> list[tuple[str, str, str, str]]:
                     f"… {task} ({split}): shipped divergence / activation / −z_words / Deception row",
                     " / ".join(_f(r[k]["auroc"]) for k in ("divergence", "activation", "minus_words", "Deception")),
                     "",
-                    cmd,
+                    f"`{cmd}`",
                 )
             )
     return out
