@@ -115,11 +115,12 @@ def text_behaviours(model: nn.Module, tokenizer, readouts: Readouts, texts: list
     with ExitStack() as stack:
         taps = {b: stack.enter_context(tap(model, b)) for b in sorted(set(readouts.blocks))}
         last = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    head, found = model.get_output_embeddings(), []
-    for r, e in enumerate(encoded):
-        produced = slice(0, max(len(e) - 1, 1))  # one token only (BOS or a lone token): its own state
-        took, entropy = token_stats(head(last[r, produced]).float().log_softmax(-1), ids[r, 1 : max(len(e), 2)])
-        means = {b: taps[b].hidden[r, produced].float().mean(0) for b in taps}
+    spans = [max(len(e) - 1, 1) for e in encoded]  # the states that produced tokens 1..n-1
+    logprobs = model.get_output_embeddings()(torch.cat([last[r, :n] for r, n in enumerate(spans)]))
+    found = []
+    for r, lp in enumerate(logprobs.float().log_softmax(-1).split(spans)):  # one product for the batch
+        took, entropy = token_stats(lp, ids[r, 1 : spans[r] + 1])
+        means = {b: taps[b].hidden[r, : spans[r]].float().mean(0) for b in taps}
         found.append(readouts.score(means, output_features(took, entropy)))
     return found
 
