@@ -55,6 +55,9 @@ MONITOR = {"divergence": "divergence", "activation": "activation", "minus_words"
 # behaviour, and its read-out is not shipped (README, "Behaviour benchmark")
 FRAMED = {"lying", "withholding"}
 READOUT_NAME = {"hallucination": "falsehood", "lying": "deception", "withholding": "withholding"}
+# lies against true answers under the same liar frames: the frame is held fixed (a control, not shipped)
+SAME_FRAME = "lying_same_frame"
+SAME_FRAME_NEGATIVES = 150  # per split: liar-framed prompts the model answered truly
 POSITIONS = ("answer", "last")  # mean over the output tokens, or the last prompt token
 C = 0.01  # the directions' inverse regularisation (640 standardised features, a few hundred items per relation)
 
@@ -80,6 +83,14 @@ def load_items() -> dict[str, list[dict]]:
             lies[fact] = r
     for fact, r in sorted(lies.items()):
         tasks["lying"] += [{**r, "label": 1}, {**by_id["h-" + fact], "label": 0, "lie_of": r["id"]}]
+    tasks[SAME_FRAME] = [{**r, "label": 1} for r in lies.values()]
+    for split in ("dev", "test"):
+        truths = sorted(
+            (r for r in read_jsonl(DATA / "outputs_lying.jsonl") if r["split"] == split and r["correct"]),
+            key=lambda r: r["id"],
+        )
+        step = max(1, len(truths) // SAME_FRAME_NEGATIVES)
+        tasks[SAME_FRAME] += [{**r, "label": 0} for r in truths[::step][:SAME_FRAME_NEGATIVES]]
     return tasks
 
 
@@ -254,12 +265,12 @@ def evaluate_task(task: str, tasks: dict, feats: Features, split: str, chosen: d
     own = split == "dev" and task == "hallucination"
     scores["truth_direction"] = (truth.oof if own else truth.scores(feats, items), truth.scores(feats, ordinary))
     # this task's read-out (its own dev labels: states + the output's token probabilities)
-    name = READOUT_NAME[task]
-    if name not in chosen:
-        chosen[name] = Readout.fit_on(feats, dev)
-    readout = chosen[name]
+    name = READOUT_NAME.get(task, "deception")
+    if f"readout:{task}" not in chosen:
+        chosen[f"readout:{task}"] = Readout.fit_on(feats, dev)
+    readout = chosen[f"readout:{task}"]
     scores[name] = (readout.oof if split == "dev" else readout.scores(feats, items), readout.scores(feats, ordinary))
-    if task == "lying":
+    if task in ("lying", SAME_FRAME):
         scores["lexical"] = (lexical(dev, items, split != "dev"), lexical(dev, ordinary, True))
     if task == "withholding":  # "represented but not said": the known entity's logit lens minus its output log-prob
         if "lens_block" not in chosen:
@@ -290,7 +301,7 @@ def save_readouts(chosen: dict, feats: Features, tasks: dict, dev_results: dict,
     generated text); `ship`: it beat the best output-only baseline on dev, on a task without a framing confound."""
     tensors, entries = {}, {}
     for task, name in READOUT_NAME.items():
-        readout: Readout = chosen[name]
+        readout: Readout = chosen[f"readout:{task}"]
         state_w, output_w, bias = readout.weights()
         tensors[f"{name}.state_weight"] = torch.tensor(state_w, dtype=torch.float32)
         tensors[f"{name}.output_weight"] = torch.tensor(output_w, dtype=torch.float32)
@@ -316,6 +327,9 @@ def main() -> None:
     parser.add_argument("--test", action="store_true", help="also score the test splits (once) and log it")
     parser.add_argument("--extract-only", action="store_true", help="only fill the feature cache (resumable)")
     parser.add_argument("--cached-only", action="store_true", help="score only the items already in the cache")
+    parser.add_argument(
+        "--same-frame", action="store_true", help=f"only the control {SAME_FRAME} (merged into the results file)"
+    )
     parser.add_argument("--install", metavar="PACK", type=Path, help="write the shipped read-outs into a probe pack")
     args = parser.parse_args()
     if args.install:
@@ -342,39 +356,48 @@ def main() -> None:
         return
     feats = Features(found)
     chosen: dict = {}
-    flags = [f for f, on in (("--test", args.test), ("--cached-only", args.cached_only)) if on]
-    report: dict = {"command": " ".join(["python -m experiments.behaviour", *flags])}
-    for split in ("dev", "test") if args.test else ("dev",):
-        report[split] = {task: evaluate_task(task, tasks, feats, split, chosen) for task in READOUT_NAME}
-    report["readouts"] = save_readouts(chosen, feats, tasks, report["dev"], READOUTS)
-    report["ordinary_texts"] = len(tasks["ordinary"])
-    report["choices"] = {k: v for k, v in chosen.items() if isinstance(v, (str, int))}
+    flags = [
+        f
+        for f, on in (("--test", args.test), ("--cached-only", args.cached_only), ("--same-frame", args.same_frame))
+        if on
+    ]
+    command = " ".join(["python -m experiments.behaviour", *flags])
+    chosen_tasks = [SAME_FRAME] if args.same_frame else list(READOUT_NAME)
+    splits = ("dev", "test") if args.test else ("dev",)
+    found = {
+        split: {task: evaluate_task(task, tasks, feats, split, chosen) for task in chosen_tasks} for split in splits
+    }
+    if args.same_frame:  # merged into the main run's file
+        report = json.loads((RESULTS / "behaviour.json").read_text())
+        for split in splits:
+            report[split][SAME_FRAME] = {**found[split][SAME_FRAME], "command": command}
+    else:
+        report = {"command": command, **found}
+        report["readouts"] = save_readouts(chosen, feats, tasks, report["dev"], READOUTS)
+        report["ordinary_texts"] = len(tasks["ordinary"])
+        report["choices"] = {k: v for k, v in chosen.items() if isinstance(v, (str, int))}
     (RESULTS / "behaviour.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.test:
         numbers = {
-            t: {d: report["test"][t][d]["auroc"] for d in (READOUT_NAME[t], "best_output_baseline")}
-            for t in READOUT_NAME
+            t: {d: found["test"][t][d]["auroc"] for d in (READOUT_NAME.get(t, "deception"), "best_output_baseline")}
+            for t in chosen_tasks
         }
+        name = f"behaviour test ({', '.join(chosen_tasks)})"
         line = {
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "commit": commit,
-            "set": "behaviour test (hallucination, lying, withholding)",
+            "set": name,
             "numbers": numbers,
-            "command": report["command"],
-            "second_look": (RESULTS / "test_log.jsonl").exists()
-            and "behaviour test" in (RESULTS / "test_log.jsonl").read_text(),
+            "command": command,
+            "second_look": (RESULTS / "test_log.jsonl").exists() and name in (RESULTS / "test_log.jsonl").read_text(),
         }
         with (RESULTS / "test_log.jsonl").open("a") as log:
             log.write(json.dumps(line) + "\n")
     print(
         json.dumps(
             {
-                s: {
-                    t: {k: v["auroc"] for k, v in report[s][t].items() if isinstance(v, dict) and "auroc" in v}
-                    for t in READOUT_NAME
-                }
-                for s in ("dev", "test")
-                if s in report
+                split: {t: {k: v["auroc"] for k, v in r.items() if "auroc" in v} for t, r in found[split].items()}
+                for split in splits
             },
             indent=1,
         )
