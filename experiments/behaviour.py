@@ -364,22 +364,22 @@ def main() -> None:
     command = " ".join(["python -m experiments.behaviour", *flags])
     chosen_tasks = [SAME_FRAME] if args.same_frame else list(READOUT_NAME)
     splits = ("dev", "test") if args.test else ("dev",)
-    found = {
+    by_split = {
         split: {task: evaluate_task(task, tasks, feats, split, chosen) for task in chosen_tasks} for split in splits
     }
     if args.same_frame:  # merged into the main run's file
         report = json.loads((RESULTS / "behaviour.json").read_text())
         for split in splits:
-            report[split][SAME_FRAME] = {**found[split][SAME_FRAME], "command": command}
+            report[split][SAME_FRAME] = {**by_split[split][SAME_FRAME], "command": command}
     else:
-        report = {"command": command, **found}
+        report = {"command": command, **by_split}
         report["readouts"] = save_readouts(chosen, feats, tasks, report["dev"], READOUTS)
         report["ordinary_texts"] = len(tasks["ordinary"])
         report["choices"] = {k: v for k, v in chosen.items() if isinstance(v, (str, int))}
     (RESULTS / "behaviour.json").write_text(json.dumps(report, indent=2) + "\n")
     if args.test:
         numbers = {
-            t: {d: found["test"][t][d]["auroc"] for d in (READOUT_NAME.get(t, "deception"), "best_output_baseline")}
+            t: {d: by_split["test"][t][d]["auroc"] for d in (READOUT_NAME.get(t, "deception"), "best_output_baseline")}
             for t in chosen_tasks
         }
         name = f"behaviour test ({', '.join(chosen_tasks)})"
@@ -396,7 +396,10 @@ def main() -> None:
     print(
         json.dumps(
             {
-                split: {t: {k: v["auroc"] for k, v in r.items() if "auroc" in v} for t, r in found[split].items()}
+                split: {
+                    t: {k: v["auroc"] for k, v in r.items() if isinstance(v, dict) and "auroc" in v}
+                    for t, r in by_split[split].items()
+                }
                 for split in splits
             },
             indent=1,

@@ -329,6 +329,19 @@ def behaviour_rows() -> list[tuple[str, str, str, str]]:
                     f"`{cmd}{' --test' if split == 'test' else ''}`",
                 )
             )
+            if task == "lying" and "lying_same_frame" in result[split]:
+                same = result[split]["lying_same_frame"]
+                out.append(
+                    (
+                        (
+                            f"… lies vs true answers under the same liar frames ({split}, "
+                            f"{same['items']['positive']}+{same['items']['negative']}): read-out / best output / lexical"
+                        ),
+                        " / ".join(_f(same[k]["auroc"]) for k in ("deception", "best_output_baseline", "lexical")),
+                        "",
+                        f"`{cmd} --same-frame{' --test' if split == 'test' else ''}`",
+                    )
+                )
             out.append(
                 (
                     f"… {task} ({split}): shipped divergence / activation / −z_words / Deception row",
