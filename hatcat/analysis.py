@@ -23,6 +23,7 @@ from hatcat.errors import InvalidValue, NotFound
 from hatcat.model import check_context
 from hatcat.monitor import Monitor, summarise
 from hatcat.pipeline import ANALYZE_BATCH, batched_text_states
+from hatcat.readouts import text_behaviours
 
 STAT_NAMES = (
     "max_activation",
@@ -83,6 +84,10 @@ def analyses(
             if batch is None:
                 return
             documents = _documents(monitor, [states for _, states in batch], concepts, top_k)
+            if monitor.readouts is not None:  # behaviour read-outs: in the summary, as a stream's
+                found = text_behaviours(model, tokenizer, monitor.readouts, [texts[i] for i, _ in batch])
+                for document, behaviours in zip(documents, found, strict=True):
+                    document["summary"]["behaviours"] = behaviours
         yield from zip([i for i, _ in batch], documents)
 
 

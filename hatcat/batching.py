@@ -55,7 +55,8 @@ from hatcat.generation import (
     stop_token_ids,
 )
 from hatcat.model import check_context, context_length
-from hatcat.monitor import Monitor, TextWindow, TokenRecord, mean_embeddings, summarise
+from hatcat.monitor import Monitor, ResponseSummary, TextWindow, TokenRecord, mean_embeddings, summarise
+from hatcat.readouts import output_features, token_stats
 from hatcat.sampling import Sampler, draw_rows
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.tap import Tap, tap
@@ -89,6 +90,8 @@ class _Row:
     steer: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> vector [d]
     records: list[TokenRecord] = field(default_factory=list)
     unreleased: dict[int, TokenRecord] = field(default_factory=dict)  # step index -> record, until the text is final
+    readout_sums: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> sum of its states over the output
+    token_stats: list[torch.Tensor] = field(default_factory=list)  # per output token: [log-prob, entropy]
     last_token: int = 0
     done: bool = False
 
@@ -297,7 +300,7 @@ class Scheduler:
                 stack.enter_context(tap(self.model, layer, edit=_adder(vectors)))
             taps: dict[int, Tap] = {
                 layer: stack.enter_context(tap(self.model, layer))
-                for layer in sorted({r.monitor.bank.tap_layer for r in rows if r.monitor is not None})
+                for layer in sorted({b for r in rows if r.monitor is not None for b in r.monitor.blocks})
             }
             out = self.model(
                 input_ids=ids,
@@ -320,6 +323,7 @@ class Scheduler:
         live = [i for i, row in enumerate(rows) if not (row.done or row.cancelled.is_set())]
         # every row's token drawn together, then read in one transfer: one device sync per step, not one per row
         drawn = draw_rows([rows[i].sampler for i in live], logits[live]).tolist() if live else []
+        stats = self._token_stats(rows, live, logits, drawn)
         for i, token in zip(live, drawn):
             row = rows[i]
             row.last_token = token
@@ -327,10 +331,28 @@ class Scheduler:
                 row.unreleased[row.decoder.generated] = records[i]
             if row.window is not None:
                 row.window.push([token])
+            # behaviour read-outs: the output's mean state per block and its token probabilities
+            if i in stats and token not in row.decoder.eos:
+                for block in row.monitor.readouts.blocks:
+                    row.readout_sums[block] = row.readout_sums.get(block, 0) + hidden[block][i].float()
+                row.token_stats.append(stats[i])
             steps, finished = row.decoder.push(token)
             self._release(row, steps)
             if finished is not None:
                 self._finish(row, finished)
+
+    @staticmethod
+    def _token_stats(
+        rows: list[_Row], live: list[int], logits: torch.Tensor, drawn: list[int]
+    ) -> dict[int, torch.Tensor]:
+        """Row index -> [log-prob, entropy] of its drawn token, for the rows whose monitor has read-outs (one pass)."""
+        readers = [(k, i) for k, i in enumerate(live) if rows[i].monitor is not None and rows[i].monitor.readouts]
+        if not readers:
+            return {}
+        logprobs = logits[[i for _, i in readers]].log_softmax(-1)
+        tokens = torch.tensor([drawn[k] for k, _ in readers], device=logits.device)
+        both = torch.stack(token_stats(logprobs, tokens), dim=1)  # [readers, 2]
+        return {i: both[n] for n, (_, i) in enumerate(readers)}
 
     def _score(self, rows: list[_Row], hidden: dict[int, torch.Tensor]) -> dict[int, TokenRecord]:
         """Records for the monitored rows: per monitor, the probe bank's one matmul over their states."""
@@ -357,7 +379,7 @@ class Scheduler:
             row.out.put(MonitoredToken(step, record))
 
     def _finish(self, row: _Row, finished: Finished) -> None:
-        row.out.put(MonitoredFinish(finished, summarise(row.records) if row.monitor is not None else None))
+        row.out.put(MonitoredFinish(finished, _summary(row)))
         row.out.put(_END)
         row.done = True
 
@@ -382,6 +404,18 @@ class Scheduler:
         for layer in self.cache.layers:
             layer.keys = layer.keys[index, :, used:]
             layer.values = layer.values[index, :, used:]
+
+
+def _summary(row: _Row) -> ResponseSummary | None:
+    """A monitored row's response summary, with its behaviour read-outs where the monitor has them."""
+    if row.monitor is None:
+        return None
+    summary = summarise(row.records)
+    if row.monitor.readouts is None or not row.token_stats:
+        return summary
+    stats = torch.stack(row.token_stats)  # [T, 2]
+    means = {block: total / len(stats) for block, total in row.readout_sums.items()}
+    return replace(summary, behaviours=row.monitor.readouts.score(means, output_features(stats[:, 0], stats[:, 1])))
 
 
 def _adder(vectors: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

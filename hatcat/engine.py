@@ -32,6 +32,7 @@ from hatcat.monitor import Monitor
 from hatcat.paths import SAFETY_MELD
 from hatcat.pipeline import ANALYZE_BATCH
 from hatcat.probes import ProbeBank, ProbePack, default_folder, discover, pack_id
+from hatcat.readouts import Readouts
 from hatcat.sessions import open_session_store
 from hatcat.steering import Steering, SteeringVectors
 from hatcat.store import Store
@@ -209,7 +210,8 @@ class Engine:
         concepts = concepts or self._concept_packs.get(wanted, self.packs.concepts)
         pack.check_concepts(concepts.id, concepts.checksum, set(concepts.ids))
         bank = ProbeBank(pack, self.loaded.device)
-        monitor = Monitor(bank, concepts, self.settings.base_layers, self.settings.keep_top_k)
+        readouts = Readouts.load(pack.folder, pack.manifest, self.loaded.device)  # behaviours, at their own blocks
+        monitor = Monitor(bank, concepts, self.settings.base_layers, self.settings.keep_top_k, readouts)
         vectors = SteeringVectors(self.model, self.tokenizer, bank)
         with self._lock:  # never swap under a running step
             self.packs = Packs(concepts, pack, bank, monitor, vectors)

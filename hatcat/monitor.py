@@ -31,9 +31,11 @@ import torch
 from hatcat.concepts import ConceptPack
 from hatcat.heatmap import divergence_colour
 from hatcat.probes import ProbeBank
+from hatcat.readouts import Readouts
 
 TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
 TOP_DIVERGENCES = 10  # concepts per token in a record's `top_divergences` (the API's), highest divergence first
+REPORTED_AS_BEHAVIOUR = {"deception": "Deception"}  # read-out name -> the concept row it replaces in rankings
 
 
 class ConceptScore(NamedTuple):
@@ -80,6 +82,7 @@ class ResponseSummary:
     mean_divergence: float
     max_divergence: float
     top_concepts: tuple[ConceptSummary, ...] = field(default_factory=tuple)
+    behaviours: dict[str, dict[str, object]] | None = None  # hatcat.readouts: {name: {score, threshold, fired}}
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -87,6 +90,7 @@ class ResponseSummary:
             "mean_divergence": self.mean_divergence,
             "max_divergence": self.max_divergence,
             "top_concepts": [c._asdict() for c in self.top_concepts],
+            **({"behaviours": self.behaviours} if self.behaviours is not None else {}),
         }
 
     def line(self) -> str:
@@ -98,10 +102,18 @@ class Monitor:
     """Turns per-token hidden states into TokenRecords for one probe bank and concept pack."""
 
     def __init__(
-        self, bank: ProbeBank, pack: ConceptPack, base_layers: tuple[int, ...] = (0,), keep_top_k: int = 100
+        self,
+        bank: ProbeBank,
+        pack: ConceptPack,
+        base_layers: tuple[int, ...] = (0,),
+        keep_top_k: int = 100,
+        readouts: Readouts | None = None,
     ) -> None:
         self.bank = bank
         self.keep_top_k = keep_top_k
+        self.readouts = readouts
+        # the decoder blocks a forward taps for this monitor: the bank's, and each read-out's own
+        self.blocks = tuple(sorted({bank.tap_layer, *(readouts.blocks if readouts else ())}))
         device = bank.act_weight.device
         self.layer_of = [pack[c].layer for c in bank.concepts]  # host copy: records read it per token
         self.layers = torch.tensor(self.layer_of, device=device)
@@ -111,6 +123,11 @@ class Monitor:
         self.child_edges = _edges(children, device)
         always = torch.tensor([not p for p in parents], device=device)
         self.always_eligible = always | torch.isin(self.layers, torch.tensor(base_layers, device=device))
+        # a concept row that a behaviour read-out reports instead leaves the concept ranking
+        self.unranked = torch.zeros(len(bank), dtype=torch.bool, device=device)
+        for name in readouts.names if readouts else ():
+            if REPORTED_AS_BEHAVIOUR.get(name) in bank.index:
+                self.unranked[bank.index[REPORTED_AS_BEHAVIOUR[name]]] = True
         self.thresholds = bank.act_threshold.clone()
 
     def set_thresholds(self, overrides: dict[str, float]) -> None:
@@ -143,7 +160,7 @@ class Monitor:
         parent_fired = _any_at(fired, self.parent_edges)
         eligible = self.always_eligible | parent_fired
         child_fired = _any_at(fired & eligible, self.child_edges)
-        candidate = eligible & ~child_fired
+        candidate = eligible & ~child_fired & ~self.unranked
         k = min(self.keep_top_k, act.shape[1])
         ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
         top_act, top_idx = ranked.topk(k, dim=1)
