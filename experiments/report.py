@@ -353,6 +353,32 @@ def behaviour_rows() -> list[tuple[str, str, str, str]]:
     return out
 
 
+def falsehood_statement_rows() -> list[tuple[str, str, str, str]]:
+    """The shipped `falsehood` read-out through `/v1/analyze` on true/false statements by others."""
+    result = _load("falsehood_statements.json")
+    cmd = "`python -m experiments.falsehood_statements`"
+    if result is None:
+        return [("`falsehood` on statements by others", "not run", "", cmd)]
+    out = []
+    for name, r in result["sets"].items():
+        best, delta = r["best_logprob_baseline"], r["falsehood_minus_best_baseline"]
+        out.append(
+            (
+                (
+                    f"`falsehood` via /v1/analyze, {name} statements ({r['items']['false']} false + "
+                    f"{r['items']['true']} true, test): read-out / best log-prob ({best['name']}) / divergence"
+                ),
+                (
+                    f"{_f(r['falsehood']['auroc'])} {r['falsehood']['ci']} / {_f(best['auroc'])} {best['ci']} / "
+                    f"{_f(r['divergence']['auroc'])}; Δ {_f(delta['delta'])} {delta['ci']}"
+                ),
+                "Δ > 0" + _target(delta["ci"][0] > 0),
+                cmd,
+            )
+        )
+    return out
+
+
 def rows() -> list[tuple[str, str, str, str]]:
     """(measure, value, target, source command)."""
     out: list[tuple[str, str, str, str]] = speed_rows()
@@ -389,6 +415,7 @@ def rows() -> list[tuple[str, str, str, str]]:
         ]
     out += signal_rows()
     out += behaviour_rows()
+    out += falsehood_statement_rows()
     return out
 
 
