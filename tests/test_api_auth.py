@@ -4,7 +4,6 @@ loopback (sharing the already loaded model), checked with the real `openai` clie
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -15,7 +14,7 @@ import uvicorn
 
 from hatcat.api import create_api
 from hatcat.engine import Engine
-from tests.support import free_port
+from tests.support import free_port, wait_until
 
 KEY = "test-key-123"
 ORIGIN = "http://localhost:3000"
@@ -30,9 +29,7 @@ def bare_server(engine: Engine) -> Iterator[str]:
     server = uvicorn.Server(uvicorn.Config(create_api(bare), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: server.started, "the API server's start")
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
