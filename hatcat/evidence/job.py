@@ -1,0 +1,70 @@
+"""The evidence job: scan the reference corpus with a probe pack, then write the pack's dashboards.
+
+    python -m hatcat.corpus evidence [--pack FOLDER] [--max-windows N] [--threads N] [--address auto --actors 2]
+
+Single process by default (resumable: run it again to continue); with `--address` the windows not yet
+scanned are split over Ray actors whose partial states are merged on the driver.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hatcat.config import Settings
+from hatcat.evidence.reference import read_corpus
+from hatcat.evidence.scan import ScanState, Windows, load_state, load_windows, scan, state_path
+
+
+def _loaded(settings: Settings, folder: Path, threads: int):
+    import torch
+
+    from hatcat.model import load_model
+    from hatcat.probes import ProbeBank, ProbePack
+
+    torch.set_num_threads(threads)
+    loaded = load_model(settings.model_name, settings.device, settings.dtype, settings.cache_dir, settings.hf_offline)
+    pack = ProbePack.load(folder, model_id=loaded.name, hidden_size=loaded.hidden_size)
+    return loaded, ProbeBank(pack, loaded.model.device)
+
+
+class ScanActor:
+    """A Ray actor: the model and the pack, scanning the windows it is given into a fresh state."""
+
+    def __init__(self, settings: Settings, folder: str, threads: int):
+        self.loaded, self.bank = _loaded(settings, Path(folder), threads)
+
+    def scan(self, windows: Windows, order: np.ndarray) -> dict:
+        state = scan(self.loaded.model, self.bank, windows, order, ScanState.empty(len(self.bank)), None)
+        return dataclasses.asdict(state)
+
+
+def run(
+    settings: Settings, folder: Path, max_windows: int | None, threads: int, address: str | None, actors: int
+) -> ScanState:
+    """Scan what is left of the corpus (up to `max_windows`), saving the state as it goes; return it."""
+    import torch
+
+    loaded, bank = _loaded(settings, folder, threads)
+    windows = load_windows(settings.cache_dir, read_corpus(settings.cache_dir), loaded.tokenizer)
+    order, path = windows.order(), state_path(settings.cache_dir, bank)
+    state = load_state(path, len(bank))
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    if address is None:
+        return scan(loaded.model, bank, windows, order, state, path, max_windows=max_windows, log=log)
+    import ray
+
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    end = len(order) if max_windows is None else min(len(order), state.done + max_windows)
+    remote = ray.remote(num_cpus=threads)(ScanActor)
+    pool = [remote.remote(settings, str(folder), threads) for _ in range(actors)]
+    parts = np.array_split(order[state.done : end], actors)
+    for done in ray.get([a.scan.remote(windows, part) for a, part in zip(pool, parts)]):
+        state = state.merge(ScanState(**done))
+    state.done = end  # the merged parts cover order[done:end]
+    torch.save(dataclasses.asdict(state), path)
+    log(f"scanned {state.done}/{len(order)} windows, {int(state.tokens.sum())} tokens")
+    return state
