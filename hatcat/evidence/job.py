@@ -16,7 +16,7 @@ import numpy as np
 
 from hatcat.config import Settings
 from hatcat.evidence.reference import read_corpus
-from hatcat.evidence.scan import ScanState, Windows, load_state, load_windows, scan, state_path
+from hatcat.evidence.scan import ScanState, Windows, load_state, load_windows, save_state, scan, state_path
 
 
 def _loaded(settings: Settings, folder: Path, threads: int):
@@ -46,8 +46,6 @@ def run(
     settings: Settings, folder: Path, max_windows: int | None, threads: int, address: str | None, actors: int
 ) -> ScanState:
     """Scan what is left of the corpus (up to `max_windows`), saving the state as it goes; return it."""
-    import torch
-
     loaded, bank = _loaded(settings, folder, threads)
     windows = load_windows(settings.cache_dir, read_corpus(settings.cache_dir), loaded.tokenizer)
     order, path = windows.order(), state_path(settings.cache_dir, bank)
@@ -65,6 +63,45 @@ def run(
     for done in ray.get([a.scan.remote(windows, part) for a, part in zip(pool, parts)]):
         state = state.merge(ScanState(**done))
     state.done = end  # the merged parts cover order[done:end]
-    torch.save(dataclasses.asdict(state), path)
+    save_state(state, path)
     log(f"scanned {state.done}/{len(order)} windows, {int(state.tokens.sum())} tokens")
     return state
+
+
+def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
+    """The pack's `evidence.parquet`, `calibration.safetensors` and `evidence.json` from the saved scan."""
+    from hatcat.evidence import calibration, dashboards
+    from hatcat.evidence.reference import MANIFEST
+
+    loaded, bank = _loaded(settings, folder, threads)
+    docs = read_corpus(settings.cache_dir)
+    windows = load_windows(settings.cache_dir, docs, loaded.tokenizer)
+    state = load_state(state_path(settings.cache_dir, bank), len(bank))
+    if not int(state.tokens.sum()):
+        raise SystemExit("error: nothing scanned yet: run python -m hatcat.corpus evidence first")
+    dashboards.write(folder, dashboards.rows(state, windows, docs, loaded.tokenizer, bank.concepts))
+    cap = bank.act_cap.cpu()
+    tensors = calibration.calibrate(
+        state, bank.concepts, cap, calibration.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu())
+    )
+    ranked = tensors["rankable"].bool()
+    firings = {
+        rule: {
+            split: round(calibration.expected_firings(state.hist[s], int(state.tokens[s]), fire, ranked), 4)
+            for s, split in enumerate(("dev", "test"))
+        }
+        for rule, fire in (("pack_thresholds", cap), ("family_wise", tensors["fire_logit"]))
+    }
+    info = {
+        "pack_checksum": bank.pack.checksum,
+        "corpus": {"manifest": MANIFEST.name, "tokens": int(sum(d["tokens"] for d in docs))},
+        "scanned": {"windows": state.done, "of_windows": len(windows.lengths), **dashboards.tokens_scanned(state)},
+        "budget_per_token_dev": calibration.BUDGET,
+        "expected_firings_per_token": firings,
+        "rank_rule": "(activation logit - fire_logit) / corpus dev std",
+        "behaviours": [c for c in bank.concepts if c in calibration.BEHAVIOURS],
+        "command": "python -m hatcat.corpus evidence",
+        "concepts": bank.concepts,
+    }
+    calibration.write(folder, tensors, info)
+    return info

@@ -211,11 +211,18 @@ def scan(
         state.done += len(picked)
         scanned += int(real.sum())
         if save is not None and (time.monotonic() - last_save > save_every_s or state.done >= end):
-            torch.save(dataclasses.asdict(state), save)
+            save_state(state, save)
             last_save = time.monotonic()
             log(f"scanned {state.done}/{len(order)} windows, {int(state.tokens.sum())} tokens, "
                 f"{scanned / (time.monotonic() - started):.0f} tokens/s")  # fmt: skip
     return state
+
+
+def save_state(state: ScanState, path: Path) -> None:
+    """Write the state whole or not at all (a reader never sees half a file)."""
+    partial = path.with_suffix(".part")
+    torch.save(dataclasses.asdict(state), partial)
+    partial.replace(path)
 
 
 def load_state(path: Path, n: int) -> ScanState:
