@@ -46,12 +46,12 @@ def _context(windows: Windows, token: int, tokenizer, docs: list[dict], logit: f
 
 def rows(state: ScanState, windows: Windows, docs: list[dict], tokenizer, concepts: list[str]) -> list[dict]:
     """One dashboard row per concept (pack row order)."""
-    tokens = state.tokens.clamp(min=1).double()
-    rate = state.fired.double() / tokens[:, None]
-    overall = state.fired.sum(0).double() / tokens.sum()
-    mean = state.sum[0] / tokens[0]
-    std = (state.sumsq[0] / tokens[0] - mean.square()).clamp(min=0).sqrt()
-    qs = {name: quantile(state.hist[0], q) for name, q in QUANTILES.items()}
+    dev_tokens, test_tokens = max(int(state.tokens[:2].sum()), 1), max(int(state.tokens[2]), 1)
+    rate = state.fired[:2].sum(0).double() / dev_tokens, state.fired[2].double() / test_tokens
+    overall = state.fired.sum(0).double() / max(int(state.tokens.sum()), 1)
+    mean = state.sum[:2].sum(0) / dev_tokens
+    std = (state.sumsq[:2].sum(0) / dev_tokens - mean.square()).clamp(min=0).sqrt()
+    qs = {name: quantile(state.hist[:2].sum(0), q) for name, q in QUANTILES.items()}
     out = []
     for i, concept in enumerate(concepts):
         top = [
@@ -65,8 +65,8 @@ def rows(state: ScanState, windows: Windows, docs: list[dict], tokenizer, concep
             {
                 "concept": concept,
                 "firing_rate": round(float(overall[i]), 7),
-                "firing_rate_dev": round(float(rate[0, i]), 7),
-                "firing_rate_test": round(float(rate[1, i]), 7),
+                "firing_rate_dev": round(float(rate[0][i]), 7),
+                "firing_rate_test": round(float(rate[1][i]), 7),
                 "corpus_mean": round(float(mean[i]), 4),
                 "corpus_std": round(float(std[i]), 4),
                 **{name: round(float(v[i]), 2) for name, v in qs.items()},
@@ -99,4 +99,4 @@ def read(folder: Path) -> dict[str, dict] | None:
 
 
 def tokens_scanned(state: ScanState) -> dict[str, int]:
-    return {"dev": int(state.tokens[0]), "test": int(state.tokens[1])}
+    return {"dev": int(state.tokens[:2].sum()), "test": int(state.tokens[2])}

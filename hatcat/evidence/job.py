@@ -81,14 +81,15 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         raise SystemExit("error: nothing scanned yet: run python -m hatcat.corpus evidence first")
     dashboards.write(folder, dashboards.rows(state, windows, docs, loaded.tokenizer, bank.concepts))
     cap = bank.act_cap.cpu()
-    tensors = calibration.calibrate(
+    tensors, chosen = calibration.calibrate(
         state, bank.concepts, cap, calibration.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu())
     )
     ranked = tensors["rankable"].bool()
+    dev_hist, dev_tokens = state.hist[0] + state.hist[1], int(state.tokens[:2].sum())
     firings = {
         rule: {
-            split: round(calibration.expected_firings(state.hist[s], int(state.tokens[s]), fire, ranked), 4)
-            for s, split in enumerate(("dev", "test"))
+            "dev": round(calibration.expected_firings(dev_hist, dev_tokens, fire, ranked), 4),
+            "test": round(calibration.expected_firings(state.hist[2], int(state.tokens[2]), fire, ranked), 4),
         }
         for rule, fire in (("pack_thresholds", cap), ("family_wise", tensors["fire_logit"]))
     }
@@ -96,7 +97,7 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         "pack_checksum": bank.pack.checksum,
         "corpus": {"manifest": MANIFEST.name, "tokens": int(sum(d["tokens"] for d in docs))},
         "scanned": {"windows": state.done, "of_windows": len(windows.lengths), **dashboards.tokens_scanned(state)},
-        "budget_per_token_dev": calibration.BUDGET,
+        "calibration": chosen,
         "expected_firings_per_token": firings,
         "rank_rule": "(activation logit - fire_logit) / corpus dev std",
         "behaviours": [c for c in bank.concepts if c in calibration.BEHAVIOURS],

@@ -8,7 +8,7 @@ decoder blocks up to the tap run (no output layer). Per batch every statistic is
 
 - `top`: the K windows where each concept's activation logit is highest (its max token in each window);
 - `sample`: a uniform sample of R tokens where the concept fired (its pack threshold), by random keys;
-- `hist[split]`: a histogram of the logits per concept (quantiles; exact counts past any bin edge), `fired`,
+- `hist[part]`: a histogram of the logits per concept (quantiles; exact counts past any bin edge), `fired`,
   `sum`, `sumsq`, `tokens`.
 """
 
@@ -26,24 +26,31 @@ from hatcat.probes import ProbeBank
 from hatcat.tap import hidden_at
 
 WINDOW = 128
-SPLITS = ("dev", "test")
+PARTS = ("dev0", "dev1", "test")  # the dev documents in two folds (cross-fitting the calibration), then test
 TOP_K, SAMPLE_R = 20, 10
 HIST_LO, HIST_HI, HIST_BINS = -16.0, 24.0, 200
 
 
+def part_of(doc: dict) -> int:
+    """A document's part: test, or one of two dev folds by a hash of its id."""
+    if doc["split"] == "test":
+        return PARTS.index("test")
+    return hashlib.sha256(doc["id"].encode()).digest()[0] % 2
+
+
 @dataclasses.dataclass
 class Windows:
-    """The tokenised corpus: `ids` [W, WINDOW] (0-padded), `lengths` [W], `doc` [W], `split` [W] (0 dev, 1 test)."""
+    """The tokenised corpus: `ids` [W, WINDOW] (0-padded), `lengths` [W], `doc` [W], `part` [W] (index into PARTS)."""
 
     ids: np.ndarray
     lengths: np.ndarray
     doc: np.ndarray
-    split: np.ndarray
+    part: np.ndarray
 
     @classmethod
     def cut(cls, docs: list[dict], tokenizer, size: int = WINDOW) -> Windows:
         """BOS + up to `size - 1` tokens of one document per window, in document order."""
-        ids, lengths, doc, split = [], [], [], []
+        ids, lengths, doc, part = [], [], [], []
         encoded = tokenizer([d["text"] for d in docs], add_special_tokens=False)["input_ids"]
         for i, (d, tokens) in enumerate(zip(docs, encoded)):
             for start in range(0, len(tokens), size - 1):
@@ -53,9 +60,9 @@ class Windows:
                 ids.append(chunk + [0] * (size - len(chunk)))
                 lengths.append(len(chunk))
                 doc.append(i)
-                split.append(SPLITS.index(d["split"]))
+                part.append(part_of(d))
         return cls(
-            np.array(ids, np.int32), np.array(lengths, np.int32), np.array(doc, np.int32), np.array(split, np.int8)
+            np.array(ids, np.int32), np.array(lengths, np.int32), np.array(doc, np.int32), np.array(part, np.int8)
         )
 
     def order(self, seed: int = 0) -> np.ndarray:
@@ -83,9 +90,9 @@ class ScanState:
         return cls(
             full((TOP_K, n), float("-inf")), full((TOP_K, n), -1, dtype=torch.long),
             full((SAMPLE_R, n), 2.0), full((SAMPLE_R, n), -1, dtype=torch.long),
-            torch.zeros(2, n, HIST_BINS, dtype=torch.int64), torch.zeros(2, n, dtype=torch.int64),
-            torch.zeros(2, n, dtype=torch.float64), torch.zeros(2, n, dtype=torch.float64),
-            torch.zeros(2, dtype=torch.int64),
+            torch.zeros(len(PARTS), n, HIST_BINS, dtype=torch.int64), torch.zeros(len(PARTS), n, dtype=torch.int64),
+            torch.zeros(len(PARTS), n, dtype=torch.float64), torch.zeros(len(PARTS), n, dtype=torch.float64),
+            torch.zeros(len(PARTS), dtype=torch.int64),
         )  # fmt: skip
 
     def merge(self, other: ScanState) -> ScanState:
@@ -128,12 +135,12 @@ def update(
     logits: torch.Tensor,
     real: torch.Tensor,
     first_token: torch.Tensor,
-    split: torch.Tensor,
+    part: torch.Tensor,
     cap: torch.Tensor,
     generator: torch.Generator,
 ) -> None:
     """Fold one batch into `state`: `logits` [B, L, N], `real` [B, L] (not padding), `first_token` [B] (global id of
-    position 0), `split` [B] (0 dev, 1 test), `cap` [N] the pack's firing logits."""
+    position 0), `part` [B] (index into PARTS), `cap` [N] the pack's firing logits."""
     length, n = logits.shape[1:]
     masked = logits.masked_fill(~real[..., None], float("-inf"))
     value, where = masked.max(1)  # per window: its strongest token per concept
@@ -142,20 +149,20 @@ def update(
     )
     offsets = (torch.arange(n) * HIST_BINS).to(torch.int32)
     scale = HIST_BINS / (HIST_HI - HIST_LO)
-    for s in range(2):
-        rows = (split == s)[:, None] & real  # [B, L]
+    for s in range(len(PARTS)):
+        rows = (part == s)[:, None] & real  # [B, L]
         if not rows.any():
             continue
-        part = logits[rows]  # [tokens, N]
-        fired = part >= cap
+        chunk = logits[rows]  # [tokens, N]
+        fired = chunk >= cap
         _sample(state, fired, (first_token[:, None] + torch.arange(length))[rows], generator)
-        bins = part.sub(HIST_LO).mul_(scale).clamp_(0, HIST_BINS - 1).to(torch.int32).add_(offsets)
+        bins = chunk.sub(HIST_LO).mul_(scale).clamp_(0, HIST_BINS - 1).to(torch.int32).add_(offsets)
         state.hist[s] += torch.bincount(bins.reshape(-1), minlength=n * HIST_BINS).reshape(n, HIST_BINS)
         state.fired[s] += fired.sum(0)
-        ones = torch.ones(1, len(part))
-        state.sum[s] += (ones @ part)[0].double()
-        state.sumsq[s] += (ones @ part.square())[0].double()
-        state.tokens[s] += len(part)
+        ones = torch.ones(1, len(chunk))
+        state.sum[s] += (ones @ chunk)[0].double()
+        state.sumsq[s] += (ones @ chunk.square())[0].double()
+        state.tokens[s] += len(chunk)
 
 
 def state_path(cache_dir: Path, bank: ProbeBank) -> Path:
@@ -169,11 +176,11 @@ def windows_path(cache_dir: Path) -> Path:
 def load_windows(cache_dir: Path, docs: list[dict], tokenizer) -> Windows:
     """The corpus's windows, cut once and cached beside it (keyed by the corpus's document ids)."""
     path = windows_path(cache_dir)
-    key = hashlib.sha256("\n".join(d["id"] for d in docs).encode()).hexdigest()
+    key = hashlib.sha256("\n".join([*PARTS, *(d["id"] for d in docs)]).encode()).hexdigest()
     if path.is_file():
         saved = np.load(path)
         if str(saved["key"]) == key:
-            return Windows(saved["ids"], saved["lengths"], saved["doc"], saved["split"])
+            return Windows(saved["ids"], saved["lengths"], saved["doc"], saved["part"])
     windows = Windows.cut(docs, tokenizer)
     np.savez(path, key=key, **dataclasses.asdict(windows))
     return windows
@@ -206,7 +213,7 @@ def scan(
             bank.tap_layer
         ]
         logits = torch.nn.functional.linear(hidden.float(), bank.act_weight, bank.act_bias).cpu()
-        update(state, logits, real, torch.from_numpy(picked.astype(np.int64)) * WINDOW, torch.from_numpy(windows.split[picked].astype(np.int64)),
+        update(state, logits, real, torch.from_numpy(picked.astype(np.int64)) * WINDOW, torch.from_numpy(windows.part[picked].astype(np.int64)),
                bank.act_cap.cpu(), generator)  # fmt: skip
         state.done += len(picked)
         scanned += int(real.sum())
