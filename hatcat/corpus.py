@@ -2,7 +2,7 @@
 
     python -m hatcat.corpus analyze --input transcripts.jsonl --output scores.parquet [--address auto]
     python -m hatcat.corpus extract --input prompts.jsonl --output states.parquet --layer 6 [--address auto]
-    python -m hatcat.corpus evidence [--max-windows N] [--address auto --actors 2]
+    python -m hatcat.corpus evidence [--max-windows N] [--actors 2 [--address auto]]
 
 `--input` is JSONL as for `python -m hatcat.analyze` (a JSON string or `{"text": ..., "id": ...}` per
 line; it is read and checked on the driver). The texts flow through `ray.data.from_items ->
@@ -18,7 +18,8 @@ of files, one per block: `pyarrow.parquet.read_table(path)` reads them as one ta
 
 - `evidence`: scans the reference corpus (hatcat/evidence/reference.py) with the probe pack, resumably,
   then writes the pack's concept dashboards and calibration (hatcat/evidence/job.py); single process
-  unless `--address` is given.
+  unless `--actors` is above 1 or `--address` is given (Ray Data's actors are not needed: each Ray actor
+  scans a slice of the windows and the driver merges their states).
 
 Without `--address` Ray starts in local mode on this machine (the dashboard off); `--address auto`
 (or `ray://head:10001`) joins an existing cluster, where each actor may take a GPU
@@ -199,8 +200,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-windows", type=int, default=None, help="scan at most this many more windows (0: write only)"
     )
     job.add_argument("--threads", type=int, default=2, help="torch threads (per actor with --address)")
-    job.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://head:10001); unset: no Ray")
-    job.add_argument("--actors", type=int, default=2, help="Ray actors (with --address)")
+    job.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://head:10001)")
+    job.add_argument("--actors", type=int, default=1, help="Ray actors (above 1: Ray, local unless --address)")
     return parser
 
 

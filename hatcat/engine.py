@@ -173,11 +173,14 @@ class Engine:
         return self.packs.probes.metrics if self.packs.probes else {}
 
     def concept_evidence(self, concept: str) -> dict:
-        """The loaded probe pack's dashboard and quality card of `concept` ({} without a probe for it)."""
+        """The loaded probe pack's dashboard and quality card of `concept`, and the threshold the monitor fires
+        it at now (the family-wise one where the pack is calibrated); {} without a probe for it."""
         from hatcat.evidence.view import evidence
 
         probes = self.packs.probes
-        return evidence(probes, concept) if probes is not None and concept in probes.concepts else {}
+        if probes is None or concept not in probes.concepts:
+            return {}
+        return {**evidence(probes, concept), "firing_threshold": self.threshold(concept)}
 
     def quality_cards(self) -> list[dict]:
         """Every concept's quality card in the loaded probe pack ([] without one)."""

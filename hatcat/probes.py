@@ -270,7 +270,7 @@ class ProbeBank:
         # the corpus calibration (hatcat/evidence/calibration.py), where built: comparable scores for ranking,
         # family-wise firing thresholds (replacing the pack's), behaviour rows out of the ranking
         self.pack_threshold = self.act_threshold.clone()
-        self.rank_center, self.rank_scale = self.act_cap.clone(), torch.ones_like(self.act_cap)
+        self.rank_center, self.rank_scale = torch.zeros_like(self.act_cap), torch.ones_like(self.act_cap)
         self.rankable = torch.ones(len(self.concepts), dtype=torch.bool, device=device)
         from hatcat.evidence.calibration import apply
 

@@ -140,7 +140,7 @@ def test_a_calibrated_bank_fires_on_its_corpus_thresholds_only_for_unchanged_row
     monitor = Monitor(calibrated, load_pack(melds=[SAFETY_MELD]))
     act = torch.sigmoid(torch.tensor([[5.0, 9.0, 3.0], [3.0, 9.0, 0.2]]))
     records = monitor.records(act, torch.zeros_like(act), torch.zeros_like(act), ["a", "b"], [0, 1])
-    # Fear (pack scale: logit 3 over its pack threshold) outranks Music ((5 - 1) / 2); nothing fires on "b"
+    # Fear (uncalibrated: its logit, 3) outranks Music ((5 - 1) / 2); nothing fires on "b"
     assert [[c.concept for c in r.concepts] for r in records] == [["Fear", "Music"], []]
 
 

@@ -30,8 +30,8 @@ from hatcat.paths import sha256_file
 
 BOUND = 0.1  # expected concept firings per ordinary token, all concepts together
 MARGIN = 0.8  # the dev cross-fit must stay under MARGIN * BOUND
-BUDGETS = (0.01, 0.02, 0.03, 0.05, 0.08)  # per-token budgets tried on dev
-TAILS = (0.99, 0.999)  # where the exponential tail is fitted (dev quantile of each concept's logits)
+BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # per-token budgets tried on dev
+TAILS = (0.9, 0.99)  # where the exponential tail is fitted (dev quantile of each concept's logits)
 FILE, SIDECAR = "calibration.safetensors", "evidence.json"
 BEHAVIOURS = ("Deception",)  # rows that are read-outs, not concepts
 
@@ -108,12 +108,16 @@ def calibrate(
     return tensors, {"budget": budget, "tail": tail, "tried_on_dev": tried}
 
 
+def firing_rates(hist: torch.Tensor, tokens: int, fire: torch.Tensor) -> torch.Tensor:
+    """[N]: each concept's share of a histogram's tokens at or past `fire` (rounded to the nearest edge)."""
+    idx = ((fire - edges()[0]) / (edges()[1] - edges()[0])).round().long().clamp(0, HIST_BINS - 1)
+    return hist.flip(1).cumsum(1).flip(1).gather(1, idx[:, None])[:, 0].double() / max(tokens, 1)
+
+
 def expected_firings(hist: torch.Tensor, tokens: int, fire: torch.Tensor, ranked: torch.Tensor) -> float:
     """Expected concept firings per token at or past `fire` on a histogram's tokens: the sum of per-concept rates
     (exact for thresholds on bin edges, as the family-wise ones are; others are rounded to the nearest edge)."""
-    idx = ((fire - edges()[0]) / (edges()[1] - edges()[0])).round().long().clamp(0, HIST_BINS - 1)
-    past = hist.flip(1).cumsum(1).flip(1).gather(1, idx[:, None])[:, 0]
-    return float(past[ranked].sum()) / max(tokens, 1)
+    return float(firing_rates(hist, tokens, fire)[ranked].sum())
 
 
 def write(folder: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:

@@ -1,9 +1,10 @@
 """The evidence job: scan the reference corpus with a probe pack, then write the pack's dashboards.
 
-    python -m hatcat.corpus evidence [--pack FOLDER] [--max-windows N] [--threads N] [--address auto --actors 2]
+    python -m hatcat.corpus evidence [--pack FOLDER] [--max-windows N] [--threads N] [--actors 2 [--address auto]]
 
-Single process by default (resumable: run it again to continue); with `--address` the windows not yet
-scanned are split over Ray actors whose partial states are merged on the driver.
+Single process by default (resumable: run it again to continue); with `--actors` above 1 or an
+`--address`, the windows not yet scanned are split over Ray actors (on this machine unless `--address`
+names a cluster) whose partial states are merged on the driver.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def run(
     order, path = windows.order(), state_path(settings.cache_dir, bank)
     state = load_state(path, len(bank))
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    if address is None:
+    if address is None and actors == 1:
         return scan(loaded.model, bank, windows, order, state, path, max_windows=max_windows, log=log)
     import ray
 
@@ -92,6 +93,11 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
             "test": round(calibration.expected_firings(state.hist[2], int(state.tokens[2]), fire, ranked), 4),
         }
         for rule, fire in (("pack_thresholds", cap), ("family_wise", tensors["fire_logit"]))
+    }
+    rates = calibration.firing_rates(state.hist[2], int(state.tokens[2]), tensors["fire_logit"]).masked_fill(~ranked, 0)
+    top = rates.topk(10)
+    firings["family_wise"]["test_largest"] = {
+        bank.concepts[i]: round(float(v), 5) for v, i in zip(top.values, top.indices)
     }
     info = {
         "pack_checksum": bank.pack.checksum,
