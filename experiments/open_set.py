@@ -12,6 +12,7 @@ Response-level scores compared on dev (every concept scored on every token of th
 - `mean_calibrated` / `max_calibrated`: mean / max over the tokens of `ProbeBank.rank_score`, the
   activation logit less the concept's family-wise firing logit, over its corpus standard deviation;
 - `mean_z` / `max_z`: the logit standardised against the corpus (mean and std on the dev tokens);
+- `max_tail`: max over the tokens of (logit - corpus median) / (corpus 99.9% quantile - median);
 - `words_only`: mean words-only probability (the words-only detector, reported beside the pack).
 Behaviour rows (Deception) are left out of every ranking. For each score: recall@1, recall@10, median
 rank of the true concept among all ranked concepts (95% bootstrap intervals over texts), the same within
@@ -45,7 +46,7 @@ from hatcat.evidence.reference import read_corpus
 from hatcat.paths import RESULTS
 
 PER_CONCEPT, MAX_TEXTS, SEED = 3, 400, 0
-SCORES = ("mean_activation", "mean_calibrated", "max_calibrated", "mean_z", "max_z")
+SCORES = ("mean_activation", "mean_calibrated", "max_calibrated", "mean_z", "max_z", "max_tail")
 WORDS = "words_only"
 OUT = RESULTS / "open_set.json"
 
@@ -104,9 +105,7 @@ def labelled_texts(docs: list[dict], index: dict[str, str], split: str) -> list[
 
 
 @torch.no_grad()
-def score_texts(
-    engine, texts: list[str], corpus_mean: torch.Tensor, corpus_std: torch.Tensor
-) -> dict[str, torch.Tensor]:
+def score_texts(engine, texts: list[str], corpus: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """[texts, N] per response-level score."""
     from hatcat.pipeline import batched_text_states
 
@@ -116,7 +115,9 @@ def score_texts(
         for i, (hidden, window, _tokens) in batch:
             act, words, _div = bank.scores(hidden, window)
             calibrated = bank.rank_score(act)
-            z = (torch.logit(act.clamp(1e-7, 1 - 1e-7)) - corpus_mean) / corpus_std
+            logit = torch.logit(act.clamp(1e-7, 1 - 1e-7))
+            z = (logit - corpus["corpus_mean"]) / corpus["corpus_std"]
+            out["max_tail"][i] = ((logit - corpus["q50"]) / (corpus["q999"] - corpus["q50"]).clamp(min=0.2)).amax(0)
             out["mean_activation"][i] = act.mean(0)
             out["mean_calibrated"][i], out["max_calibrated"][i] = calibrated.mean(0), calibrated.amax(0)
             out["mean_z"][i], out["max_z"][i] = z.mean(0), z.amax(0)
@@ -168,12 +169,13 @@ def run(split: str, names: tuple[str, ...]) -> dict:
     engine = Engine.from_settings(dataclasses.replace(settings, db="sqlite://"))
     bank, pack = engine.bank, engine.concepts
     rows = read_dashboards(bank.pack.folder) or {}
-    mean = torch.tensor([rows.get(c, {}).get("corpus_mean", 0.0) for c in bank.concepts])
-    std = torch.tensor([max(rows.get(c, {}).get("corpus_std", 1.0), 1e-3) for c in bank.concepts])
+    defaults = {"corpus_mean": 0.0, "corpus_std": 1.0, "q50": 0.0, "q999": 1.0}
+    corpus = {k: torch.tensor([rows.get(c, {}).get(k, d) for c in bank.concepts]) for k, d in defaults.items()}
+    corpus["corpus_std"] = corpus["corpus_std"].clamp(min=1e-3)
     ranked = {c for c, ok in zip(bank.concepts, bank.rankable.tolist()) if ok}
     texts = labelled_texts(read_corpus(settings.cache_dir), lemma_index(pack, ranked), split)
     started = time.time()
-    scores = score_texts(engine, [t["text"] for t in texts], mean, std)
+    scores = score_texts(engine, [t["text"] for t in texts], corpus)
     truth = [bank.index[t["concept"]] for t in texts]
     related = [
         {

@@ -3,9 +3,9 @@
 Stored beside the probe pack in `calibration.safetensors` ([N] each, rows in `evidence.json`'s `concepts`
 order, with each row's `fingerprint` so that a row retrained since the scan keeps the pack's values):
 
-- `rank_center`, `rank_scale`: a concept's comparable score is `(activation logit - center) / scale`;
-  center = the concept's firing logit below, scale = its standard deviation on the corpus's dev tokens
-  (the rule chosen on dev by experiments/open_set.py);
+- `rank_center`, `rank_scale`: a concept's comparable score is `(activation logit - center) / scale`,
+  its z on the reference corpus (mean and standard deviation of its logit on the dev tokens): ranked by
+  the max over a text's tokens, the best of the scores compared on dev by experiments/open_set.py;
 - `fire_logit`: the family-wise firing point. Each ranked concept gets an equal share of a budget of
   expected firings per ordinary token; its threshold is where an exponential tail fitted to its dev
   logits past a high quantile puts that share (never below the pack's own threshold). The budget and
@@ -99,7 +99,7 @@ def calibrate(
     std = ((state.sumsq[0] + state.sumsq[1]) / tokens - mean.square()).clamp(min=1e-6).sqrt()
     fire = thresholds(dev_hist, ranked, cap, budget, tail)
     tensors = {
-        "rank_center": fire.clone(),
+        "rank_center": mean.float(),
         "rank_scale": std.float(),
         "fire_logit": fire.float(),
         "rankable": ranked.to(torch.uint8),

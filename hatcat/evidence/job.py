@@ -105,7 +105,7 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         "scanned": {"windows": state.done, "of_windows": len(windows.lengths), **dashboards.tokens_scanned(state)},
         "calibration": chosen,
         "expected_firings_per_token": firings,
-        "rank_rule": "(activation logit - fire_logit) / corpus dev std",
+        "rank_rule": "(activation logit - corpus dev mean) / corpus dev std; response level: max over tokens",
         "behaviours": [c for c in bank.concepts if c in calibration.BEHAVIOURS],
         "command": "python -m hatcat.corpus evidence",
         "concepts": bank.concepts,
