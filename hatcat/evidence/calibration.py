@@ -124,6 +124,7 @@ def write(folder: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
     """`calibration.safetensors` + `evidence.json` (row order, checksums of the evidence files, `info`)."""
     folder = Path(folder)
     save_file({k: v.contiguous() for k, v in tensors.items()}, folder / FILE)
+    (folder / FILE).chmod(0o644)  # safetensors writes 0600; the image's non-root user reads the pack
     files = {name: sha256_file(folder / name) for name in (FILE, "evidence.parquet") if (folder / name).is_file()}
     (folder / SIDECAR).write_text(json.dumps({**info, "checksums": files}, indent=1) + "\n")
 
