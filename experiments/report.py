@@ -352,7 +352,7 @@ def evidence_rows() -> list[tuple[str, str, str, str]]:
     out.append(
         (
             "… most frequent concept in the top 5 of unrelated texts (share)",
-            ", ".join(f"{c} {v:.2f}" for c, v in list(chosen["top5_of_unrelated"].items())[:3]),
+            ", ".join(f"{c} {v:.3f}" for c, v in list(chosen["top5_of_unrelated"].items())[:3]),
             "≤ 0.10" + _target(chosen["max_top5_share"] <= 0.10),
             cmd,
         )
