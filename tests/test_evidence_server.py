@@ -43,9 +43,8 @@ def evidence_server(
     )
     dashboards.write(folder, dashboards.rows(state, windows, docs, engine.tokenizer, bank.concepts))
     prints = calibration.fingerprint(bank.act_weight, bank.act_bias)
-    calibration.write(
-        folder, calibration.calibrate(state, bank.concepts, bank.act_cap, prints), {"concepts": bank.concepts}
-    )
+    tensors, chosen = calibration.calibrate(state, bank.concepts, bank.act_cap, prints)
+    calibration.write(folder, tensors, {"concepts": bank.concepts, "calibration": chosen})
     log = tmp_path_factory.mktemp("evidence-app") / "app.log"
     proc, base = start_app({"HATCAT_PROBE_PACK": str(folder), "HATCAT_DB": str(log.parent / "hatcat.db")}, log)
     try:
