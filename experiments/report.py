@@ -416,6 +416,56 @@ def rows() -> list[tuple[str, str, str, str]]:
     out += signal_rows()
     out += behaviour_rows()
     out += falsehood_statement_rows()
+    out += evidence_rows()
+    return out
+
+
+def evidence_rows() -> list[tuple[str, str, str, str]]:
+    """Issue 23: the open set (texts by others ranked over the whole pack) and family-wise firing."""
+    out: list[tuple[str, str, str, str]] = []
+    cmd = "`python -m experiments.open_set [--test]`"
+    doc = _load("open_set.json")
+    part = doc and (doc.get("test") or doc.get("dev"))
+    if not part:
+        return [("Open set: true concept's rank among all concepts", "not run", "", cmd)]
+    chosen, base, words = (part["scores"].get(k) for k in (doc["chosen"], "mean_activation", "words_only"))
+    label = f"{part['split']}, {part['scores'][doc['chosen']]['texts']} texts / {part['concepts']} concepts"
+    score = lambda r: f"{_f(r['recall_at_1'], 2)} / {_f(r['recall_at_10'], 2)} / {r['median_rank']:g}"
+    out.append(
+        (
+            f"Open set ({label}): recall@1 / @10 / median rank, `{doc['chosen']}`",
+            f"{score(chosen)} (mean_activation {score(base)}; words only {score(words)})",
+            "≥ 0.25 / ≥ 0.60 / ≤ 10" + _target(chosen["recall_at_1"] >= 0.25 and chosen["recall_at_10"] >= 0.60),
+            cmd,
+        )
+    )
+    out.append(
+        (
+            "… most frequent concept in the top 5 of unrelated texts (share)",
+            ", ".join(f"{c} {v:.3f}" for c, v in list(chosen["top5_of_unrelated"].items())[:3]),
+            "≤ 0.10" + _target(chosen["max_top5_share"] <= 0.10),
+            cmd,
+        )
+    )
+    out.append(
+        (
+            "… within the shortlist of the split's true concepts: recall@1",
+            f"{_f(chosen['shortlist']['recall_at_1'], 2)} ({chosen['shortlist']['size']} concepts)",
+            "",
+            cmd,
+        )
+    )
+    fw = _load("family_wise.json")
+    if fw:
+        corpus = fw["held_out_corpus"].get("family_wise", {}).get("test")
+        out.append(
+            (
+                "Expected concept firings per ordinary token: held-out corpus / model generations (family-wise rule)",
+                f"{corpus} / {fw['family_wise']['firings_per_token']} (pack thresholds: {fw['held_out_corpus'].get('pack_thresholds', {}).get('test')} / {fw['pack_thresholds']['firings_per_token']})",
+                "≤ 0.1" + _target(corpus is not None and max(corpus, fw["family_wise"]["firings_per_token"]) <= 0.1),
+                "`python -m hatcat.corpus evidence`, `python -m experiments.family_wise`",
+            )
+        )
     return out
 
 

@@ -2,6 +2,7 @@
 
     python -m hatcat.corpus analyze --input transcripts.jsonl --output scores.parquet [--address auto]
     python -m hatcat.corpus extract --input prompts.jsonl --output states.parquet --layer 6 [--address auto]
+    python -m hatcat.corpus evidence [--max-windows N] [--actors 2 [--address auto]]
 
 `--input` is JSONL as for `python -m hatcat.analyze` (a JSON string or `{"text": ..., "id": ...}` per
 line; it is read and checked on the driver). The texts flow through `ray.data.from_items ->
@@ -15,6 +16,11 @@ of files, one per block: `pyarrow.parquet.read_table(path)` reads them as one ta
   writes each text's `last` and `mean` pooled state of decoder block `--layer` (the pooled
   features `hatcat.training` fits on); the fit stays on the driver (`read_states` -> a matrix).
 
+- `evidence`: scans the reference corpus (hatcat/evidence/reference.py) with the probe pack, resumably,
+  then writes the pack's concept dashboards and calibration (hatcat/evidence/job.py); single process
+  unless `--actors` is above 1 or `--address` is given (Ray Data's actors are not needed: each Ray actor
+  scans a slice of the windows and the driver merges their states).
+
 Without `--address` Ray starts in local mode on this machine (the dashboard off); `--address auto`
 (or `ray://head:10001`) joins an existing cluster, where each actor may take a GPU
 (`--gpus-per-actor 1`). Bad input is exit status 2 with one line.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import sys
 from pathlib import Path
@@ -32,6 +39,7 @@ from typing import Any
 from hatcat.analyze import parquet_row, read_jsonl
 from hatcat.config import SCALE_EXTRA, Settings, require_package
 from hatcat.errors import HatCatError, InvalidValue
+from hatcat.paths import SHIPPED_PROBES
 from hatcat.pipeline import ANALYZE_BATCH
 
 BATCHES_PER_BLOCK = 4  # texts handed to an actor at once, in padded batches: room to group similar lengths
@@ -184,11 +192,23 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--concepts", default="", help="comma-separated concepts to summarise instead of the top k")
     job = jobs.add_parser("extract", parents=[common], help="pooled states of one decoder block, for probe training")
     job.add_argument("--layer", type=int, required=True, help="decoder block whose output is pooled (0-based)")
+    job = jobs.add_parser("evidence", help="scan the reference corpus; write the pack's dashboards and calibration")
+    job.add_argument(
+        "--pack", type=Path, default=None, help="probe pack folder (default: HATCAT_PROBE_PACK or shipped)"
+    )
+    job.add_argument(
+        "--max-windows", type=int, default=None, help="scan at most this many more windows (0: write only)"
+    )
+    job.add_argument("--threads", type=int, default=2, help="torch threads (per actor with --address)")
+    job.add_argument("--address", default=None, help="Ray cluster to join (auto, ray://head:10001)")
+    job.add_argument("--actors", type=int, default=1, help="Ray actors (above 1: Ray, local unless --address)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.job == "evidence":
+        return _evidence(args)
     try:
         pool = Actors(args.actors, args.cpus_per_actor, args.gpus_per_actor, args.batch_size)
         if pool.size < 1 or pool.batch_size < 1 or pool.cpus <= 0 or pool.gpus < 0:
@@ -218,6 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {len(texts)} {'analyses' if args.job == 'analyze' else 'states'} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _evidence(args: argparse.Namespace) -> int:
+    from hatcat.evidence.job import run, write_evidence
+
+    settings = Settings.from_env()
+    folder = args.pack or (Path(settings.probe_pack) if settings.probe_pack else SHIPPED_PROBES)
+    if not (folder / "manifest.json").is_file() or args.threads < 1 or args.actors < 1:
+        print(f"error: {folder} is not a probe pack, or --threads/--actors < 1", file=sys.stderr)
+        return 2
+    if args.max_windows != 0:
+        run(settings, folder, args.max_windows, args.threads, args.address, args.actors)
+    info = write_evidence(settings, folder, args.threads)
+    print(json.dumps({k: info[k] for k in ("scanned", "expected_firings_per_token")}))
     return 0
 
 

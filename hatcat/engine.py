@@ -182,6 +182,28 @@ class Engine:
         """The loaded probe pack's metrics.json ({} without a pack)."""
         return self.packs.probes.metrics if self.packs.probes else {}
 
+    def concept_evidence(self, concept: str) -> dict:
+        """The loaded probe pack's dashboard and quality card of `concept`, and the threshold the monitor fires
+        it at now (the family-wise one where the pack is calibrated); {} without a probe for it."""
+        from hatcat.evidence.view import evidence
+
+        probes = self.packs.probes
+        if probes is None or concept not in probes.concepts:
+            return {}
+        return {**evidence(probes, concept), "firing_threshold": self.threshold(concept)}
+
+    def quality_cards(self) -> list[dict]:
+        """Every concept's quality card in the loaded probe pack ([] without one)."""
+        from hatcat.evidence.view import cards
+
+        return cards(self.packs.probes) if self.packs.probes is not None else []
+
+    def evidence_info(self) -> dict:
+        """The loaded probe pack's evidence.json (corpus scanned, family-wise firing numbers), {} if none."""
+        from hatcat.evidence.view import info
+
+        return info(self.packs.probes) if self.packs.probes is not None else {}
+
     def require_probes(self, what: str) -> Packs:
         """The current bundle; Conflict (409) when no probe pack is loaded."""
         packs = self.packs

@@ -9,7 +9,9 @@ Hierarchy policy (as the original's dynamic loading, without loading anything):
 - concepts in `base_layers` are always eligible, as are concepts without a parent in the bank;
 - a child becomes eligible when one of its parents fires (activation >= its threshold);
 - a parent is dropped from the report when one of its eligible children fires (most specific wins);
-- at most `keep_top_k` concepts are reported, highest activation first.
+- at most `keep_top_k` concepts are reported, highest activation first; with the pack's corpus
+  calibration (hatcat/evidence/calibration.py) only concepts that fire under its family-wise thresholds,
+  highest comparable score (`ProbeBank.rank_score`) first, and behaviour read-outs never.
 
 divergence (hatcat/probes.py, `ProbeBank.scores`): the part of the activation evidence for a concept
 that the words alone do not predict, tanh((activation logit - words-only logit) / scale) in [-1, 1];
@@ -161,9 +163,12 @@ class Monitor:
         eligible = self.always_eligible | parent_fired
         child_fired = _any_at(fired & eligible, self.child_edges)
         candidate = eligible & ~child_fired & ~self.unranked
+        if self.bank.calibrated:  # family-wise rule: report only what fires, ranked on the corpus scale
+            candidate &= fired
         k = min(self.keep_top_k, act.shape[1])
-        ranked = torch.where(candidate, act, torch.full_like(act, -1.0))
-        top_act, top_idx = ranked.topk(k, dim=1)
+        ranked = torch.where(candidate, self.bank.rank_score(act), torch.full_like(act, float("-inf")))
+        top_rank, top_idx = ranked.topk(k, dim=1)
+        top_act = torch.where(top_rank > float("-inf"), act.gather(1, top_idx), torch.full_like(top_rank, -1.0))
         top_div = div.gather(1, top_idx)
         rows = torch.stack([top_act, text.gather(1, top_idx), top_div], dim=-1)
         # the color: the divergence of largest magnitude among the reported concepts that fired

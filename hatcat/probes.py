@@ -267,6 +267,14 @@ class ProbeBank:
         self.text_threshold = torch.tensor(thresholds["text"], device=device)
         self.divergence_scale = torch.tensor(pack.manifest["divergence_scale"], device=device)
         self.act_cap = torch.logit(self.act_threshold.clamp(1e-6, 1 - 1e-6))  # the firing point, as a logit
+        # the corpus calibration (hatcat/evidence/calibration.py), where built: comparable scores for ranking,
+        # family-wise firing thresholds (replacing the pack's), behaviour rows out of the ranking
+        self.pack_threshold = self.act_threshold.clone()
+        self.rank_center, self.rank_scale = torch.zeros_like(self.act_cap), torch.ones_like(self.act_cap)
+        self.rankable = torch.ones(len(self.concepts), dtype=torch.bool, device=device)
+        from hatcat.evidence.calibration import apply
+
+        self.calibrated = apply(self)
 
     def __len__(self) -> int:
         return len(self.concepts)
@@ -274,6 +282,11 @@ class ProbeBank:
     def score(self, hidden: torch.Tensor) -> torch.Tensor:
         """Activation probabilities for hidden states [..., d] -> [..., N]."""
         return torch.sigmoid(linear(hidden.float(), self.act_weight, self.act_bias))
+
+    def rank_score(self, act: torch.Tensor) -> torch.Tensor:
+        """Activation probabilities [..., N] on one scale across concepts (-inf for behaviour rows)."""
+        logit = torch.logit(act.clamp(1e-7, 1 - 1e-7))
+        return ((logit - self.rank_center) / self.rank_scale).masked_fill(~self.rankable, float("-inf"))
 
     def scores(self, hidden: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(activation, words-only, divergence), each [..., N]: one matmul per side."""

@@ -1,4 +1,5 @@
-"""Concept graph panel: the hierarchy around what fired (ancestors and children) as a plotly network."""
+"""Concept graph panel: the hierarchy around what fired (ancestors and children) as a plotly network, and
+the picked concept's definition, quality card and corpus contexts (top and random, firing token marked)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import plotly.graph_objects as go
 
 from hatcat.concepts import ConceptPack
 from hatcat.engine import Engine
+from views.evidence import card_markdown, examples_markdown
 
 MAX_FIRED = 12  # concepts of the trace placed in the graph, highest activation first
 MAX_CHILDREN = 6
@@ -97,7 +99,9 @@ def details(engine: Engine, concept: str | None) -> str:
             lines.append(f"held-out templates: F1 {m['f1']}, AUROC {m['auroc']}, {m['n_pos']} pos / {m['n_neg']} neg")
     if not m:
         lines.append("*No probe for this concept in the loaded pack.*")
-    return "\n\n".join(lines)
+    evidence = engine.concept_evidence(concept)
+    lines += [card_markdown(evidence.get("quality", {})), examples_markdown(evidence)]
+    return "\n\n".join(line for line in lines if line)
 
 
 def build(engine: Engine, trace: gr.State) -> tuple:

@@ -29,6 +29,7 @@ from hatcat.training.fit import at_threshold, auroc
 from views import trace as tr
 from views.access import audit, current_actor, current_user, guard
 from views.common import require_probes, user_error
+from views.evidence import card_markdown
 from views.review import reviewed_line
 
 
@@ -154,6 +155,9 @@ def build(engine: Engine, trace: gr.State) -> tuple:
     def show(c: str, t: float, cache: dict, records: list[dict]):
         metrics = engine.probe_metrics()
         real = real_text_summary(metrics.get("per_concept", {}).get(c, {}), t) if c and metrics else ""
+        real = "\n\n".join(
+            x for x in (card_markdown(engine.concept_evidence(c).get("quality", {})) if c else "", real) if x
+        )
         reviewed = reviewed_line(engine, c, t)
         head = "\n\n".join(x for x in (real, reviewed) if x)
         if not c or c not in cache:

@@ -1,4 +1,7 @@
-"""GET /v1/concept-packs[/{id}[/concepts/{concept}]]: the concept pack the engine loaded (with its melds)."""
+"""GET /v1/concept-packs[/{id}[/concepts/{concept}]]: the concept pack the engine loaded (with its melds).
+
+A concept's page adds, from the loaded probe pack, its evidence (`Engine.concept_evidence`): `examples`
+{top, random} (corpus contexts, the firing token apart in `token`), `firing_rate` and the `quality` card."""
 
 from __future__ import annotations
 
@@ -30,7 +33,8 @@ def get_concept_pack(pack_id: str, request: Request) -> dict[str, Any]:
 
 @router.get("/concept-packs/{pack_id}/concepts/{concept}")
 def get_concept(pack_id: str, concept: str, request: Request) -> dict[str, Any]:
-    pack = _concept_pack(request, pack_id).concepts
+    engine = _concept_pack(request, pack_id)
+    pack = engine.concepts
     if concept not in pack:
         raise APIError(
             404,
@@ -38,7 +42,7 @@ def get_concept(pack_id: str, concept: str, request: Request) -> dict[str, Any]:
             param="concept",
             code="concept_not_found",
         )
-    return {**pack[concept].to_record(), "children": list(pack[concept].children)}
+    return {**pack[concept].to_record(), "children": list(pack[concept].children), **engine.concept_evidence(concept)}
 
 
 def _concept_pack(request: Request, pack_id: str) -> Engine:
