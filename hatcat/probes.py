@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from hatcat.errors import HatCatError
+from hatcat.evidence.stored import apply as apply_calibration
 from hatcat.linear import linear
 from hatcat.paths import model_slug, sha256_file
 
@@ -272,9 +273,7 @@ class ProbeBank:
         self.pack_threshold = self.act_threshold.clone()
         self.rank_center, self.rank_scale = torch.zeros_like(self.act_cap), torch.ones_like(self.act_cap)
         self.rankable = torch.ones(len(self.concepts), dtype=torch.bool, device=device)
-        from hatcat.evidence.calibration import apply
-
-        self.calibrated = apply(self)
+        self.calibrated = apply_calibration(self)
 
     def __len__(self) -> int:
         return len(self.concepts)

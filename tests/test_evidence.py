@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from hatcat.concepts import load_pack
-from hatcat.evidence import calibration
+from hatcat.evidence import calibration, stored
 from hatcat.evidence.card import card
 from hatcat.evidence.reference import split_documents
 from hatcat.evidence.scan import HIST_BINS, SAMPLE_R, TOP_K, WINDOW, ScanState, update
@@ -121,7 +121,7 @@ def test_a_calibrated_bank_fires_on_its_corpus_thresholds_only_for_unchanged_row
     folder = tiny_probe_pack(tmp_path / "pack")
     bank = ProbeBank(ProbePack.load(folder))
     assert bank.calibrated == 0
-    prints = calibration.fingerprint(bank.act_weight, bank.act_bias)
+    prints = stored.fingerprint(bank.act_weight, bank.act_bias)
     prints[2, 1] += 1.0  # Fear's probe was retrained since the scan
     tensors = {
         "rank_center": torch.tensor([1.0, 0.0, 1.0]),
@@ -130,7 +130,7 @@ def test_a_calibrated_bank_fires_on_its_corpus_thresholds_only_for_unchanged_row
         "rankable": torch.tensor([1, 0, 1], dtype=torch.uint8),
         "fingerprint": prints,
     }
-    calibration.write(folder, tensors, {"concepts": bank.concepts})  # as `python -m hatcat.corpus evidence` does
+    stored.write(folder, tensors, {"concepts": bank.concepts})  # as `python -m hatcat.corpus evidence` does
     calibrated = ProbeBank(ProbePack.load(folder))
     assert calibrated.calibrated == 2  # Music and Deception
     assert torch.isclose(calibrated.act_threshold[0], torch.sigmoid(torch.tensor(4.0)))

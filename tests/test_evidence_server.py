@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hatcat.engine import Engine
-from hatcat.evidence import calibration, dashboards
+from hatcat.evidence import calibration, dashboards, stored
 from hatcat.evidence.scan import ScanState, Windows, scan
 from hatcat.probes import ProbeBank, ProbePack
 from tests.support import start_app, stop_app
@@ -42,9 +42,9 @@ def evidence_server(
         engine.model, bank, windows, np.arange(len(windows.lengths)), ScanState.empty(len(bank)), None, batch=4
     )
     dashboards.write(folder, dashboards.rows(state, windows, docs, engine.tokenizer, bank.concepts))
-    prints = calibration.fingerprint(bank.act_weight, bank.act_bias)
+    prints = stored.fingerprint(bank.act_weight, bank.act_bias)
     tensors, chosen = calibration.calibrate(state, bank.concepts, bank.act_cap, prints)
-    calibration.write(folder, tensors, {"concepts": bank.concepts, "calibration": chosen})
+    stored.write(folder, tensors, {"concepts": bank.concepts, "calibration": chosen})
     log = tmp_path_factory.mktemp("evidence-app") / "app.log"
     proc, base = start_app({"HATCAT_PROBE_PACK": str(folder), "HATCAT_DB": str(log.parent / "hatcat.db")}, log)
     try:

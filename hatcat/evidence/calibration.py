@@ -18,21 +18,15 @@ order, with each row's `fingerprint` so that a row retrained since the scan keep
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-from safetensors.torch import load_file, save_file
 
 from hatcat.evidence.dashboards import edges
 from hatcat.evidence.scan import HIST_BINS, ScanState
-from hatcat.paths import sha256_file
 
 BOUND = 0.1  # expected concept firings per ordinary token, all concepts together
 MARGIN = 0.8  # the dev cross-fit must stay under MARGIN * BOUND
 BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # per-token budgets tried on dev
 TAILS = (0.9, 0.99)  # where the exponential tail is fitted (dev quantile of each concept's logits)
-FILE, SIDECAR = "calibration.safetensors", "evidence.json"
 BEHAVIOURS = ("Deception",)  # rows that are read-outs, not concepts
 
 
@@ -118,43 +112,3 @@ def expected_firings(hist: torch.Tensor, tokens: int, fire: torch.Tensor, ranked
     """Expected concept firings per token at or past `fire` on a histogram's tokens: the sum of per-concept rates
     (exact for thresholds on bin edges, as the family-wise ones are; others are rounded to the nearest edge)."""
     return float(firing_rates(hist, tokens, fire)[ranked].sum())
-
-
-def write(folder: Path, tensors: dict[str, torch.Tensor], info: dict) -> None:
-    """`calibration.safetensors` + `evidence.json` (row order, checksums of the evidence files, `info`)."""
-    folder = Path(folder)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, folder / FILE)
-    (folder / FILE).chmod(0o644)  # safetensors writes 0600; the image's non-root user reads the pack
-    files = {name: sha256_file(folder / name) for name in (FILE, "evidence.parquet") if (folder / name).is_file()}
-    (folder / SIDECAR).write_text(json.dumps({**info, "checksums": files}, indent=1) + "\n")
-
-
-def fingerprint(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """[N, 2]: each probe row's weight norm and bias: a row retrained since the scan no longer matches."""
-    return torch.stack([weight.float().norm(dim=1), bias.float()], 1)
-
-
-def apply(bank) -> int:
-    """Give a `ProbeBank` the calibration stored beside its pack, row by row (matched by concept name and
-    fingerprint; other rows keep the pack's threshold and scale). Returns the number of rows calibrated."""
-    folder = Path(bank.pack.folder)
-    try:
-        info = json.loads((folder / SIDECAR).read_text())
-        if sha256_file(folder / FILE) != info["checksums"][FILE]:
-            return 0
-        saved = load_file(folder / FILE)
-    except (OSError, ValueError, KeyError):
-        return 0
-    names = {c: i for i, c in enumerate(info.get("concepts", ()))}
-    rows = torch.tensor([names.get(c, -1) for c in bank.concepts])
-    mine = fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu())
-    have = rows >= 0
-    match = have.clone()
-    match[have] = torch.isclose(saved["fingerprint"][rows[have]], mine[have], rtol=1e-4, atol=1e-4).all(1)
-    src, dst = rows[match], match.nonzero()[:, 0]
-    device = bank.act_threshold.device
-    bank.act_threshold[dst.to(device)] = torch.sigmoid(saved["fire_logit"][src]).to(device)
-    bank.rank_center[dst.to(device)] = saved["rank_center"][src].to(device)
-    bank.rank_scale[dst.to(device)] = saved["rank_scale"][src].to(device)
-    bank.rankable[dst.to(device)] = saved["rankable"][src].bool().to(device)
-    return int(match.sum())

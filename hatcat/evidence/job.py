@@ -71,7 +71,7 @@ def run(
 
 def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
     """The pack's `evidence.parquet`, `calibration.safetensors` and `evidence.json` from the saved scan."""
-    from hatcat.evidence import calibration, dashboards
+    from hatcat.evidence import calibration, dashboards, stored
     from hatcat.evidence.reference import MANIFEST
 
     loaded, bank = _loaded(settings, folder, threads)
@@ -83,7 +83,7 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
     dashboards.write(folder, dashboards.rows(state, windows, docs, loaded.tokenizer, bank.concepts))
     cap = bank.act_cap.cpu()
     tensors, chosen = calibration.calibrate(
-        state, bank.concepts, cap, calibration.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu())
+        state, bank.concepts, cap, stored.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu())
     )
     ranked = tensors["rankable"].bool()
     dev_hist, dev_tokens = state.hist[0] + state.hist[1], int(state.tokens[:2].sum())
@@ -110,5 +110,5 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         "command": "python -m hatcat.corpus evidence",
         "concepts": bank.concepts,
     }
-    calibration.write(folder, tensors, info)
+    stored.write(folder, tensors, info)
     return info

@@ -10,6 +10,7 @@ from typing import Any
 
 from hatcat.evidence import dashboards
 from hatcat.evidence.card import card
+from hatcat.evidence.stored import SIDECAR
 from hatcat.probes import ProbePack
 
 BUILD = "python -m hatcat.corpus evidence"
@@ -66,7 +67,5 @@ def cards(pack: ProbePack) -> list[dict[str, Any]]:
 
 def info(pack: ProbePack) -> dict[str, Any]:
     """The pack's evidence.json, {} when none was written."""
-    from hatcat.evidence.calibration import SIDECAR
-
     path = pack.folder / SIDECAR
     return json.loads(path.read_text()) if path.is_file() else {}
