@@ -100,7 +100,10 @@ def test_eight_concurrent_streams_complete_with_divergence_metadata_on_both_repl
         tokens = [
             c for c in chunks if c["choices"] and c["choices"][0]["delta"]["metadata"].get("token_index") is not None
         ]
-        assert tokens and all(c["choices"][0]["delta"]["metadata"]["divergence"]["top_divergences"] for c in tokens)
+        # every token carries its divergence metadata; under the shipped pack's family-wise firing rule most
+        # tokens of ordinary text report no concept, so the list may be empty
+        divergences = [c["choices"][0]["delta"]["metadata"]["divergence"] for c in tokens]
+        assert tokens and all(isinstance(d["top_divergences"], list) and "max_divergence" in d for d in divergences)
         assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length")
     assert len({replica for replica, _ in answers}) == 2  # the load was spread over both replicas
 
