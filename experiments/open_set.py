@@ -7,20 +7,31 @@ sentence is labelled with that concept (a sentence naming two such concepts is l
 `PER_CONCEPT` sentences per concept, concepts of every layer. Concepts are split in two by a hash of
 their id, and dev texts come from the corpus's dev documents, test texts from its test documents.
 
+The fresh test set (`--test`): the old test split was looked at twice and is spent; the fresh one takes
+sentences of the same test documents for the test half of the concepts that neither the dev nor the old
+test draw picked (another seed), so none of its texts informed anything.
+
 Response-level scores compared on dev (every concept scored on every token of the text):
 - `mean_activation`: mean probability over the tokens (the pack's read-out before calibration);
-- `mean_calibrated` / `max_calibrated`: mean / max over the tokens of `ProbeBank.rank_score`, the
-  activation logit less the concept's family-wise firing logit, over its corpus standard deviation;
-- `mean_z` / `max_z`: the logit standardised against the corpus (mean and std on the dev tokens);
+- `max_z` / `mean_z` / `max_z+mean_z`: the logit standardised against the corpus (dashboards' dev mean and
+  std), max / mean over the tokens / their sum (max z was the previous choice);
 - `max_tail`: max over the tokens of (logit - corpus median) / (corpus 99.9% quantile - median);
-- `words_only`: mean words-only probability (the words-only detector, reported beside the pack).
+- `max_act_surprisal`: max over the tokens of the activation side's surprisal on the corpus (hatcat/ranking.py);
+- `max_joint` / `top2_joint`: the rank score (`ProbeBank.rank_score`: activation + words-only surprisal), max /
+  mean of the two highest tokens;
+- `response` (margin 2, hatcat/ranking.py's OWN_EVIDENCE) and `response_margin_1` / `_4`: top2_joint with the
+  hierarchy rule (a child above its parent by less than the margin is placed just below it) - `response` is
+  what the monitor's summaries rank by (`Monitor.top_concepts`);
+- `words_only`: mean words-only probability (the words-only detector, reported beside the pack), and
+  `words_surprisal` (top2 of the words side's surprisal alone).
 Behaviour rows (Deception) are left out of every ranking. For each score: recall@1, recall@10, median
 rank of the true concept among all ranked concepts (95% bootstrap intervals over texts), the same within
 the shortlist of the split's true concepts, and the concepts most often in the top 5 of texts about
-something else (not the true concept, its ancestors or descendants).
+something else (not the true concept, its ancestors or descendants). Per-token logits are cached per split
+(`<cache>/open_set/`), so the dev search reruns in seconds.
 
-    python -m experiments.open_set          # dev: every score; the best recall@10 is chosen
-    python -m experiments.open_set --test   # test, once: the chosen score, the baseline and words only
+    python -m experiments.open_set          # dev: every score; the best recall@10 (then @1) is chosen
+    python -m experiments.open_set --test   # the fresh test set, once: the chosen score, the baseline, words only
 
 Writes results/open_set.json; `--test` appends one line to results/test_log.jsonl.
 """
@@ -36,6 +47,7 @@ import re
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,10 +56,23 @@ from hatcat.config import Settings
 from hatcat.evidence.dashboards import read as read_dashboards
 from hatcat.evidence.reference import read_corpus
 from hatcat.paths import RESULTS
+from hatcat.ranking import OWN_EVIDENCE, own_evidence, response_level, top2
 
-PER_CONCEPT, MAX_TEXTS, SEED = 3, 400, 0
-SCORES = ("mean_activation", "mean_calibrated", "max_calibrated", "mean_z", "max_z", "max_tail")
-WORDS = "words_only"
+PER_CONCEPT, MAX_TEXTS, SEED, FRESH_SEED = 3, 400, 0, 1
+SCORES = (
+    "mean_activation",
+    "max_z",
+    "mean_z",
+    "max_z+mean_z",
+    "max_tail",
+    "max_act_surprisal",
+    "max_joint",
+    "top2_joint",
+    "response",
+    "response_margin_1",
+    "response_margin_4",
+)
+WORDS = ("words_only", "words_surprisal")
 OUT = RESULTS / "open_set.json"
 
 
@@ -82,9 +107,12 @@ def sentences(text: str) -> list[str]:
     return [p.strip() for p in parts if 8 <= len(p.split()) <= 40]
 
 
-def labelled_texts(docs: list[dict], index: dict[str, str], split: str) -> list[dict]:
-    """At most PER_CONCEPT sentences per concept of `split`, from the corpus documents of `split`."""
-    rng = np.random.default_rng(SEED)
+def labelled_texts(
+    docs: list[dict], index: dict[str, str], split: str, exclude: frozenset[str] = frozenset(), seed: int = SEED
+) -> list[dict]:
+    """At most PER_CONCEPT sentences per concept of `split`, from the corpus documents of `split`, none in
+    `exclude`, drawn with `seed`."""
+    rng = np.random.default_rng(seed)
     found: dict[str, list[str]] = {}
     for doc in docs:
         if doc["split"] != split:
@@ -93,7 +121,7 @@ def labelled_texts(docs: list[dict], index: dict[str, str], split: str) -> list[
             words = re.findall(r"[a-z]+", sentence.lower())
             grams = set(words) | {" ".join(p) for p in itertools.pairwise(words)}
             hits = {index[g] for g in grams if g in index}
-            if len(hits) == 1 and concept_split(c := hits.pop()) == split:
+            if len(hits) == 1 and concept_split(c := hits.pop()) == split and sentence not in exclude:
                 found.setdefault(c, []).append(sentence)
     texts = []
     for c in sorted(found):
@@ -104,24 +132,58 @@ def labelled_texts(docs: list[dict], index: dict[str, str], split: str) -> list[
     return texts
 
 
+def split_texts(docs: list[dict], index: dict[str, str], split: str) -> list[dict]:
+    """`dev`, `test` (the old, spent test draw) or `fresh`: the test half's concepts in the test documents,
+    sentences that neither the dev nor the old test draw holds, another seed."""
+    if split != "fresh":
+        return labelled_texts(docs, index, split)
+    seen = frozenset(t["text"] for old in ("dev", "test") for t in labelled_texts(docs, index, old))
+    return labelled_texts(docs, index, "test", exclude=seen, seed=FRESH_SEED)
+
+
 @torch.no_grad()
-def score_texts(engine, texts: list[str], corpus: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """[texts, N] per response-level score."""
+def token_logits(engine, texts: list[str], path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per text its activation and words-only logits [T, N] (fp16), cached at `path` for these texts."""
     from hatcat.pipeline import batched_text_states
 
-    bank, monitor = engine.bank, engine.monitor
-    out = {name: torch.zeros(len(texts), len(bank)) for name in (*SCORES, WORDS)}
-    for batch in batched_text_states(engine.model, engine.tokenizer, monitor, texts):
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        if saved["key"] == hashlib.sha256("\n".join(texts).encode()).hexdigest():
+            return list(zip(saved["act"], saved["words"]))
+    bank = engine.bank
+    out: list = [None] * len(texts)
+    for batch in batched_text_states(engine.model, engine.tokenizer, engine.monitor, texts):
         for i, (hidden, window, _tokens) in batch:
             act, words, _div = bank.scores(hidden, window)
-            calibrated = bank.rank_score(act)
-            logit = torch.logit(act.clamp(1e-7, 1 - 1e-7))
-            z = (logit - corpus["corpus_mean"]) / corpus["corpus_std"]
-            out["max_tail"][i] = ((logit - corpus["q50"]) / (corpus["q999"] - corpus["q50"]).clamp(min=0.2)).amax(0)
-            out["mean_activation"][i] = act.mean(0)
-            out["mean_calibrated"][i], out["max_calibrated"][i] = calibrated.mean(0), calibrated.amax(0)
-            out["mean_z"][i], out["max_z"][i] = z.mean(0), z.amax(0)
-            out[WORDS][i] = words.mean(0)
+            out[i] = tuple(torch.logit(p.clamp(1e-7, 1 - 1e-7)).half() for p in (act, words))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    torch.save({"key": key, "act": [a for a, _ in out], "words": [w for _, w in out]}, path)
+    return out
+
+
+def score_texts(monitor, logits: list[tuple[torch.Tensor, torch.Tensor]], corpus: dict) -> dict[str, torch.Tensor]:
+    """[texts, N] per response-level score."""
+    bank = monitor.bank
+    names = (*SCORES, *WORDS)
+    out = {name: torch.zeros(len(logits), len(bank)) for name in names if "response" not in name}
+    for i, (a, w) in enumerate(logits):
+        logit, words = a.float(), w.float()
+        act, text = torch.sigmoid(logit), torch.sigmoid(words)
+        z = (logit - corpus["corpus_mean"]) / corpus["corpus_std"]
+        spread = (corpus["q999"] - corpus["q50"]).clamp(min=0.2)
+        out["mean_activation"][i] = act.mean(0)
+        out["max_z"][i], out["mean_z"][i] = z.amax(0), z.mean(0)
+        out["max_tail"][i] = ((logit - corpus["q50"]) / spread).amax(0)
+        out["max_act_surprisal"][i] = bank.surprisal["act"](logit).amax(0)
+        joint = bank.rank_score(act, text)
+        out["max_joint"][i] = joint.amax(0)
+        out["top2_joint"][i] = response_level(top2(joint[None]))[0]
+        out["words_only"][i] = text.mean(0)
+        out["words_surprisal"][i] = response_level(top2(bank.surprisal["words"](words)[None]))[0]
+    out["max_z+mean_z"] = out["max_z"] + out["mean_z"]
+    for name, margin in (("response", OWN_EVIDENCE), ("response_margin_1", 1.0), ("response_margin_4", 4.0)):
+        out[name] = own_evidence(out["top2_joint"], monitor.parent_edges, margin)
     keep = bank.rankable.cpu()
     return {k: v.masked_fill(~keep, float("-inf")) for k, v in out.items()}
 
@@ -173,9 +235,11 @@ def run(split: str, names: tuple[str, ...]) -> dict:
     corpus = {k: torch.tensor([rows.get(c, {}).get(k, d) for c in bank.concepts]) for k, d in defaults.items()}
     corpus["corpus_std"] = corpus["corpus_std"].clamp(min=1e-3)
     ranked = {c for c, ok in zip(bank.concepts, bank.rankable.tolist()) if ok}
-    texts = labelled_texts(read_corpus(settings.cache_dir), lemma_index(pack, ranked), split)
+    texts = split_texts(read_corpus(settings.cache_dir), lemma_index(pack, ranked), split)
     started = time.time()
-    scores = score_texts(engine, [t["text"] for t in texts], corpus)
+    cache = settings.cache_dir / "open_set" / f"{split}-{bank.pack.checksum[:16]}.pt"
+    logits = token_logits(engine, [t["text"] for t in texts], cache)
+    scores = score_texts(engine.monitor, logits, corpus)
     truth = [bank.index[t["concept"]] for t in texts]
     related = [
         {
@@ -206,33 +270,36 @@ def _descendants(pack, concept: str) -> list[str]:
     return out
 
 
+FRESH = "fresh test set (new: test-half concepts, test documents, sentences no earlier draw picked)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--test", action="store_true", help="look at the test split once (the score chosen on dev)")
+    ap.add_argument("--test", action="store_true", help="look at the fresh test set once (the score chosen on dev)")
     args = ap.parse_args()
     doc = json.loads(OUT.read_text()) if OUT.is_file() else {}
     if not args.test:
-        dev = run("dev", (*SCORES, WORDS))
+        dev = run("dev", (*SCORES, *WORDS))
         chosen = max(SCORES, key=lambda s: (dev["scores"][s]["recall_at_10"], dev["scores"][s]["recall_at_1"]))
-        doc = {"dev": dev, "chosen": chosen, "command": "python -m experiments.open_set [--test]"}
+        spent = {k: doc[k] for k in ("old_test", "fresh_test") if k in doc} | (
+            {"old_test": doc["test"]} if "test" in doc else {}
+        )
+        doc = {"dev": dev, "chosen": chosen, "command": "python -m experiments.open_set [--test]", **spent}
     else:
         if "chosen" not in doc:
             raise SystemExit("error: run the dev pass first (python -m experiments.open_set)")
-        doc["test"] = run("test", tuple(dict.fromkeys((doc["chosen"], "mean_activation", WORDS))))
+        doc["fresh_test"] = run("fresh", tuple(dict.fromkeys((doc["chosen"], "mean_activation", "words_only"))))
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
         ).stdout.strip()
         numbers = {
             k: {m: v[m] for m in ("recall_at_1", "recall_at_10", "median_rank", "max_top5_share")}
-            for k, v in doc["test"]["scores"].items()
+            | {"shortlist_recall_at_1": v["shortlist"]["recall_at_1"]}
+            for k, v in doc["fresh_test"]["scores"].items()
         }
         with (RESULTS / "test_log.jsonl").open("a") as log:
-            log.write(
-                json.dumps(
-                    {"date": time.strftime("%Y-%m-%d"), "commit": commit, "set": "open_set test", "numbers": numbers}
-                )
-                + "\n"
-            )
+            line = {"date": time.strftime("%Y-%m-%d"), "commit": commit, "set": f"open_set {FRESH}", "numbers": numbers}
+            log.write(json.dumps(line | {"look": "first look at this new set"}) + "\n")
     OUT.write_text(json.dumps(doc, indent=1) + "\n")
     parts = {k: part["scores"] for k, part in doc.items() if isinstance(part, dict) and "scores" in part}
     brief = {

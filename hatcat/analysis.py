@@ -3,7 +3,8 @@
 The API (`POST /v1/analyze`), the Python API (`Engine.analyze`) and the CLI (`hatcat.analyze`) share
 `analyses`. One forward per batch of similar-length texts stops at the tap layer; the probe bank
 scores every concept on every token of the batch in one matrix product per side. A document
-holds the per-token `TokenRecord`s, the response summary and, per concept asked for (or the `top_k`
+holds the per-token `TokenRecord`s, the response summary (top concepts by the response-level rank score
+of hatcat/ranking.py, as a stream's final analysis) and, per concept asked for (or the `top_k`
 with the highest max divergence), the max, mean and last activation, words-only score and
 divergence. `mean_activation` (the mean over the text's tokens; chosen on dev data over
 `last_activation`, the state after the whole text: results/recipe_compare.json) answers "is this
@@ -23,6 +24,7 @@ from hatcat.errors import InvalidValue, NotFound
 from hatcat.model import check_context
 from hatcat.monitor import Monitor, summarise
 from hatcat.pipeline import ANALYZE_BATCH, batched_text_states
+from hatcat.ranking import top2
 from hatcat.readouts import text_behaviours
 
 STAT_NAMES = (
@@ -106,7 +108,10 @@ def _documents(
     )  # [sum T, N] each
     tokens = [t for _, _, own in states for t in own]
     lengths = [len(own) for _, _, own in states]
-    records = monitor.records(act, text, div, tokens, [t for n in lengths for t in range(n)])
+    rank = bank.rank_score(act, text)
+    records = monitor.records(act, text, div, tokens, [t for n in lengths for t in range(n)], rank)
+    padded = pad_sequence(rank.split(lengths), batch_first=True, padding_value=float("-inf"))
+    ranked = monitor.top_concepts(top2(padded))  # the response-level ranking, as a stream's summary
     stats = _per_text_stats(act, text, div, lengths)  # [texts, 9, N]
     if concepts:
         chosen = torch.tensor([bank.index[c] for c in concepts], device=act.device).expand(len(lengths), -1)
@@ -114,10 +119,10 @@ def _documents(
         chosen = stats[:, STAT_NAMES.index("max_divergence")].topk(min(top_k, act.shape[1]), dim=1).indices
     picked = stats.gather(2, chosen[:, None, :].expand(-1, len(STAT_NAMES), -1)).transpose(1, 2)  # [texts, k, 9]
     documents, start = [], 0
-    for n, rows, ids in zip(lengths, picked.cpu().tolist(), chosen.cpu().tolist()):
+    for n, rows, ids, top in zip(lengths, picked.cpu().tolist(), chosen.cpu().tolist(), ranked):
         own = records[start : start + n]
         start += n
-        summary = summarise(own)
+        summary = summarise(own, top)
         documents.append(
             {
                 "records": own,

@@ -56,6 +56,7 @@ from hatcat.generation import (
 )
 from hatcat.model import check_context, context_length
 from hatcat.monitor import Monitor, ResponseSummary, TextWindow, TokenRecord, mean_embeddings, summarise
+from hatcat.ranking import top2_update
 from hatcat.readouts import output_features, token_stats
 from hatcat.sampling import Sampler, draw_rows
 from hatcat.steering import Steering, SteeringVectors
@@ -92,6 +93,7 @@ class _Row:
     unreleased: dict[int, TokenRecord] = field(default_factory=dict)  # step index -> record, until the text is final
     readout_sums: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> sum of its states over the output
     token_stats: list[torch.Tensor] = field(default_factory=list)  # per output token: [log-prob, entropy]
+    best: torch.Tensor | None = None  # [2, N]: each concept's two highest rank scores so far (hatcat/ranking.py)
     last_token: int = 0
     done: bool = False
 
@@ -366,8 +368,11 @@ class Scheduler:
             states = hidden[monitor.bank.tap_layer][index]  # [b, d]
             windows = mean_embeddings(self.model.get_input_embeddings(), [rows[i].window for i in index])
             act, text, div = monitor.bank.scores(states, windows)
-            scored = monitor.records(act, text, div, [""] * len(index), [rows[i].decoder.generated for i in index])
+            rank = monitor.bank.rank_score(act, text)
+            scored = monitor.records(act, text, div, [""] * len(index), [rows[i].decoder.generated for i in index], rank)
             records.update(zip(index, scored))
+            for k, i in enumerate(index):
+                rows[i].best = top2_update(rows[i].best, rank[k])
         return records
 
     def _release(self, row: _Row, steps: list[TokenStep]) -> None:
@@ -410,7 +415,8 @@ def _summary(row: _Row) -> ResponseSummary | None:
     """A monitored row's response summary, with its behaviour read-outs where the monitor has them."""
     if row.monitor is None:
         return None
-    summary = summarise(row.records)
+    ranked = row.monitor.top_concepts(row.best[None])[0] if row.best is not None else []
+    summary = summarise(row.records, ranked)
     if row.monitor.readouts is None or not row.token_stats:
         return summary
     stats = torch.stack(row.token_stats)  # [T, 2]

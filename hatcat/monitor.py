@@ -9,9 +9,13 @@ Hierarchy policy (as the original's dynamic loading, without loading anything):
 - concepts in `base_layers` are always eligible, as are concepts without a parent in the bank;
 - a child becomes eligible when one of its parents fires (activation >= its threshold);
 - a parent is dropped from the report when one of its eligible children fires (most specific wins);
-- at most `keep_top_k` concepts are reported, highest activation first; with the pack's corpus
-  calibration (hatcat/evidence/calibration.py) only concepts that fire under its family-wise thresholds,
-  highest comparable score (`ProbeBank.rank_score`) first, and behaviour read-outs never.
+- at most `keep_top_k` concepts are reported, highest rank score (`ProbeBank.rank_score`, hatcat/ranking.py)
+  first; with the pack's corpus calibration (hatcat/evidence/calibration.py) only concepts that fire under
+  its family-wise thresholds; behaviour rows (`ProbeBank.rankable`) never.
+
+A response's top concepts are ranked by the response-level score of hatcat/ranking.py (the two highest
+per-token rank scores, then the hierarchy rule), the one ranking the stream's final analysis, /v1/analyze
+and the open-set evaluation use.
 
 divergence (hatcat/probes.py, `ProbeBank.scores`): the part of the activation evidence for a concept
 that the words alone do not predict, tanh((activation logit - words-only logit) / scale) in [-1, 1];
@@ -33,11 +37,12 @@ import torch
 from hatcat.concepts import ConceptPack
 from hatcat.heatmap import divergence_colour
 from hatcat.probes import ProbeBank
+from hatcat.ranking import own_evidence, response_level
 from hatcat.readouts import Readouts
 
 TEXT_WINDOW = 8  # output tokens the words-only detector reads; training texts are about this long
 TOP_DIVERGENCES = 10  # concepts per token in a record's `top_divergences` (the API's), highest divergence first
-REPORTED_AS_BEHAVIOUR = {"deception": "Deception"}  # read-out name -> the concept row it replaces in rankings
+TOP_CONCEPTS = 10  # concepts in a response summary
 
 
 class ConceptScore(NamedTuple):
@@ -71,9 +76,9 @@ class TokenRecord:
 
 class ConceptSummary(NamedTuple):
     concept: str
-    tokens: int
-    mean_divergence: float
-    score: float  # tokens x mean divergence: the original's ranking
+    tokens: int  # tokens where it was reported (fired)
+    mean_divergence: float  # over those tokens (0 where none)
+    score: float  # the response-level rank score (hatcat/ranking.py): the summary's order
 
 
 @dataclass(frozen=True)
@@ -125,11 +130,6 @@ class Monitor:
         self.child_edges = _edges(children, device)
         always = torch.tensor([not p for p in parents], device=device)
         self.always_eligible = always | torch.isin(self.layers, torch.tensor(base_layers, device=device))
-        # a concept row that a behaviour read-out reports instead leaves the concept ranking
-        self.unranked = torch.zeros(len(bank), dtype=torch.bool, device=device)
-        for name in readouts.names if readouts else ():
-            if REPORTED_AS_BEHAVIOUR.get(name) in bank.index:
-                self.unranked[bank.index[REPORTED_AS_BEHAVIOUR[name]]] = True
         self.thresholds = bank.act_threshold.clone()
 
     def set_thresholds(self, overrides: dict[str, float]) -> None:
@@ -154,19 +154,27 @@ class Monitor:
         return self.records(*self.bank.scores(hidden, window), tokens, range(start, start + len(tokens)))
 
     def records(
-        self, act: torch.Tensor, text: torch.Tensor, div: torch.Tensor, tokens: list[str], indices: Sequence[int]
+        self,
+        act: torch.Tensor,
+        text: torch.Tensor,
+        div: torch.Tensor,
+        tokens: list[str],
+        indices: Sequence[int],
+        rank: torch.Tensor | None = None,
     ) -> list[TokenRecord]:
         """Records for T tokens from their scores (`ProbeBank.scores`: act, text, div [T, N]); `indices[t]`
-        is token t's position in its own text (tokens of several texts or streams can be scored together)."""
+        is token t's position in its own text (tokens of several texts or streams can be scored together);
+        `rank`: `ProbeBank.rank_score(act, text)` where the caller has it already."""
         fired = act >= self.thresholds
         parent_fired = _any_at(fired, self.parent_edges)
         eligible = self.always_eligible | parent_fired
         child_fired = _any_at(fired & eligible, self.child_edges)
-        candidate = eligible & ~child_fired & ~self.unranked
+        candidate = eligible & ~child_fired & self.bank.rankable
         if self.bank.calibrated:  # family-wise rule: report only what fires, ranked on the corpus scale
             candidate &= fired
         k = min(self.keep_top_k, act.shape[1])
-        ranked = torch.where(candidate, self.bank.rank_score(act), torch.full_like(act, float("-inf")))
+        rank = self.bank.rank_score(act, text) if rank is None else rank
+        ranked = torch.where(candidate, rank, torch.full_like(act, float("-inf")))
         top_rank, top_idx = ranked.topk(k, dim=1)
         top_act = torch.where(top_rank > float("-inf"), act.gather(1, top_idx), torch.full_like(top_rank, -1.0))
         top_div = div.gather(1, top_idx)
@@ -187,6 +195,17 @@ class Monitor:
             )
             records.append(TokenRecord(indices[t], token, concepts, top, divergence_colour(top)))
         return records
+
+    def top_concepts(self, best: torch.Tensor, top: int = TOP_CONCEPTS) -> list[list[tuple[str, float]]]:
+        """Per response, its `top` concepts and their response-level scores, highest first, from its two
+        highest per-token rank scores `best` [responses, 2, N] (hatcat/ranking.py; one copy to the host)."""
+        score = own_evidence(response_level(best), self.parent_edges)
+        values, idx = score.topk(min(top, score.shape[-1]), dim=-1)
+        names = self.bank.concepts
+        return [
+            [(names[i], v) for i, v in zip(row_idx, row_val) if v > float("-inf")]
+            for row_idx, row_val in zip(idx.cpu().tolist(), _rounded(values))
+        ]
 
 
 def _rounded(values: torch.Tensor) -> list:
@@ -241,8 +260,9 @@ def window_means(embeddings: torch.Tensor, size: int = TEXT_WINDOW) -> torch.Ten
     return (csum[t] - csum[lo]) / (t - lo).unsqueeze(1)
 
 
-def summarise(records: list[TokenRecord], top: int = 10) -> ResponseSummary:
-    """Mean/max of the tokens' max divergence, and concepts ranked by count x mean divergence."""
+def summarise(records: list[TokenRecord], ranked: Sequence[tuple[str, float]] = ()) -> ResponseSummary:
+    """Mean/max of the tokens' max divergence, and the top concepts in the order of `ranked`
+    (`Monitor.top_concepts`: (concept, response-level score)), each with the tokens it was reported on."""
     if not records:
         return ResponseSummary(0, 0.0, 0.0)
     per_token = [r.max_divergence for r in records]
@@ -250,10 +270,8 @@ def summarise(records: list[TokenRecord], top: int = 10) -> ResponseSummary:
     for record in records:
         for c in record.concepts:
             seen[c.concept].append(c.divergence)
-    ranked = sorted(
-        (ConceptSummary(c, len(v), round(sum(v) / len(v), 4), round(sum(v), 4)) for c, v in seen.items()),
-        key=lambda s: -s.score,
+    top = tuple(
+        ConceptSummary(c, len(seen[c]), round(sum(seen[c]) / len(seen[c]), 4) if seen[c] else 0.0, score)
+        for c, score in ranked
     )
-    return ResponseSummary(
-        len(records), round(sum(per_token) / len(per_token), 4), round(max(per_token), 4), tuple(ranked[:top])
-    )
+    return ResponseSummary(len(records), round(sum(per_token) / len(per_token), 4), round(max(per_token), 4), top)

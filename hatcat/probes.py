@@ -37,6 +37,8 @@ from hatcat.errors import HatCatError
 from hatcat.evidence.stored import apply as apply_calibration
 from hatcat.linear import linear
 from hatcat.paths import model_slug, sha256_file
+from hatcat.ranking import BEHAVIOURS, Surprisal
+from hatcat.ranking import SIDES as RANK_SIDES
 
 FORMAT = 2  # 2: control-standardised scores, divergence_scale (capped residual), control-FPR thresholds
 SIDES = ("activation", "text")
@@ -268,11 +270,12 @@ class ProbeBank:
         self.text_threshold = torch.tensor(thresholds["text"], device=device)
         self.divergence_scale = torch.tensor(pack.manifest["divergence_scale"], device=device)
         self.act_cap = torch.logit(self.act_threshold.clamp(1e-6, 1 - 1e-6))  # the firing point, as a logit
-        # the corpus calibration (hatcat/evidence/calibration.py), where built: comparable scores for ranking,
-        # family-wise firing thresholds (replacing the pack's), behaviour rows out of the ranking
+        # behaviour read-outs (Deception) are not concepts: the one mask that keeps them out of every ranking
+        self.rankable = torch.tensor([c not in BEHAVIOURS for c in self.concepts], device=device)
+        # the corpus calibration (hatcat/evidence/calibration.py), where built: per-side surprisals for the rank
+        # score (hatcat/ranking.py) and family-wise firing thresholds (replacing the pack's)
         self.pack_threshold = self.act_threshold.clone()
-        self.rank_center, self.rank_scale = torch.zeros_like(self.act_cap), torch.ones_like(self.act_cap)
-        self.rankable = torch.ones(len(self.concepts), dtype=torch.bool, device=device)
+        self.surprisal = {side: Surprisal.identity(len(self.concepts), device) for side in RANK_SIDES}
         self.calibrated = apply_calibration(self)
 
     def __len__(self) -> int:
@@ -282,10 +285,12 @@ class ProbeBank:
         """Activation probabilities for hidden states [..., d] -> [..., N]."""
         return torch.sigmoid(linear(hidden.float(), self.act_weight, self.act_bias))
 
-    def rank_score(self, act: torch.Tensor) -> torch.Tensor:
-        """Activation probabilities [..., N] on one scale across concepts (-inf for behaviour rows)."""
-        logit = torch.logit(act.clamp(1e-7, 1 - 1e-7))
-        return ((logit - self.rank_center) / self.rank_scale).masked_fill(~self.rankable, float("-inf"))
+    def rank_score(self, act: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Per token [..., N]: the surprisal of the activation plus that of the words-only score on ordinary
+        text (hatcat/ranking.py), one scale across concepts; -inf for behaviour rows."""
+        logits = (torch.logit(p.clamp(1e-7, 1 - 1e-7)) for p in (act, text))
+        score = sum(self.surprisal[side](x) for side, x in zip(RANK_SIDES, logits))
+        return score.masked_fill(~self.rankable, float("-inf"))
 
     def scores(self, hidden: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(activation, words-only, divergence), each [..., N]: one matmul per side."""

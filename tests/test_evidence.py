@@ -102,9 +102,10 @@ def test_family_wise_thresholds_are_chosen_on_the_dev_folds_and_hold_the_bound_t
                torch.tensor([part]), torch.full((n,), 1e9), torch.Generator())  # fmt: skip
     concepts = [f"C{i}" for i in range(n - 1)] + ["Deception"]
     cap = torch.full((n,), -100.0)
-    tensors, chosen = calibration.calibrate(state, concepts, cap, torch.zeros(n, 2))
-    ranked = tensors["rankable"].bool()
+    tensors, chosen = calibration.calibrate(state, concepts, cap, torch.zeros(n, 2), state.hist[0])
+    ranked = calibration.rankable(concepts)
     assert not ranked[-1] and ranked[:-1].all()
+    assert {f"{side}_{f}" for side in ("act", "words") for f in ("u", "nlp", "beta", "nls")} <= set(tensors)
     assert chosen["budget"] in calibration.BUDGETS and len(chosen["tried_on_dev"]) == len(calibration.BUDGETS) * len(
         calibration.TAILS
     )
@@ -123,25 +124,25 @@ def test_a_calibrated_bank_fires_on_its_corpus_thresholds_only_for_unchanged_row
     assert bank.calibrated == 0
     prints = stored.fingerprint(bank.act_weight, bank.act_bias)
     prints[2, 1] += 1.0  # Fear's probe was retrained since the scan
+    table = calibration.surprisal(torch.zeros(3, HIST_BINS, dtype=torch.int64).index_fill_(1, torch.tensor([80]), 100))
     tensors = {
-        "rank_center": torch.tensor([1.0, 0.0, 1.0]),
-        "rank_scale": torch.tensor([2.0, 1.0, 2.0]),
         "fire_logit": torch.tensor([4.0, 0.0, 4.0]),
-        "rankable": torch.tensor([1, 0, 1], dtype=torch.uint8),
         "fingerprint": prints,
+        **{f"{side}_{k}": v.clone() for side in ("act", "words") for k, v in table.items()},
     }
     stored.write(folder, tensors, {"concepts": bank.concepts})  # as `python -m hatcat.corpus evidence` does
     calibrated = ProbeBank(ProbePack.load(folder))
     assert calibrated.calibrated == 2  # Music and Deception
     assert torch.isclose(calibrated.act_threshold[0], torch.sigmoid(torch.tensor(4.0)))
     assert calibrated.act_threshold[2] == bank.act_threshold[2]  # Fear keeps the pack's threshold
-    score = calibrated.rank_score(torch.sigmoid(torch.tensor([[5.0, 9.0, 1.0]])))
-    assert torch.allclose(score[0, 0], torch.tensor(2.0)) and score[0, 1] == float("-inf")
+    # every ordinary logit of Music sat in one bin at 0: a logit of 5 is far rarer than that; Fear keeps its logit
+    score = calibrated.rank_score(torch.sigmoid(torch.tensor([[5.0, 9.0, 1.0]])), torch.full((1, 3), 0.5))
+    assert score[0, 0] > 10 and score[0, 1] == float("-inf") and torch.isclose(score[0, 2], torch.tensor(1.0))
     monitor = Monitor(calibrated, load_pack(melds=[SAFETY_MELD]))
     act = torch.sigmoid(torch.tensor([[5.0, 9.0, 3.0], [3.0, 9.0, 0.2]]))
-    records = monitor.records(act, torch.zeros_like(act), torch.zeros_like(act), ["a", "b"], [0, 1])
-    # Fear (uncalibrated: its logit, 3) outranks Music ((5 - 1) / 2); nothing fires on "b"
-    assert [[c.concept for c in r.concepts] for r in records] == [["Fear", "Music"], []]
+    records = monitor.records(act, torch.full_like(act, 0.5), torch.zeros_like(act), ["a", "b"], [0, 1])
+    # Music (calibrated, far past its ordinary range) outranks Fear (uncalibrated: its logit, 3); nothing fires on "b"
+    assert [[c.concept for c in r.concepts] for r in records] == [["Music", "Fear"], []]
 
 
 def test_a_quality_card_grades_what_was_measured() -> None:

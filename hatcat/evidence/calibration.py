@@ -3,17 +3,17 @@
 Stored beside the probe pack in `calibration.safetensors` ([N] each, rows in `evidence.json`'s `concepts`
 order, with each row's `fingerprint` so that a row retrained since the scan keeps the pack's values):
 
-- `rank_center`, `rank_scale`: a concept's comparable score is `(activation logit - center) / scale`,
-  its z on the reference corpus (mean and standard deviation of its logit on the dev tokens): ranked by
-  the max over a text's tokens, the best of the scores compared on dev by experiments/open_set.py;
+- `act_*`, `words_*` (`u`, `nlp`, `beta`, `nls`): each side's surprisal on ordinary text (hatcat/ranking.py),
+  from the concept's dev-token histogram of its activation logit (the scan) and of its words-only logit
+  (`words.py`): the empirical survival function, an exponential tail past the RANK_TAIL quantile. The rank
+  score (their sum per token) and the response-level rule were chosen on dev by experiments/open_set.py;
 - `fire_logit`: the family-wise firing point. Each ranked concept gets an equal share of a budget of
   expected firings per ordinary token; its threshold is where an exponential tail fitted to its dev
   logits past a high quantile puts that share (never below the pack's own threshold). The budget and
   the quantile are chosen on dev alone: the corpus's dev documents fall in two folds, thresholds fitted
   on one fold must keep the other under 0.8 x the bound of 0.1 firings per token both ways, and the
   largest such budget is kept (then refitted on both folds). The test part only measures.
-- `rankable`: 1 for concept rows, 0 for read-outs that are not concepts (the safety meld's `Deception`),
-  which leave the concept ranking and firing count.
+Behaviour rows (`hatcat.ranking.BEHAVIOURS`: the safety meld's `Deception`) leave the firing count.
 """
 
 from __future__ import annotations
@@ -22,16 +22,45 @@ import torch
 
 from hatcat.evidence.dashboards import edges
 from hatcat.evidence.scan import HIST_BINS, ScanState
+from hatcat.ranking import BEHAVIOURS
 
 BOUND = 0.1  # expected concept firings per ordinary token, all concepts together
 MARGIN = 0.8  # the dev cross-fit must stay under MARGIN * BOUND
 BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # per-token budgets tried on dev
 TAILS = (0.9, 0.99)  # where the exponential tail is fitted (dev quantile of each concept's logits)
-BEHAVIOURS = ("Deception",)  # rows that are read-outs, not concepts
+RANK_TAIL = 0.99  # where the rank score's surprisal turns from the histogram to the exponential tail
 
 
 def rankable(concepts: list[str]) -> torch.Tensor:
     return torch.tensor([c not in BEHAVIOURS for c in concepts])
+
+
+def _tail(hist: torch.Tensor, tail: float) -> tuple[torch.Tensor, ...]:
+    """Per concept of a [N, BINS] histogram: the edge where its `tail` quantile starts (u), the share of tokens
+    at or past it (p_u), their mean excess over it, and [N, BINS] the share at or past each edge."""
+    e = edges()
+    width = float(e[1] - e[0])
+    h = hist.double()
+    tokens = h.sum(1).clamp(min=1)
+    past = h.flip(1).cumsum(1).flip(1) / tokens[:, None]  # [N, BINS]: share at or past each edge
+    u_bin = (past > 1 - tail).sum(1).clamp(max=HIST_BINS - 1)
+    u = e[u_bin].double()
+    p_u = past.gather(1, u_bin[:, None])[:, 0]
+    above = torch.arange(HIST_BINS)[None, :] >= u_bin[:, None]
+    excess = (((e + width / 2).double()[None, :] - u[:, None]) * h * above).sum(1) / (h * above).sum(1).clamp(min=1)
+    return u, p_u, excess, past, tokens
+
+
+def surprisal(hist: torch.Tensor, tail: float = RANK_TAIL) -> dict[str, torch.Tensor]:
+    """hatcat.ranking.Surprisal's fields from a [N, BINS] histogram of ordinary-text logits."""
+    u, p_u, excess, past, tokens = _tail(hist, tail)
+    floor = 0.5 / tokens[:, None]  # an edge no token reached: rarer than one token in the histogram
+    return {
+        "u": u.float(),
+        "nlp": -torch.maximum(p_u, floor[:, 0]).log().float(),
+        "beta": excess.clamp(min=0.05).float(),
+        "nls": -past.clamp(min=floor).log().half(),
+    }
 
 
 def fire_logits(hist: torch.Tensor, alpha: torch.Tensor, floor: torch.Tensor, tail: float) -> torch.Tensor:
@@ -40,14 +69,7 @@ def fire_logits(hist: torch.Tensor, alpha: torch.Tensor, floor: torch.Tensor, ta
     histogram edge (so that counts past it are exact) and never below `floor` (the pack's threshold)."""
     e = edges()
     width = float(e[1] - e[0])
-    h = hist.double()
-    tokens = h.sum(1).clamp(min=1)
-    past = h.flip(1).cumsum(1).flip(1)  # [N, BINS]: tokens at or past each edge
-    u_bin = (past / tokens[:, None] > 1 - tail).sum(1).clamp(max=HIST_BINS - 1)
-    u = e[u_bin].double()
-    p_u = past.gather(1, u_bin[:, None])[:, 0] / tokens
-    above = torch.arange(HIST_BINS)[None, :] >= u_bin[:, None]
-    excess = (((e + width / 2).double()[None, :] - u[:, None]) * h * above).sum(1) / (h * above).sum(1).clamp(min=1)
+    u, p_u, excess, _, _ = _tail(hist, tail)
     t = u + excess * torch.log((p_u / alpha.double()).clamp(min=1))
     t_bin = torch.ceil((t - float(e[0])) / width).long().clamp(0, HIST_BINS - 1)
     return torch.maximum(e[t_bin], floor.float())
@@ -82,24 +104,21 @@ def choose(state: ScanState, ranked: torch.Tensor, cap: torch.Tensor) -> tuple[f
 
 
 def calibrate(
-    state: ScanState, concepts: list[str], pack_cap: torch.Tensor, fingerprints: torch.Tensor
+    state: ScanState, concepts: list[str], pack_cap: torch.Tensor, fingerprints: torch.Tensor, words_hist: torch.Tensor
 ) -> tuple[dict[str, torch.Tensor], dict]:
-    """The calibration tensors from a scan's dev parts, and how they were chosen."""
+    """The calibration tensors from a scan's dev parts and the words side's dev histogram, and how they were
+    chosen."""
     ranked = rankable(concepts)
     cap = pack_cap.float()
     budget, tail, tried = choose(state, ranked, cap)
-    dev_hist, tokens = state.hist[0] + state.hist[1], max(int(state.tokens[0] + state.tokens[1]), 1)
-    mean = (state.sum[0] + state.sum[1]) / tokens
-    std = ((state.sumsq[0] + state.sumsq[1]) / tokens - mean.square()).clamp(min=1e-6).sqrt()
-    fire = thresholds(dev_hist, ranked, cap, budget, tail)
+    dev_hist = state.hist[0] + state.hist[1]
     tensors = {
-        "rank_center": mean.float(),
-        "rank_scale": std.float(),
-        "fire_logit": fire.float(),
-        "rankable": ranked.to(torch.uint8),
+        "fire_logit": thresholds(dev_hist, ranked, cap, budget, tail).float(),
         "fingerprint": fingerprints.float(),
+        **{f"act_{k}": v for k, v in surprisal(dev_hist).items()},
+        **{f"words_{k}": v for k, v in surprisal(words_hist).items()},
     }
-    return tensors, {"budget": budget, "tail": tail, "tried_on_dev": tried}
+    return tensors, {"budget": budget, "tail": tail, "tried_on_dev": tried, "rank_tail": RANK_TAIL}
 
 
 def firing_rates(hist: torch.Tensor, tokens: int, fire: torch.Tensor) -> torch.Tensor:

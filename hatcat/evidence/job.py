@@ -71,7 +71,7 @@ def run(
 
 def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
     """The pack's `evidence.parquet`, `calibration.safetensors` and `evidence.json` from the saved scan."""
-    from hatcat.evidence import calibration, dashboards, stored
+    from hatcat.evidence import calibration, dashboards, stored, words
     from hatcat.evidence.reference import MANIFEST
 
     loaded, bank = _loaded(settings, folder, threads)
@@ -82,10 +82,11 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         raise SystemExit("error: nothing scanned yet: run python -m hatcat.corpus evidence first")
     dashboards.write(folder, dashboards.rows(state, windows, docs, loaded.tokenizer, bank.concepts))
     cap = bank.act_cap.cpu()
+    words_hist = words.histogram(loaded.model.get_input_embeddings(), bank, windows)
     tensors, chosen = calibration.calibrate(
-        state, bank.concepts, cap, stored.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu())
+        state, bank.concepts, cap, stored.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu()), words_hist
     )
-    ranked = tensors["rankable"].bool()
+    ranked = calibration.rankable(bank.concepts)
     dev_hist, dev_tokens = state.hist[0] + state.hist[1], int(state.tokens[:2].sum())
     firings = {
         rule: {
@@ -105,7 +106,9 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         "scanned": {"windows": state.done, "of_windows": len(windows.lengths), **dashboards.tokens_scanned(state)},
         "calibration": chosen,
         "expected_firings_per_token": firings,
-        "rank_rule": "(activation logit - corpus dev mean) / corpus dev std; response level: max over tokens",
+        "rank_rule": "per token: surprisal of the activation + of the words-only logit on the corpus's dev tokens; "
+        "response level: mean of the two highest tokens, a child above its parent only with its own evidence",
+        "words_tokens": int(words_hist[0].sum()),
         "behaviours": [c for c in bank.concepts if c in calibration.BEHAVIOURS],
         "command": "python -m hatcat.corpus evidence",
         "concepts": bank.concepts,

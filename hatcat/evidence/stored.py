@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hatcat.paths import sha256_file
+from hatcat.ranking import FIELDS, SIDES
 
 FILE, SIDECAR = "calibration.safetensors", "evidence.json"
 
@@ -31,7 +32,7 @@ def fingerprint(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
 
 def apply(bank) -> int:
     """Give a `ProbeBank` the calibration stored beside its pack, row by row (matched by concept name and
-    fingerprint; other rows keep the pack's threshold and scale). Returns the number of rows calibrated."""
+    fingerprint; other rows keep the pack's threshold and the logit as rank score). Returns the rows calibrated."""
     folder = Path(bank.pack.folder)
     try:
         info = json.loads((folder / SIDECAR).read_text())
@@ -49,7 +50,8 @@ def apply(bank) -> int:
     src, dst = rows[match], match.nonzero()[:, 0]
     device = bank.act_threshold.device
     bank.act_threshold[dst.to(device)] = torch.sigmoid(saved["fire_logit"][src]).to(device)
-    bank.rank_center[dst.to(device)] = saved["rank_center"][src].to(device)
-    bank.rank_scale[dst.to(device)] = saved["rank_scale"][src].to(device)
-    bank.rankable[dst.to(device)] = saved["rankable"][src].bool().to(device)
+    for side in SIDES:
+        if all(f"{side}_{f}" in saved for f in FIELDS):
+            for f in FIELDS:
+                getattr(bank.surprisal[side], f)[dst.to(device)] = saved[f"{side}_{f}"][src].float().to(device)
     return int(match.sum())
