@@ -369,7 +369,9 @@ class Scheduler:
             windows = mean_embeddings(self.model.get_input_embeddings(), [rows[i].window for i in index])
             act, text, div = monitor.bank.scores(states, windows)
             rank = monitor.bank.rank_score(act, text)
-            scored = monitor.records(act, text, div, [""] * len(index), [rows[i].decoder.generated for i in index], rank)
+            scored = monitor.records(
+                act, text, div, [""] * len(index), [rows[i].decoder.generated for i in index], rank
+            )
             records.update(zip(index, scored))
             for k, i in enumerate(index):
                 rows[i].best = top2_update(rows[i].best, rank[k])

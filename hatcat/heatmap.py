@@ -95,7 +95,8 @@ def trace_html(spans: list[str], legend: str) -> str:
 
 
 def concept_chart(top_concepts: list[dict], shown: int, full_at: float = 1.0) -> str:
-    """Top concepts of a response as bars: length = tokens x mean divergence, colour = mean divergence."""
+    """Top concepts of a response as bars: length = the response-level rank score (hatcat/ranking.py),
+    colour = mean divergence over the tokens it fired on."""
     rows = top_concepts[:shown]
     if not rows:
         return '<div class="hc-chart-empty">no concept diverged</div>'

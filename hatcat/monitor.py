@@ -9,8 +9,8 @@ Hierarchy policy (as the original's dynamic loading, without loading anything):
 - concepts in `base_layers` are always eligible, as are concepts without a parent in the bank;
 - a child becomes eligible when one of its parents fires (activation >= its threshold);
 - a parent is dropped from the report when one of its eligible children fires (most specific wins);
-- at most `keep_top_k` concepts are reported, highest rank score (`ProbeBank.rank_score`, hatcat/ranking.py)
-  first; with the pack's corpus calibration (hatcat/evidence/calibration.py) only concepts that fire under
+- at most `keep_top_k` concepts are reported, highest rank score (`ProbeBank.rank_score`, hatcat/ranking.py;
+  the activation logit for a pack without the corpus calibration) first; with the pack's corpus calibration (hatcat/evidence/calibration.py) only concepts that fire under
   its family-wise thresholds; behaviour rows (`ProbeBank.rankable`) never.
 
 A response's top concepts are ranked by the response-level score of hatcat/ranking.py (the two highest
@@ -101,7 +101,7 @@ class ResponseSummary:
         }
 
     def line(self) -> str:
-        top = ", ".join(f"{c.concept} ({c.tokens}x{c.mean_divergence:+.2f})" for c in self.top_concepts[:5])
+        top = ", ".join(f"{c.concept} ({c.score:.1f})" for c in self.top_concepts[:5])
         return f"Analysis: mean divergence {self.mean_divergence:+.3f}, max {self.max_divergence:+.3f}; top: {top or 'none'}"
 
 

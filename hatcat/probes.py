@@ -275,7 +275,9 @@ class ProbeBank:
         # the corpus calibration (hatcat/evidence/calibration.py), where built: per-side surprisals for the rank
         # score (hatcat/ranking.py) and family-wise firing thresholds (replacing the pack's)
         self.pack_threshold = self.act_threshold.clone()
-        self.surprisal = {side: Surprisal.identity(len(self.concepts), device) for side in RANK_SIDES}
+        self.surprisal = {
+            side: Surprisal.identity(len(self.concepts), device, slope) for side, slope in zip(RANK_SIDES, (1.0, 0.0))
+        }
         self.calibrated = apply_calibration(self)
 
     def __len__(self) -> int:

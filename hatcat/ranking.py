@@ -37,11 +37,13 @@ class Surprisal:
     nls: torch.Tensor
 
     @classmethod
-    def identity(cls, n: int, device: torch.device | str) -> Surprisal:
-        """Uncalibrated rows: the score is the logit itself (floored to a bin edge below 0)."""
+    def identity(cls, n: int, device: torch.device | str, slope: float = 1.0) -> Surprisal:
+        """Uncalibrated rows: `slope` x the logit (floored to a bin edge below 0); the words side uses slope 0,
+        so that a pack without the corpus calibration ranks by its activation logit alone."""
         edges = GRID[0] + GRID[1] * torch.arange(BINS, device=device, dtype=torch.float32)
         zeros = torch.zeros(n, device=device)
-        return cls(zeros, zeros.clone(), torch.ones(n, device=device), edges.expand(n, -1).clone())
+        beta = torch.full((n,), 1 / slope if slope else float("inf"), device=device)
+        return cls(zeros, zeros.clone(), beta, (slope * edges).expand(n, -1).clone())
 
     def __call__(self, logit: torch.Tensor) -> torch.Tensor:
         """[..., N] logits -> [..., N] surprisals: one gather for the body, vector arithmetic for the tail."""

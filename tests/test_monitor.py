@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hatcat.analysis import analyses
 from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings
 from hatcat.heatmap import divergence_colour
-from hatcat.monitor import summarise
 from hatcat.pipeline import analyze_text, text_states
+from hatcat.ranking import own_evidence
 from tests.tiny import ending, solo, token_records
 
 TEXT = "The orchestra tuned up, and then the violins began a slow, sad melody."
@@ -91,11 +92,17 @@ def test_a_monitored_generation_streams_records_then_a_summary(probed_engine: En
     assert summary.line().startswith("Analysis: mean divergence")
 
 
-def test_summary_ranks_concepts_by_count_times_mean_divergence(probed_engine: Engine, monitor) -> None:
-    summary = summarise(analyze_text(probed_engine.model, probed_engine.tokenizer, monitor, TEXT))
-    scores = [c.score for c in summary.top_concepts]
-    assert scores == sorted(scores, reverse=True)
-    assert all(c.score == pytest.approx(c.tokens * c.mean_divergence, abs=1e-3) for c in summary.top_concepts)
+def test_the_summary_ranks_concepts_by_the_response_level_score(probed_engine: Engine, monitor) -> None:
+    bank = monitor.bank
+    hidden, window, _tokens = text_states(probed_engine.model, probed_engine.tokenizer, monitor, TEXT)
+    act, text, _div = bank.scores(hidden, window)
+    expected = own_evidence(bank.rank_score(act, text).topk(2, dim=0).values.mean(0), monitor.parent_edges)
+    summary = next(analyses(probed_engine.model, probed_engine.tokenizer, monitor, [TEXT]))[1]["summary"]
+    top = summary["top_concepts"]
+    assert [c["score"] for c in top] == sorted((c["score"] for c in top), reverse=True)
+    assert len(top) == min(10, int(bank.rankable.sum()))
+    assert top[0]["concept"] == bank.concepts[int(expected.argmax())]
+    assert top[0]["score"] == pytest.approx(float(expected.max()), abs=1e-3)
 
 
 def test_colour_scale_runs_from_blue_through_white_to_red() -> None:

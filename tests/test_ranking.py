@@ -38,9 +38,10 @@ def test_surprisal_puts_a_narrow_and_a_wide_probe_on_one_scale() -> None:
     assert (s(grid).diff(dim=0) >= -1e-3).all()  # more evidence never scores lower
 
 
-def test_an_uncalibrated_row_ranks_by_its_logit() -> None:
-    s = Surprisal.identity(3, "cpu")
-    assert torch.equal(s(torch.tensor([[0.5, 3.0, 12.0]])), torch.tensor([[0.5, 3.0, 12.0]]))
+def test_an_uncalibrated_row_ranks_by_its_activation_logit_alone() -> None:
+    logits = torch.tensor([[0.5, 3.0, 12.0]])
+    assert torch.equal(Surprisal.identity(3, "cpu")(logits), logits)
+    assert torch.equal(Surprisal.identity(3, "cpu", slope=0.0)(logits), torch.zeros(1, 3))  # the words side
 
 
 def test_a_stream_and_a_whole_text_get_the_same_response_level_score() -> None:

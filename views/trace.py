@@ -104,7 +104,7 @@ def analysis_markdown(summary: dict | None, records: list[dict]) -> str:
         f"| {c['concept']} | {c['tokens']} | {c['mean_divergence']:+.3f} | {c['score']:.3f} |"
         for c in summary["top_concepts"]
     )
-    table = f"\n\n| concept | tokens | mean divergence | score |\n|---|---|---|---|\n{rows}" if rows else ""
+    table = f"\n\n| concept | tokens fired | mean divergence | rank score |\n|---|---|---|---|\n{rows}" if rows else ""
     return f"**{summary['line']}** (finish: {summary.get('finish_reason', '?')}){table}"
 
 
