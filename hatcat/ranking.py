@@ -38,12 +38,11 @@ class Surprisal:
 
     @classmethod
     def identity(cls, n: int, device: torch.device | str, slope: float = 1.0) -> Surprisal:
-        """Uncalibrated rows: `slope` x the logit (floored to a bin edge below 0); the words side uses slope 0,
-        so that a pack without the corpus calibration ranks by its activation logit alone."""
-        edges = GRID[0] + GRID[1] * torch.arange(BINS, device=device, dtype=torch.float32)
-        zeros = torch.zeros(n, device=device)
+        """Uncalibrated rows: `slope` x the logit (a tail from below every logit the bank gives); the words side
+        uses slope 0, so that a pack without the corpus calibration ranks by its activation logit alone."""
+        u = torch.full((n,), GRID[0] - 1, device=device)
         beta = torch.full((n,), 1 / slope if slope else float("inf"), device=device)
-        return cls(zeros, zeros.clone(), beta, (slope * edges).expand(n, -1).clone())
+        return cls(u, slope * u, beta, torch.zeros(n, BINS, device=device))
 
     def __call__(self, logit: torch.Tensor) -> torch.Tensor:
         """[..., N] logits -> [..., N] surprisals: one gather for the body, vector arithmetic for the tail."""

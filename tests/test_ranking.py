@@ -39,9 +39,9 @@ def test_surprisal_puts_a_narrow_and_a_wide_probe_on_one_scale() -> None:
 
 
 def test_an_uncalibrated_row_ranks_by_its_activation_logit_alone() -> None:
-    logits = torch.tensor([[0.5, 3.0, 12.0]])
-    assert torch.equal(Surprisal.identity(3, "cpu")(logits), logits)
-    assert torch.equal(Surprisal.identity(3, "cpu", slope=0.0)(logits), torch.zeros(1, 3))  # the words side
+    logits = torch.tensor([[-3.1, -3.02, 0.5, 3.0, 12.0]])
+    assert torch.allclose(Surprisal.identity(5, "cpu")(logits), logits, atol=1e-5)  # close logits stay apart
+    assert torch.equal(Surprisal.identity(5, "cpu", slope=0.0)(logits), torch.zeros(1, 5))  # the words side
 
 
 def test_a_stream_and_a_whole_text_get_the_same_response_level_score() -> None:
