@@ -290,9 +290,10 @@ class ProbeBank:
     def rank_score(self, act: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         """Per token [..., N]: the surprisal of the activation plus that of the words-only score on ordinary
         text (hatcat/ranking.py), one scale across concepts; -inf for behaviour rows."""
-        logits = (torch.logit(p.clamp(1e-7, 1 - 1e-7)) for p in (act, text))
-        score = sum(self.surprisal[side](x) for side, x in zip(RANK_SIDES, logits))
-        return score.masked_fill(~self.rankable, float("-inf"))
+        act_side, words_side = (
+            self.surprisal[side](torch.logit(p.clamp(1e-7, 1 - 1e-7))) for side, p in zip(RANK_SIDES, (act, text))
+        )
+        return act_side.add_(words_side).masked_fill_(~self.rankable, float("-inf"))
 
     def scores(self, hidden: torch.Tensor, embedding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(activation, words-only, divergence), each [..., N]: one matmul per side."""

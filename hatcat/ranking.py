@@ -44,13 +44,16 @@ class Surprisal:
         beta = torch.full((n,), 1 / slope if slope else float("inf"), device=device)
         return cls(u, slope * u, beta, torch.zeros(n, BINS, device=device))
 
+    def __post_init__(self) -> None:
+        n, bins = self.nls.shape
+        self.offsets = torch.arange(n, device=self.nls.device) * bins  # row starts in the flattened table
+
     def __call__(self, logit: torch.Tensor) -> torch.Tensor:
         """[..., N] logits -> [..., N] surprisals: one gather for the body, vector arithmetic for the tail."""
-        n, bins = self.nls.shape
-        tail = self.nlp + (logit - self.u) / self.beta
-        b = ((logit - GRID[0]) / GRID[1]).floor().long().clamp(0, bins - 1)
-        body = self.nls.reshape(-1)[b + torch.arange(n, device=logit.device) * bins]
-        return torch.where(logit >= self.u, tail, body.to(tail.dtype))
+        b = ((logit - GRID[0]) / GRID[1]).long().clamp_(0, BINS - 1)  # truncation = floor from the first edge up
+        body = self.nls.view(-1).take(b + self.offsets)
+        tail = (logit - self.u).div_(self.beta).add_(self.nlp)
+        return torch.where(logit >= self.u, tail, body)
 
 
 def top2_update(best: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor:
@@ -58,7 +61,8 @@ def top2_update(best: torch.Tensor | None, scores: torch.Tensor) -> torch.Tensor
     more token's scores [N]."""
     if best is None:
         return torch.stack([scores, torch.full_like(scores, float("-inf"))])
-    return torch.cat([best, scores[None]]).topk(2, dim=0).values
+    first, second = best
+    return torch.stack([torch.maximum(first, scores), torch.maximum(second, torch.minimum(first, scores))])
 
 
 def top2(scores: torch.Tensor) -> torch.Tensor:
