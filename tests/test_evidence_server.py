@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hatcat.engine import Engine
-from hatcat.evidence import calibration, dashboards, stored
+from hatcat.evidence import calibration, dashboards, stored, words
 from hatcat.evidence.scan import ScanState, Windows, scan
 from hatcat.probes import ProbeBank, ProbePack
 from tests.support import start_app, stop_app
@@ -43,7 +43,8 @@ def evidence_server(
     )
     dashboards.write(folder, dashboards.rows(state, windows, docs, engine.tokenizer, bank.concepts))
     prints = stored.fingerprint(bank.act_weight, bank.act_bias)
-    tensors, chosen = calibration.calibrate(state, bank.concepts, bank.act_cap, prints)
+    words_hist = words.histogram(engine.model.get_input_embeddings(), bank, windows)
+    tensors, chosen = calibration.calibrate(state, bank.concepts, bank.act_cap, prints, words_hist)
     stored.write(folder, tensors, {"concepts": bank.concepts, "calibration": chosen})
     log = tmp_path_factory.mktemp("evidence-app") / "app.log"
     proc, base = start_app({"HATCAT_PROBE_PACK": str(folder), "HATCAT_DB": str(log.parent / "hatcat.db")}, log)
@@ -86,3 +87,6 @@ def test_the_served_monitor_reports_only_concepts_past_their_family_wise_thresho
     for token in answer["tokens"]:
         for c in token["divergence"]["top_divergences"]:
             assert c["activation"] >= fire[c["concept"]] - 1e-4 and c["concept"] != "Deception"
+    top = answer["summary"]["top_concepts"]  # the response-level ranking: every concept but the behaviour row
+    assert len(top) == len(bank) - 1 and "Deception" not in {c["concept"] for c in top}
+    assert [c["score"] for c in top] == sorted((c["score"] for c in top), reverse=True)

@@ -145,8 +145,9 @@ class SteeringState(BaseModel):
 
 class ConceptTotal(BaseModel):
     concept: str
-    tokens: int
-    mean_divergence: float
+    tokens: int  # tokens where it fired
+    mean_divergence: float  # over those tokens
+    score: float  # the response-level rank score (hatcat/ranking.py): the order of `top_concepts`
 
 
 class ResponseDivergence(BaseModel):
