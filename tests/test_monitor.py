@@ -90,6 +90,9 @@ def test_a_monitored_generation_streams_records_then_a_summary(probed_engine: En
     assert summary.tokens == len(records)
     assert summary.max_divergence == max(r.max_divergence for r in records)
     assert summary.line().startswith("Analysis: mean divergence")
+    scores = [c.score for c in summary.top_concepts]  # the response-level ranking, behaviour rows left out
+    assert scores and scores == sorted(scores, reverse=True)
+    assert "Deception" not in {c.concept for c in summary.top_concepts}
 
 
 def test_the_summary_ranks_concepts_by_the_response_level_score(probed_engine: Engine, monitor) -> None:
