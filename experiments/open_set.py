@@ -21,7 +21,8 @@ Response-level scores compared on dev (every concept scored on every token of th
   mean of the two highest tokens;
 - `response` (margin 2, hatcat/ranking.py's OWN_EVIDENCE) and `response_margin_1` / `_4`: top2_joint with the
   hierarchy rule (a child above its parent by less than the margin is placed just below it) - `response` is
-  what the monitor's summaries rank by (`Monitor.top_concepts`);
+  what the monitor's summaries rank by (`Monitor.top_concepts`); `response_cap_parent`: the other hierarchy
+  design tried, every child capped at its best parent's score plus the margin;
 - `words_only`: mean words-only probability (the words-only detector, reported beside the pack), and
   `words_surprisal` (top2 of the words side's surprisal alone).
 Behaviour rows (Deception) are left out of every ranking. For each score: recall@1, recall@10, median
@@ -71,6 +72,7 @@ SCORES = (
     "response",
     "response_margin_1",
     "response_margin_4",
+    "response_cap_parent",
 )
 WORDS = ("words_only", "words_surprisal")
 OUT = RESULTS / "open_set.json"
@@ -184,6 +186,11 @@ def score_texts(monitor, logits: list[tuple[torch.Tensor, torch.Tensor]], corpus
     out["max_z+mean_z"] = out["max_z"] + out["mean_z"]
     for name, margin in (("response", OWN_EVIDENCE), ("response_margin_1", 1.0), ("response_margin_4", 4.0)):
         out[name] = own_evidence(out["top2_joint"], monitor.parent_edges, margin)
+    child, parent = monitor.parent_edges  # the other design tried: a child capped at its best parent + the margin
+    best_parent = torch.full_like(out["top2_joint"], float("-inf")).scatter_reduce(
+        1, child.expand(len(logits), -1), out["top2_joint"][:, parent], "amax"
+    )
+    out["response_cap_parent"] = torch.minimum(out["top2_joint"], best_parent + OWN_EVIDENCE)
     keep = bank.rankable.cpu()
     return {k: v.masked_fill(~keep, float("-inf")) for k, v in out.items()}
 
