@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, LeaveOneGroupOut
+from threadpoolctl import threadpool_limits
 
 from experiments.behaviour import OUTPUT_BASELINES, Features, _probe, auroc_ci, load_items, paired_delta
 from experiments.behaviour_states import BLOCKS, cache_dir, cached
@@ -180,4 +181,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with threadpool_limits(1):  # thousands of small fits: one BLAS thread each (several spin on a shared CPU)
+        main()
