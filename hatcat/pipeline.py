@@ -1,8 +1,9 @@
-"""Text analysis: a given text's tap states, words-only windows and records, from forwards that stop at the tap layer.
+"""Text analysis: a given text's tap states, words-only windows and records, one forward per batch.
 
 `analyze_text` scores one text in one forward pass; `batched_text_states` feeds many texts in
-right-padded batches; `text_batches` also reads the monitor's behaviour read-outs from the same forward. Token t's record uses the state at t itself (after reading t) and the words
-up to t. (Generation is `hatcat.batching`'s Scheduler, where token k's record reads the state that
+right-padded batches (forwards that stop at the tap layer); `text_batches` can also read the
+monitor's behaviour read-outs from the same forward. Token t's record uses the state at t itself
+(after reading t) and the words up to t. (Generation is `hatcat.batching`'s Scheduler, where token k's record reads the state that
 produced token k.)
 """
 
