@@ -3,8 +3,8 @@
 `analyze_text` scores one text in one forward pass; `batched_text_states` feeds many texts in
 right-padded batches (forwards that stop at the tap layer); `text_batches` can also read the
 monitor's behaviour read-outs from the same forward. Token t's record uses the state at t itself
-(after reading t) and the words up to t. (Generation is `hatcat.batching`'s Scheduler, where token k's record reads the state that
-produced token k.)
+(after reading t) and the words up to t. (Generation is `hatcat.batching`'s Scheduler, where token
+k's record reads the state that produced token k.)
 """
 
 from __future__ import annotations
