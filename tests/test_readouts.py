@@ -75,6 +75,22 @@ def test_installed_readouts_load_and_fire_at_their_threshold(tmp_path: Path) -> 
     assert Readouts.load(tmp_path, json.loads((tmp_path / "manifest.json").read_text())) is None
 
 
+def test_padded_texts_are_read_as_each_text_alone(tmp_path: Path) -> None:
+    """`read_texts` over right-padded rows: each row's scores equal those of the row alone (padding never counts)."""
+    (tmp_path / "manifest.json").write_text(json.dumps({"hidden_size": D, "checksums": {}}))
+    install(tmp_path, _weights(D), _entry(block=2))
+    readouts = Readouts.load(tmp_path, json.loads((tmp_path / "manifest.json").read_text()))
+    g = torch.Generator().manual_seed(1)
+    head = torch.nn.Linear(D, 11, bias=False)
+    lengths = [5, 2, 3]
+    last, state = torch.randn(3, 5, D, generator=g), torch.randn(3, 5, D, generator=g)
+    ids = torch.randint(0, 11, (3, 5), generator=g)
+    together = readouts.read_texts(head, last, {2: state}, ids, lengths)
+    for r, n in enumerate(lengths):
+        alone = readouts.read_texts(head, last[r : r + 1, :n], {2: state[r : r + 1, :n]}, ids[r : r + 1, :n], [n])
+        assert together[r]["falsehood"]["score"] == pytest.approx(alone[0]["falsehood"]["score"], abs=2e-4)
+
+
 def test_readouts_of_the_wrong_size_are_refused(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"hidden_size": D + 1, "checksums": {}}))
     install(tmp_path, _weights(D), _entry(block=3))
