@@ -8,7 +8,8 @@ sets here are of other kinds, written by others, and used by no read-out: genera
 statements (`data/honesty/facts_true_false.csv`, RepE; it trained the pack's `Deception` concept, not
 `falsehood`) and Spanish-English word translations (`data/truth/sp_en_trans.csv`, Geometry of Truth).
 
-Procedure, fixed before the one look (a test: each set is scored once and logged):
+Procedure, fixed before the first look (a test: each set is scored once and logged; a later look,
+e.g. after the analysis path changed, is logged with `second_look: true`):
 - every statement as written, a false statement is the positive class;
 - `falsehood`: `summary.behaviours.falsehood.score` of `/v1/analyze` (the real app on a loopback port,
   the shipped pack, up to 256 texts per request); `divergence`: the summary's `mean_divergence`;
@@ -126,6 +127,8 @@ def main() -> None:
             "divergence": divergence,
         }
         results[name] = score_set(labels, detectors, fired)
+        log = RESULTS / "test_log.jsonl"
+        seen = log.read_text() if log.exists() else ""
         line = {
             "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "commit": commit,
@@ -133,10 +136,11 @@ def main() -> None:
             "numbers": {k: results[name][k]["auroc"] for k in detectors}
             | {"falsehood_minus_best_baseline": results[name]["falsehood_minus_best_baseline"]},
             "command": COMMAND,
-            "second_look": False,
+            "second_look": f'"set": "falsehood statements ({name})"' in seen,  # looked at before
         }
-        with (RESULTS / "test_log.jsonl").open("a") as log:
-            log.write(json.dumps(line) + "\n")
+        with log.open("a") as out:
+            out.write(json.dumps(line) + "\n")
+        results[name]["second_look"] = line["second_look"]
     doc = {
         "command": COMMAND,
         "pack": str(PACK.relative_to(ROOT)),

@@ -1,11 +1,12 @@
 """Analysis of given texts instead of generating: one document per text, texts scored in padded batches.
 
 The API (`POST /v1/analyze`), the Python API (`Engine.analyze`) and the CLI (`hatcat.analyze`) share
-`analyses`. One forward per batch of similar-length texts stops at the tap layer; the probe bank
-scores every concept on every token of the batch in one matrix product per side. A document
-holds the per-token `TokenRecord`s, the response summary (top concepts by the response-level rank score
-of hatcat/ranking.py, as a stream's final analysis) and, per concept asked for (or the `top_k`
-with the highest max divergence), the max, mean and last activation, words-only score and
+`analyses`. One forward per batch of similar-length texts stops at the tap layer (with behaviour
+read-outs loaded, the same forward runs on, hooked at their blocks too, and reads them as well:
+`hatcat.pipeline.text_batches`); the probe bank scores every concept on every token of the batch in one
+matrix product per side. A document holds the per-token `TokenRecord`s, the response summary (top concepts
+by the response-level rank score of hatcat/ranking.py, as a stream's final analysis) and, per concept asked
+for (or the `top_k` with the highest max divergence), the max, mean and last activation, words-only score and
 divergence. `mean_activation` (the mean over the text's tokens; chosen on dev data over
 `last_activation`, the state after the whole text: results/recipe_compare.json) answers "is this
 text about X"; max says where it fired most, `mean_divergence` is the response-level divergence.
@@ -23,9 +24,8 @@ from torch.nn.utils.rnn import pad_sequence
 from hatcat.errors import InvalidValue, NotFound
 from hatcat.model import check_context
 from hatcat.monitor import Monitor, summarise
-from hatcat.pipeline import ANALYZE_BATCH, batched_text_states
+from hatcat.pipeline import ANALYZE_BATCH, text_batches
 from hatcat.ranking import top2
-from hatcat.readouts import text_behaviours
 
 STAT_NAMES = (
     "max_activation",
@@ -79,18 +79,19 @@ def analyses(
 
     `hold()` (e.g. `Engine.exclusive`) is entered around each batch's model work, so other
     work on the model interleaves between batches."""
-    batches = batched_text_states(model, tokenizer, monitor, texts, batch_size=batch_size)
+    batches = text_batches(
+        model, tokenizer, monitor, texts, batch_size=batch_size, behaviours=monitor.readouts is not None
+    )
     while True:
         with hold() if hold is not None else nullcontext():
             batch = next(batches, None)
             if batch is None:
                 return
-            documents = _documents(monitor, [states for _, states in batch], concepts, top_k)
-            if monitor.readouts is not None:  # behaviour read-outs: in the summary, as a stream's
-                found = text_behaviours(model, tokenizer, monitor.readouts, [texts[i] for i, _ in batch])
-                for document, behaviours in zip(documents, found, strict=True):
+            documents = _documents(monitor, [states for _, states in batch.states], concepts, top_k)
+            for document, behaviours in zip(documents, batch.behaviours or [None] * len(documents), strict=True):
+                if behaviours is not None:  # the behaviour read-outs, from the same forward
                     document["summary"]["behaviours"] = behaviours
-        yield from zip([i for i, _ in batch], documents)
+        yield from zip([i for i, _ in batch.states], documents)
 
 
 @torch.inference_mode()

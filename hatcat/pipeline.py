@@ -1,19 +1,22 @@
-"""Text analysis: a given text's tap states, words-only windows and records, from forwards that stop at the tap layer.
+"""Text analysis: a given text's tap states, words-only windows and records, one forward per batch.
 
 `analyze_text` scores one text in one forward pass; `batched_text_states` feeds many texts in
-right-padded batches. Token t's record uses the state at t itself (after reading t) and the words
-up to t. (Generation is `hatcat.batching`'s Scheduler, where token k's record reads the state that
-produced token k.)
+right-padded batches (forwards that stop at the tap layer); `text_batches` can also read the
+monitor's behaviour read-outs from the same forward. Token t's record uses the state at t itself
+(after reading t) and the words up to t. (Generation is `hatcat.batching`'s Scheduler, where token
+k's record reads the state that produced token k.)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
+from typing import NamedTuple
 
 import torch
 
 from hatcat.monitor import Monitor, TokenRecord, window_means
-from hatcat.tap import hidden_at
+from hatcat.tap import hidden_at, tap
 
 
 @torch.inference_mode()
@@ -22,9 +25,7 @@ def analyze_text(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str)
     return monitor.score(*text_states(model, tokenizer, monitor, text))
 
 
-def text_states(
-    model: torch.nn.Module, tokenizer, monitor: Monitor, text: str
-) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def text_states(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str) -> TextStates:
     """For every token of `text` (BOS skipped): tap states [T, d], words-only windows [T, d], token texts."""
     return next(iter(batched_text_states(model, tokenizer, monitor, [text])))[0][1]
 
@@ -35,7 +36,17 @@ ANALYZE_BATCH = 64
 ANALYZE_BATCH_TOKENS = 8192
 
 
-@torch.inference_mode()
+TextStates = tuple[torch.Tensor, torch.Tensor, list[str]]  # tap states [T, d], words-only windows [T, d], tokens
+
+
+class TextBatch(NamedTuple):
+    """One padded forward's texts: (index into the texts, states) each, and with `behaviours` asked,
+    each text's behaviour read-outs (`Readouts.read_texts`) in the same order."""
+
+    states: list[tuple[int, TextStates]]
+    behaviours: list[dict[str, dict]] | None
+
+
 def batched_text_states(
     model: torch.nn.Module,
     tokenizer,
@@ -43,10 +54,29 @@ def batched_text_states(
     texts: list[str],
     batch_size: int = ANALYZE_BATCH,
     max_tokens: int = ANALYZE_BATCH_TOKENS,
-) -> Iterator[list[tuple[int, tuple[torch.Tensor, torch.Tensor, list[str]]]]]:
+) -> Iterator[list[tuple[int, TextStates]]]:
     """`text_states` for many texts in right-padded batches of similar length; yields one list
-    per batch of (index into `texts`, states), from one forward per batch that stops at the tap layer. Padding sits after each text, so a causal model's states for
-    the real tokens do not see it."""
+    per batch of (index into `texts`, states), from one forward per batch that stops at the tap layer."""
+    for batch in text_batches(model, tokenizer, monitor, texts, batch_size, max_tokens):
+        yield batch.states
+
+
+@torch.inference_mode()
+def text_batches(
+    model: torch.nn.Module,
+    tokenizer,
+    monitor: Monitor,
+    texts: list[str],
+    batch_size: int = ANALYZE_BATCH,
+    max_tokens: int = ANALYZE_BATCH_TOKENS,
+    behaviours: bool = False,
+) -> Iterator[TextBatch]:
+    """Texts in right-padded batches of similar length, ONE forward per batch. Without `behaviours`
+    it stops at the tap layer; with them (the monitor's read-outs) it runs to the final norm with a
+    hook at the bank's block and at every read-out's block, and applies the output layer only at the
+    positions the read-outs read (not [B, L, vocabulary] logits). Padding sits after each text, so a
+    causal model's states for the real tokens do not see it."""
+    readouts = monitor.readouts if behaviours else None
     encoded = [tokenizer(t).input_ids for t in texts]
     device = monitor.bank.act_weight.device
     layer, embed, bos = monitor.bank.tap_layer, model.get_input_embeddings(), tokenizer.bos_token_id
@@ -58,7 +88,18 @@ def batched_text_states(
             ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
             mask[row, : len(encoded[i])] = 1
         ids, mask = ids.to(device), mask.to(device)
-        hidden = hidden_at(model, {"input_ids": ids, "attention_mask": mask}, [layer])[layer]
+        if readouts is None:
+            hidden = hidden_at(model, {"input_ids": ids, "attention_mask": mask}, [layer])[layer]
+            found = None
+        else:
+            with ExitStack() as stack:
+                taps = {b: stack.enter_context(tap(model, b)) for b in monitor.blocks}
+                last = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = taps[layer].hidden
+            lengths = [len(encoded[i]) for i in batch]
+            found = readouts.read_texts(
+                model.get_output_embeddings(), last, {b: t.hidden for b, t in taps.items()}, ids, lengths
+            )
         states = []
         for row, i in enumerate(batch):
             n = len(encoded[i])
@@ -66,7 +107,7 @@ def batched_text_states(
             own = ids[row, first:n]
             tokens = [tokenizer.decode([t]) for t in own.tolist()]
             states.append((i, (hidden[row, first:n], window_means(embed(own)), tokens)))
-        yield states
+        yield TextBatch(states, found)
 
 
 def _length_batches(lengths: list[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:

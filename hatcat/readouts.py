@@ -15,7 +15,6 @@ weights in `readouts.safetensors` beside it (`python -m experiments.behaviour` w
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,6 @@ from torch import nn
 
 from hatcat.paths import sha256_file
 from hatcat.probes import ProbePackError
-from hatcat.tap import tap
 
 OUTPUT_FEATURES = ("mean_logprob", "min_logprob", "entropy", "first_token_prob")
 WEIGHTS = "readouts.safetensors"
@@ -39,9 +37,30 @@ def token_stats(logprobs: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Ten
     return logprobs.gather(-1, tokens[..., None])[..., 0], -(logprobs.exp() * logprobs).sum(-1)
 
 
-def output_features(took: torch.Tensor, entropy: torch.Tensor) -> torch.Tensor:
-    """[4]: OUTPUT_FEATURES of a response from its tokens' log-probabilities and entropies ([T] each)."""
-    return torch.stack([took.mean(), took.min(), entropy.mean(), took[0].exp()])
+def output_features(took: torch.Tensor, entropy: torch.Tensor, real: torch.Tensor | None = None) -> torch.Tensor:
+    """[..., 4]: OUTPUT_FEATURES of responses from their tokens' log-probabilities and entropies
+    ([..., T] each; `real` [..., T] marks the tokens of right-padded rows, default all)."""
+    if real is None:
+        real = torch.ones_like(took, dtype=torch.bool)
+    n = real.sum(-1)
+    return torch.stack(
+        [
+            (took * real).sum(-1) / n,
+            took.masked_fill(~real, float("inf")).min(-1).values,
+            (entropy * real).sum(-1) / n,
+            took[..., 0].exp(),
+        ],
+        dim=-1,
+    )
+
+
+def position_stats(
+    head: nn.Module, states: torch.Tensor, tokens: torch.Tensor, chunk: int = 256
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`token_stats` of `tokens` [P] under the output layer `head` applied at `states` [P, d] only,
+    `chunk` positions at a time (a [P, vocabulary] fp32 distribution is ~1 MB per position)."""
+    parts = [token_stats(head(s).float().log_softmax(-1), t) for s, t in zip(states.split(chunk), tokens.split(chunk))]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 @dataclass(frozen=True)
@@ -91,38 +110,36 @@ class Readouts:
 
     def score(self, mean_states: dict[int, torch.Tensor], outputs: torch.Tensor) -> dict[str, dict[str, object]]:
         """{name: {score, threshold, fired}} for one response: `mean_states` {block: [d]}, `outputs` [4]."""
-        states = torch.stack([mean_states[b] for b in self.blocks]).float()  # [R, d]
-        scores = (states * self.state_weight).sum(1) + self.output_weight @ outputs.float() + self.bias
-        values, thresholds = scores.tolist(), self.threshold.tolist()
-        return {
-            name: {"score": round(s, 4), "threshold": round(t, 4), "fired": s >= t}
-            for name, s, t in zip(self.names, values, thresholds, strict=True)
-        }
+        return self.score_many({b: s[None] for b, s in mean_states.items()}, outputs[None])[0]
 
+    def score_many(self, mean_states: dict[int, torch.Tensor], outputs: torch.Tensor) -> list[dict[str, dict]]:
+        """`score` for B responses at once: `mean_states` {block: [B, d]}, `outputs` [B, 4]."""
+        states = torch.stack([mean_states[b] for b in self.blocks], dim=1).float()  # [B, R, d]
+        scores = (states * self.state_weight).sum(-1) + outputs.float() @ self.output_weight.T + self.bias  # [B, R]
+        thresholds = self.threshold.tolist()
+        return [
+            {
+                name: {"score": round(s, 4), "threshold": round(t, 4), "fired": s >= t}
+                for name, s, t in zip(self.names, row, thresholds, strict=True)
+            }
+            for row in scores.tolist()
+        ]
 
-@torch.inference_mode()
-def text_behaviours(model: nn.Module, tokenizer, readouts: Readouts, texts: list[str]) -> list[dict[str, dict]]:
-    """Each text read as a response: its tokens after the first, each on the state (at every read-out's
-    block) and the distribution that produced it, as a stream sees them. One right-padded forward
-    through the output layer (the concept analysis stops at the bank's block)."""
-    encoded = [tokenizer(t).input_ids for t in texts]
-    device = readouts.bias.device
-    ids = torch.full((len(texts), max(map(len, encoded))), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for r, e in enumerate(encoded):
-        ids[r, : len(e)], mask[r, : len(e)] = torch.tensor(e), 1
-    ids, mask = ids.to(device), mask.to(device)
-    with ExitStack() as stack:
-        taps = {b: stack.enter_context(tap(model, b)) for b in sorted(set(readouts.blocks))}
-        last = model.model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    spans = [max(len(e) - 1, 1) for e in encoded]  # the states that produced tokens 1..n-1
-    logprobs = model.get_output_embeddings()(torch.cat([last[r, :n] for r, n in enumerate(spans)]))
-    found = []
-    for r, lp in enumerate(logprobs.float().log_softmax(-1).split(spans)):  # one product for the batch
-        took, entropy = token_stats(lp, ids[r, 1 : spans[r] + 1])
-        means = {b: taps[b].hidden[r, : spans[r]].float().mean(0) for b in taps}
-        found.append(readouts.score(means, output_features(took, entropy)))
-    return found
+    def read_texts(
+        self, head: nn.Module, last: torch.Tensor, taps: dict[int, torch.Tensor], ids: torch.Tensor, lengths: list[int]
+    ) -> list[dict[str, dict]]:
+        """Each of B right-padded texts read as a response, from ONE forward's outputs: `last` [B, L, d]
+        (the final normed states), `taps` {block: [B, L, d]} at least at the read-outs' blocks, `ids`
+        [B, L], `lengths` the real tokens per row. Its tokens after the first count, each on the state
+        and distribution that produced it (as a stream sees them); the output layer `head` runs only
+        at those positions."""
+        spans = torch.tensor([max(n - 1, 1) for n in lengths], device=ids.device)
+        real = torch.arange(ids.shape[1], device=ids.device)[None, :] < spans[:, None]  # [B, L]: produced a token
+        following = torch.cat([ids[:, 1:], ids[:, -1:]], dim=1)  # the token each position produced
+        took, entropy = (torch.zeros(real.shape, device=ids.device) for _ in range(2))
+        took[real], entropy[real] = position_stats(head, last[real], following[real])
+        means = {b: (taps[b].float() * real[..., None]).sum(1) / spans[:, None] for b in set(self.blocks)}
+        return self.score_many(means, output_features(took, entropy, real))
 
 
 def install(folder: Path, weights: dict[str, torch.Tensor], entries: dict[str, dict[str, Any]]) -> None:

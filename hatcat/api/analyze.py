@@ -2,8 +2,8 @@
 
 `text` (one text) is answered with one `analysis`; `input` (a text or a list of up to
 `MAX_ANALYZE_TEXTS`, as OpenAI's embeddings) with a `list` of analyses in input order. The
-texts are scored in padded batches by `Engine.analyze` (one forward per batch up to the tap
-layer; the probe bank scores all concepts on all tokens at once). Each analysis holds the
+texts are scored in padded batches by `Engine.analyze` (one forward per batch, which also
+reads the behaviour read-outs; the probe bank scores all concepts on all tokens at once). Each analysis holds the
 per-token records (as in the stream's metadata) and, per concept asked for (or the `top_k` with
 the highest max divergence), the max, mean and last activation, words-only score and divergence;
 `mean_activation` (the mean over the text's tokens, chosen on dev data) answers "is this text about X".
