@@ -36,15 +36,19 @@ import time
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_predict
 
-from experiments.behaviour import OUTPUT_BASELINES, lexical, load_items, metrics
+from experiments.behaviour import FOLDS, OUTPUT_BASELINES, lexical, load_items, metrics
 from experiments.divergence_states import cache_dir, cached
 from hatcat.config import Settings
 from hatcat.paths import RESULTS, ROOT
 from hatcat.probes import ProbeBank, ProbePack
 
 BOOT = 1000
+CHUNK = 64  # items whose tokens are scored together
 TOP = 12  # definitions reported with intervals (all are ranked)
 WORDS = ("w8_out", "w8", "w32", "w8_self", "next", "act6")
 FORMS = ("capped", "uncapped", "past", "resid_fired", "resid_max", "resid_top10")
@@ -82,47 +86,57 @@ class Fits:
         return (a - alpha - beta * w) / sigma
 
 
-def token_scores(item: dict, side: str, bank: ProbeBank, fire: torch.Tensor, fits: Fits) -> dict[str, torch.Tensor]:
-    """{form: [T]} for one item's tokens against one words side."""
-    a, w = item["act15"].float(), item[side].float()
-    fired = a >= fire
-    none = torch.zeros(len(a))
-
-    def largest_fired(values: torch.Tensor) -> torch.Tensor:
-        masked = torch.where(fired, values, none[:, None])
-        return masked.gather(1, masked.abs().argmax(1, keepdim=True))[:, 0]
-
+def token_scores(a: torch.Tensor, w: torch.Tensor, side: str, bank: ProbeBank, fits: Fits) -> dict[str, torch.Tensor]:
+    """{form: [T]} for tokens' activation logits `a` [T, N] against one words side `w` [T, N]."""
     resid = fits.residual(side, a, w)
-    return {
-        "capped": largest_fired(torch.tanh((torch.minimum(a, bank.act_cap) - w) / bank.divergence_scale)),
-        "uncapped": largest_fired(torch.tanh((a - w) / bank.divergence_scale)),
-        "past": torch.where(fired, a - fire, torch.full_like(a, -1e9)).amax(1).clamp(min=0),
-        "resid_fired": torch.where(fired, resid, torch.full_like(a, -1e9)).amax(1).clamp(min=-10),
-        "resid_max": resid.amax(1),
-        "resid_top10": resid.topk(10, dim=1).values.mean(1),
-    }
+    out = {"resid_max": resid.amax(1), "resid_top10": resid.topk(10, dim=1).values.mean(1)}
+    for firing, threshold in (("", bank.act_threshold), ("@pack", bank.pack_threshold)):
+        fire = torch.logit(threshold.clamp(1e-6, 1 - 1e-6))
+        fired = a >= fire
+
+        def largest_fired(values: torch.Tensor, fired: torch.Tensor = fired) -> torch.Tensor:
+            masked = torch.where(fired, values, torch.zeros_like(values))
+            return masked.gather(1, masked.abs().argmax(1, keepdim=True))[:, 0]
+
+        out["capped" + firing] = largest_fired(torch.tanh((torch.minimum(a, bank.act_cap) - w) / bank.divergence_scale))
+        out["uncapped" + firing] = largest_fired(torch.tanh((a - w) / bank.divergence_scale))
+        out["past" + firing] = torch.where(fired, a - fire, torch.full_like(a, -1e9)).amax(1).clamp(min=0)
+        out["resid_fired" + firing] = torch.where(fired, resid, torch.full_like(a, -1e9)).amax(1).clamp(min=-10)
+    return out
 
 
 def response_scores(found: dict, ids: list[str], bank: ProbeBank, fits: Fits) -> dict[str, np.ndarray]:
     """{definition: [items]}: every (side, form, aggregation) plus the shipped colour and the words alone."""
-    fire = torch.logit(bank.act_threshold.clamp(1e-6, 1 - 1e-6))
-    out: dict[str, list[float]] = {}
-    for item_id in ids:
-        item = found[item_id]
+    items = [found[i] for i in ids]
+    starts = np.cumsum([0] + [len(it["act15"]) for it in items])[:-1]
+    counts = np.array([len(it["act15"]) for it in items])
+    out: dict[str, np.ndarray] = {}
+
+    def per_item(name: str, values: np.ndarray) -> None:  # a response: the mean and the max over its tokens
+        out[f"{name}:mean"] = np.add.reduceat(values, starts) / counts
+        out[f"{name}:max"] = np.maximum.reduceat(values, starts)
+
+    per_token: dict[str, list[torch.Tensor]] = {}
+    for k in range(0, len(items), CHUNK):  # all tokens of CHUNK items at once
+        part = items[k : k + CHUNK]
+        a = torch.cat([it["act15"] for it in part]).float()
         for side in WORDS:
-            for form, values in token_scores(item, side, bank, fire, fits).items():
-                out.setdefault(f"{form}:{side}:mean", []).append(float(values.mean()))
-                out.setdefault(f"{form}:{side}:max", []).append(float(values.max()))
-            if side != "act6":
-                words = item[side].float()
-                minus = torch.tanh((bank.act_cap - words) / bank.divergence_scale).mean(1)  # as behaviour_states
-                out.setdefault(f"minus_words:{side}", []).append(float(minus.mean()))
-        out.setdefault("shipped", []).append(float(item["colour"][0].mean()))  # Monitor.records, w8_out window
-        out.setdefault("shipped_stream_window", []).append(float(item["colour"][1].mean()))
-        took, entropy = item["stats"].float()
-        for name, value in zip(OUTPUT_BASELINES, (took.mean(), took.min(), entropy.mean(), took[0].exp())):
-            out.setdefault(name, []).append(float(value))
-    return {k: np.array(v) for k, v in out.items()}
+            w = torch.cat([it[side] for it in part]).float()
+            for form, values in token_scores(a, w, side, bank, fits).items():
+                per_token.setdefault(f"{form}:{side}", []).append(values)
+            if side != "act6":  # the words alone, as behaviour_states (the activation replaced by its cap)
+                minus = torch.tanh((bank.act_cap - w) / bank.divergence_scale).mean(1)
+                per_token.setdefault(f"minus_words:{side}", []).append(minus)
+    for name, values in per_token.items():
+        per_item(name, torch.cat(values).numpy())
+    out = {k: v for k, v in out.items() if not (k.startswith("minus_words") and k.endswith(":max"))}
+    out = {k.removesuffix(":mean") if k.startswith("minus_words") else k: v for k, v in out.items()}
+    out["shipped"] = np.array([float(it["colour"][0].mean()) for it in items])  # Monitor.records, w8_out window
+    out["shipped_stream_window"] = np.array([float(it["colour"][1].mean()) for it in items])
+    stats = [it["stats"].float() for it in items]
+    features = np.array([[t.mean(), t.min(), e.mean(), t[0].exp()] for t, e in stats])
+    out.update({name: features[:, n] for n, name in enumerate(OUTPUT_BASELINES)})
+    return out
 
 
 def mean_auroc_delta(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng: np.random.Generator) -> dict:
@@ -154,6 +168,9 @@ def main() -> None:
     for task in TASKS:
         rows = tasks[task]
         y = np.array([r["label"] for r in rows])
+        report["items"][task] = {"total": len(y), "positive": int(y.sum())}
+        if len(set(y)) < 2:  # not extracted yet (a partial cache): left out, the counts say so
+            continue
         scores = response_scores(found, [r["id"] for r in rows], bank, fits)
         for name in OUTPUT_BASELINES:  # output baselines: the sign that flags on dev
             if roc_auc_score(y, scores[name]) < 0.5:
@@ -162,8 +179,7 @@ def main() -> None:
             scores["lexical"] = lexical(rows, rows, False)
             ordinary["lexical:" + task] = lexical(rows, tasks["ordinary"], True)
         per_task[task] = (y, scores)
-        report["items"][task] = {"total": len(y), "positive": int(y.sum())}
-    names = [n for n in per_task[TASKS[0]][1] if n not in OUTPUT_BASELINES]
+    names = [n for n in next(iter(per_task.values()))[1] if n not in OUTPUT_BASELINES]
     baselines = [*OUTPUT_BASELINES, "lexical"]
 
     def point(name: str) -> float:
@@ -175,8 +191,7 @@ def main() -> None:
     summary = {}
     for name in shown:  # intervals and recalls for the leaders, the shipped, the words alone and the baselines
         row = {}
-        for task in TASKS:
-            y, scores = per_task[task]
+        for task, (y, scores) in per_task.items():
             if name in scores:
                 row[task] = metrics(y, scores[name], ordinary.get(name + ":" + task, ordinary.get(name)))
         row["mean_auroc"] = round(point(name), 4)
@@ -184,12 +199,24 @@ def main() -> None:
     rng = np.random.default_rng(0)
     against = {}
     for other in ("shipped", "minus_words:w8_out"):
-        sets = [(per_task[t][0], per_task[t][1][best], per_task[t][1][other]) for t in TASKS]
+        sets = [(y, scores[best], scores[other]) for y, scores in per_task.values()]
         against[other] = mean_auroc_delta(sets, rng)
     wins = all(d["ci"][0] > 0 for d in against.values())
+    # is the winner the output's own uncertainty in another form? its rank correlation with each output
+    # baseline over all dev items, and per task the AUROC of the best output baseline stacked with it
+    pooled = {n: np.concatenate([s[n] for _, s in per_task.values()]) for n in (best, *OUTPUT_BASELINES)}
+    related = {n: round(float(spearmanr(pooled[best], pooled[n])[0]), 4) for n in OUTPUT_BASELINES}
+    added = {}
+    for task, (y, scores) in per_task.items():
+        base = max(OUTPUT_BASELINES, key=lambda n: roc_auc_score(y, scores[n]))
+        both = np.column_stack([scores[base], scores[best]])
+        stacked = cross_val_predict(LogisticRegression(), both, y, cv=FOLDS, method="decision_function")
+        added[task] = {"baseline": base, "alone": round(roc_auc_score(y, scores[base]), 4)}
+        added[task]["with_best"] = round(roc_auc_score(y, stacked), 4)
     report["dev"] = summary
     report["ranking"] = [[n, round(point(n), 4)] for n in ranked]
     report["best"] = {"name": best, "mean_auroc": summary[best]["mean_auroc"], "minus": against, "wins": wins}
+    report["best"].update({"spearman_with_output_baselines": related, "stacked_on_best_output_baseline": added})
     report["reference_tokens"] = int(sum(len(r["act15"]) for r in reference))
     report["seconds"] = round(time.time() - started, 1)
     path = RESULTS / "divergence_search.json"
