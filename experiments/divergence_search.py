@@ -1,6 +1,7 @@
 """The divergence search on DEV (issue 22, item 5) -> results/divergence_search.json.
 
     python -m experiments.divergence_search            # dev only; needs `experiments.divergence_states`
+    python -m experiments.divergence_search --cost     # what the `next` words side costs a decode step
 
 Response-level definitions of divergence, each a fixed orientation (higher flags the behaviour), on
 the dev items of five tasks: hallucination (wrong answers), lying (a lie vs the honest answer to the
@@ -32,6 +33,7 @@ shipped definition and `minus_words`.
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import numpy as np
@@ -152,7 +154,39 @@ def mean_auroc_delta(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng:
     return {"delta": round(float(point), 4), "ci": [round(float(np.percentile(boots, q)), 4) for q in (2.5, 97.5)]}
 
 
+@torch.inference_mode()
+def next_side_cost(repeats: int = 20) -> dict[str, float]:
+    """Per decode step of one stream, in the same run: ms of the output layer (what plain generation
+    pays anyway) and ms that the `next` words side adds (softmax over the vocabulary, then the expected
+    input embedding: one more product of the size of the output layer)."""
+    from hatcat.engine import Engine
+
+    engine = Engine.from_settings(Settings.from_env())
+    head, embed = engine.model.get_output_embeddings(), engine.model.get_input_embeddings()
+    hidden = torch.randn(1, embed.weight.shape[1], dtype=embed.weight.dtype, device=embed.weight.device)
+    logits = head(hidden)
+
+    def timed(step) -> float:
+        step()
+        began = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        return round((time.perf_counter() - began) / repeats * 1000, 2)
+
+    return {
+        "output_layer_ms": timed(lambda: head(hidden)),
+        "next_side_added_ms": timed(lambda: logits.float().softmax(-1).to(embed.weight.dtype) @ embed.weight),
+    }
+
+
 def main() -> None:
+    if "--cost" in sys.argv:  # only the cost of the `next` words side, merged into the results file
+        path = RESULTS / "divergence_search.json"
+        report = json.loads(path.read_text())
+        report["next_side_cost"] = {**next_side_cost(), "command": "python -m experiments.divergence_search --cost"}
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        print(report["next_side_cost"])
+        return
     started = time.time()
     settings = Settings.from_env()
     found = cached(cache_dir(settings))
