@@ -19,7 +19,8 @@ and, where the item has a known entity, that entity's first-token log-probabilit
 logit lens and at the output, per producing position (`entity` [5, T]); the mean output state and the
 last prompt state per block. `--reference N` adds N windows of the reference corpus (dev part) as
 items: the per-concept fits of the search are made on them, never on the benchmark.
-Shards under HATCAT_CACHE_DIR/behaviour_divergence/v1 (a shard already written is not recomputed).
+Shards under HATCAT_CACHE_DIR/behaviour_divergence/v1 (a shard already written is not recomputed);
+`--next-top K` adds the `next` side from the top K tokens alone (`nextK`, in v1-nextK).
 """
 
 from __future__ import annotations
@@ -144,6 +145,29 @@ def features(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | 
     return out
 
 
+@torch.inference_mode()
+def next_top(engine: Engine, rows: list[tuple[dict, list[int], list[int], int | None]], k: int) -> dict:
+    """The `next` side from the top k of each producing distribution only (renormalised): what a stream
+    could afford per token (a top-k and k embedding rows instead of a product the size of the output layer)."""
+    model, bank, device = engine.model, engine.monitor.bank, engine.loaded.device
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    lengths = [len(p) + len(o) for _, p, o, _ in rows]
+    ids = torch.full((len(rows), max(lengths)), engine.tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for r, (_, p, o, _) in enumerate(rows):
+        ids[r, : lengths[r]], mask[r, : lengths[r]] = torch.tensor(p + o), 1
+    with engine.exclusive():
+        last = model.model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).last_hidden_state
+    out: dict[str, list] = {"ids": [], f"next{k}": []}
+    for r, (item, p, o, _) in enumerate(rows):
+        top = head(last[r, len(p) - 1 : len(p) + len(o) - 1]).float().topk(k)
+        weights = top.values.softmax(-1).to(embed.weight.dtype)  # [T, k]
+        expected = (weights[:, None, :] @ embed.weight[top.indices])[:, 0].float() * float(embed.embed_scale)
+        out["ids"].append(item["id"])
+        out[f"next{k}"].append(linear(expected, bank.text_weight, bank.text_bias).half().cpu())
+    return out
+
+
 def encode(engine: Engine, item: dict) -> tuple[dict, list[int], list[int], int | None]:
     tok = engine.tokenizer
     if "prompt_ids" in item:  # a reference window, already tokenised
@@ -204,9 +228,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=int, default=120, help="reference corpus windows (fits of the search)")
     parser.add_argument("--dev-only", action="store_true", help="stop after the dev items")
+    parser.add_argument("--next-top", type=int, metavar="K", help="only the `next` side from the top K tokens")
     args = parser.parse_args()
     engine = Engine.from_settings(Settings.from_env())
     folder = cache_dir(engine.settings)
+    if args.next_top:
+        folder = folder.with_name(f"{folder.name}-next{args.next_top}")
     folder.mkdir(parents=True, exist_ok=True)
     items = reference_items(engine, args.reference) + benchmark_items()
     if args.dev_only:
@@ -215,7 +242,8 @@ def main() -> None:
     todo = [encode(engine, it) for it in items if it["id"] not in done]
     print(f"{len(todo)} of {len(items)} items to extract", flush=True)
     for start in range(0, len(todo), BATCH):  # in priority order (batches of neighbours, not of similar length)
-        shard = features(engine, todo[start : start + BATCH])
+        batch = todo[start : start + BATCH]
+        shard = next_top(engine, batch, args.next_top) if args.next_top else features(engine, batch)
         name = hashlib.sha256(json.dumps(shard["ids"]).encode()).hexdigest()[:20]
         torch.save(shard, folder / f"{name}.pt")
         print(f"{start + len(shard['ids'])}/{len(todo)}", flush=True)
