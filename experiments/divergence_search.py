@@ -75,7 +75,7 @@ class Fits:
     def __init__(self, reference: dict[str, torch.Tensor]) -> None:
         a = reference["act15"]
         self.coef: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
-        for side in WORDS:
+        for side in (k for k in reference if k != "act15"):
             w = reference[side]
             wm, am = w.mean(0), a.mean(0)
             beta = ((w - wm) * (a - am)).mean(0) / (w - wm).var(0, unbiased=False).clamp(min=1e-6)
@@ -122,7 +122,7 @@ def response_scores(found: dict, ids: list[str], bank: ProbeBank, fits: Fits) ->
     for k in range(0, len(items), CHUNK):  # all tokens of CHUNK items at once
         part = items[k : k + CHUNK]
         a = torch.cat([it["act15"] for it in part]).float()
-        for side in WORDS:
+        for side in fits.coef:
             w = torch.cat([it[side] for it in part]).float()
             for form, values in token_scores(a, w, side, bank, fits).items():
                 per_token.setdefault(f"{form}:{side}", []).append(values)
@@ -154,6 +154,21 @@ def mean_auroc_delta(sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rng:
     return {"delta": round(float(point), 4), "ci": [round(float(np.percentile(boots, q)), 4) for q in (2.5, 97.5)]}
 
 
+def extra_sides(found: dict, settings: Settings) -> list[str]:
+    """Words sides extracted apart (`divergence_states --next-top K`, for the search's items only), merged
+    into `found`; items without them leave the search (the counts say so)."""
+    names = []
+    for folder in sorted(cache_dir(settings).parent.glob(cache_dir(settings).name + "-next*")):
+        name = folder.name.split("-")[-1]
+        for item_id, values in cached(folder).items():
+            if item_id in found:
+                found[item_id][name] = values[name]
+        names.append(name)
+    for item_id in [i for i, item in found.items() if any(n not in item for n in names)]:
+        del found[item_id]
+    return names
+
+
 @torch.inference_mode()
 def next_side_cost(repeats: int = 20) -> dict[str, float]:
     """Per decode step of one stream, in the same run: ms of the output layer (what plain generation
@@ -173,9 +188,14 @@ def next_side_cost(repeats: int = 20) -> dict[str, float]:
             step()
         return round((time.perf_counter() - began) / repeats * 1000, 2)
 
+    def top(k: int) -> torch.Tensor:
+        values, indices = logits.topk(k)
+        return values.float().softmax(-1).to(embed.weight.dtype)[:, None, :] @ embed.weight[indices]
+
     return {
         "output_layer_ms": timed(lambda: head(hidden)),
         "next_side_added_ms": timed(lambda: logits.float().softmax(-1).to(embed.weight.dtype) @ embed.weight),
+        "next64_side_added_ms": timed(lambda: top(64)),
     }
 
 
@@ -192,7 +212,8 @@ def main() -> None:
     found = cached(cache_dir(settings))
     bank = ProbeBank(ProbePack.load(PACK))
     reference = [found[k] for k in found if k.startswith("r-")]
-    fits = Fits({side: torch.cat([r[side].float() for r in reference]) for side in ("act15", *WORDS)})
+    sides = [*WORDS, *extra_sides(found, settings)]
+    fits = Fits({side: torch.cat([r[side].float() for r in reference]) for side in ("act15", *sides)})
     tasks = dev_tasks()
     tasks = {t: [r for r in rows if r["id"] in found] for t, rows in tasks.items()}
     ordinary_ids = [r["id"] for r in tasks["ordinary"]]
