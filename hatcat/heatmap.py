@@ -82,7 +82,10 @@ def token_span(record: dict, colour: str, hit: bool = False) -> str:
     )
 
 
-DIVERGENCE_LEGEND = "colour: divergence (red = represented but not said, blue = said but not represented)"
+DIVERGENCE_LEGEND = (
+    "colour: divergence (red = represented but not said, blue = said but not represented); measured on the "
+    "model's own wrong answers, lies and withheld facts it is at or below chance (README, Behaviour benchmark)"
+)
 
 
 def trace_html(spans: list[str], legend: str) -> str:

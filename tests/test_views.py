@@ -95,3 +95,12 @@ def test_monitor_endpoint_streams_tokens_with_records(server: str) -> None:
     assert trace["summary"]["tokens"] == len(records)
     html = next(o for o in outputs if isinstance(o, str) and "hc-tok" in o)
     assert html.count('class="hc-tok') == len(records)
+
+
+def test_analysis_shows_each_behaviour_with_its_threshold_and_what_was_measured() -> None:
+    summary = {"line": "Analysis: …", "finish_reason": "stop", "top_concepts": []}
+    assert "Behaviours" not in tr.analysis_markdown(summary, [])
+    summary["behaviours"] = {"falsehood": {"score": 6.1, "threshold": 5.4445, "fired": True}}
+    shown = tr.analysis_markdown(summary, [])
+    assert "falsehood +6.10 (threshold +5.44, fired)" in shown
+    assert tr.BEHAVIOURS_CAVEAT in shown

@@ -94,6 +94,10 @@ def token_rows(records: list[dict], index: float | None) -> list[list]:
     ]
 
 
+BEHAVIOURS_CAVEAT = (
+    "Measured on the model's own wrong answers (README, Behaviour benchmark): `falsehood` flags them at test "
+    "AUROC 0.75, no better than the answer's lowest token probability (0.77)."
+)
 TOKEN_HEADERS = ["concept", "layer", "activation", "text-side", "divergence"]
 
 
@@ -105,7 +109,19 @@ def analysis_markdown(summary: dict | None, records: list[dict]) -> str:
         for c in summary["top_concepts"]
     )
     table = f"\n\n| concept | tokens fired | mean divergence | rank score |\n|---|---|---|---|\n{rows}" if rows else ""
-    return f"**{summary['line']}** (finish: {summary.get('finish_reason', '?')}){table}"
+    return f"**{summary['line']}** (finish: {summary.get('finish_reason', '?')}){behaviours_markdown(summary)}{table}"
+
+
+def behaviours_markdown(summary: dict) -> str:
+    """The response's behaviour read-outs (hatcat.readouts), with what the benchmark measured of them."""
+    found = summary.get("behaviours") or {}
+    if not found:
+        return ""
+    scores = ", ".join(
+        f"{name} {b['score']:+.2f} (threshold {b['threshold']:+.2f}{', fired' if b['fired'] else ''})"
+        for name, b in found.items()
+    )
+    return f"\n\nBehaviours: {scores}. {BEHAVIOURS_CAVEAT}"
 
 
 def export_files(records: list[dict], summary: dict | None) -> tuple[str, str]:
