@@ -26,7 +26,7 @@ from hatcat.config import Settings
 from hatcat.evidence.reference import read_corpus
 from hatcat.evidence.view import info
 from hatcat.paths import RESULTS
-from hatcat.pipeline import batched_text_states
+from hatcat.pipeline import text_batches
 
 OUT = RESULTS / "family_wise.json"
 
@@ -63,8 +63,8 @@ def main() -> None:
         texts.append((prompt, tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)))
     rankable = bank.rankable
     counts = {"family_wise": [], "pack_thresholds": []}
-    for batch in batched_text_states(engine.model, tok, engine.monitor, [p + g for p, g in texts]):
-        for i, (hidden, window, _tokens) in batch:
+    for batch in text_batches(engine.model, tok, engine.monitor, [p + g for p, g in texts]):
+        for i, (hidden, window, _tokens) in batch.states:
             act, _, _ = bank.scores(hidden, window)
             generated = len(tok(texts[i][1], add_special_tokens=False).input_ids)
             act = act[-generated:]  # the model's own tokens only

@@ -146,7 +146,7 @@ def split_texts(docs: list[dict], index: dict[str, str], split: str) -> list[dic
 @torch.no_grad()
 def token_logits(engine, texts: list[str], path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per text its activation and words-only logits [T, N] (fp16), cached at `path` for these texts."""
-    from hatcat.pipeline import batched_text_states
+    from hatcat.pipeline import text_batches
 
     if path.is_file():
         saved = torch.load(path, weights_only=True)
@@ -154,8 +154,8 @@ def token_logits(engine, texts: list[str], path: Path) -> list[tuple[torch.Tenso
             return list(zip(saved["act"], saved["words"]))
     bank = engine.bank
     out: list = [None] * len(texts)
-    for batch in batched_text_states(engine.model, engine.tokenizer, engine.monitor, texts):
-        for i, (hidden, window, _tokens) in batch:
+    for batch in text_batches(engine.model, engine.tokenizer, engine.monitor, texts):
+        for i, (hidden, window, _tokens) in batch.states:
             act, words, _div = bank.scores(hidden, window)
             out[i] = tuple(torch.logit(p.clamp(1e-7, 1 - 1e-7)).half() for p in (act, words))
     path.parent.mkdir(parents=True, exist_ok=True)

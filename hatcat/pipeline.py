@@ -1,8 +1,8 @@
 """Text analysis: a given text's tap states, words-only windows and records, one forward per batch.
 
-`analyze_text` scores one text in one forward pass; `batched_text_states` feeds many texts in
-right-padded batches (forwards that stop at the tap layer); `text_batches` can also read the
-monitor's behaviour read-outs from the same forward. Token t's record uses the state at t itself
+`analyze_text` scores one text in one forward pass; `text_batches` feeds many texts in
+right-padded batches (forwards that stop at the tap layer) and can also read the monitor's
+behaviour read-outs from the same forward. Token t's record uses the state at t itself
 (after reading t) and the words up to t. (Generation is `hatcat.batching`'s Scheduler, where token
 k's record reads the state that produced token k.)
 """
@@ -27,7 +27,7 @@ def analyze_text(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str)
 
 def text_states(model: torch.nn.Module, tokenizer, monitor: Monitor, text: str) -> TextStates:
     """For every token of `text` (BOS skipped): tap states [T, d], words-only windows [T, d], token texts."""
-    return next(iter(batched_text_states(model, tokenizer, monitor, [text])))[0][1]
+    return next(text_batches(model, tokenizer, monitor, [text])).states[0][1]
 
 
 # Texts per padded forward, and the most (padded) tokens one forward may hold: a 270M model's
@@ -45,20 +45,6 @@ class TextBatch(NamedTuple):
 
     states: list[tuple[int, TextStates]]
     behaviours: list[dict[str, dict]] | None
-
-
-def batched_text_states(
-    model: torch.nn.Module,
-    tokenizer,
-    monitor: Monitor,
-    texts: list[str],
-    batch_size: int = ANALYZE_BATCH,
-    max_tokens: int = ANALYZE_BATCH_TOKENS,
-) -> Iterator[list[tuple[int, TextStates]]]:
-    """`text_states` for many texts in right-padded batches of similar length; yields one list
-    per batch of (index into `texts`, states), from one forward per batch that stops at the tap layer."""
-    for batch in text_batches(model, tokenizer, monitor, texts, batch_size, max_tokens):
-        yield batch.states
 
 
 @torch.inference_mode()
