@@ -96,3 +96,19 @@ def test_wrong_keys_get_401_then_429_and_the_valid_stream_keeps_its_pace(guarded
     assert [r.status_code for r in wrong_keys(base, "0badc0de", 1, local="127.0.0.2")] == [401]
     with httpx.Client(timeout=60) as client:  # the valid key, from the throttled address, still passes
         assert client.get(f"{base}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def wrong_logins(base: str, count: int, local: str) -> list[httpx.Response]:
+    """`count` workbench logins (Gradio's form), one after another from address `local`, each with a wrong password."""
+    with httpx.Client(transport=httpx.HTTPTransport(local_address=local), timeout=120) as client:
+        return [client.post(f"{base}/login", data={"username": "rex", "password": f"nope-{i}"}) for i in range(count)]
+
+
+def test_wrong_workbench_logins_are_throttled_per_address_with_the_api_keys(guarded: dict) -> None:
+    tried = wrong_logins(guarded["base"], FAILURES + 3, local="127.0.0.3")
+    assert [r.status_code for r in tried] == [400] * FAILURES + [429] * 3
+    assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in tried[FAILURES:])
+    assert tried[-1].json()["error"]["code"] == "auth_throttled"
+    # one window per address for both doors: a wrong API key from there is refused before hashing too
+    assert [r.status_code for r in wrong_keys(guarded["base"], "5eed5eed", 1, local="127.0.0.3")] == [429]
+    assert [r.status_code for r in wrong_logins(guarded["base"], 1, local="127.0.0.4")] == [400]

@@ -17,7 +17,7 @@ from starlette.routing import Match, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from hatcat.api import analyze, chat, concept_packs, errors, health, metrics, models, probe_packs, records, steering
-from hatcat.api.auth import Door
+from hatcat.api.auth import Door, LoginThrottle
 from hatcat.api.errors import error_response
 from hatcat.api.limits import Limits, RateWindow, StreamSlots
 from hatcat.engine import Engine
@@ -41,6 +41,8 @@ def create_api(engine: Engine) -> FastAPI:
     if engine.users is not None:
         failures = RateWindow(settings.auth_failures) if settings.auth_failures else None
         api.add_middleware(Door, users=engine.users, failures=failures)
+        if failures is not None:
+            api.add_middleware(LoginThrottle, failures=failures)
     api.add_middleware(metrics.MetricsMiddleware, metrics=api.state.metrics)
     if settings.cors_origins:
         origins = list(settings.cors_origins)
