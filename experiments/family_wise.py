@@ -1,7 +1,8 @@
 """Family-wise firing on the model's own generations: expected concept firings per generated token.
 
 Prompts are the opening sentences of held-out reference-corpus documents (text by others, the corpus's
-test part); the model continues each greedily for `--tokens` tokens; every generated token is scored
+test part); the model continues each greedily for `--tokens` tokens through `Engine.generate` (the Scheduler, all
+in one running batch); every generated token is scored
 with the shipped pack exactly as the monitor scores it, and a concept counts as firing when its
 activation reaches the monitor's threshold: the family-wise one where the pack has its corpus calibration
 (hatcat/evidence/calibration.py), and, beside it, the pack's own thresholds. Behaviour rows
@@ -25,6 +26,7 @@ from experiments.machine import now
 from hatcat.config import Settings
 from hatcat.evidence.reference import read_corpus
 from hatcat.evidence.view import info
+from hatcat.generation import Finished, GenerationSettings
 from hatcat.paths import RESULTS
 from hatcat.pipeline import text_batches
 
@@ -56,11 +58,13 @@ def main() -> None:
     settings = Settings.from_env()
     engine = Engine.from_settings(dataclasses.replace(settings, db="sqlite://"))
     bank, tok = engine.bank, engine.tokenizer
-    texts = []
-    for prompt in prompts(read_corpus(settings.cache_dir), args.prompts):
-        ids = tok(prompt, return_tensors="pt").to(engine.model.device)
-        out = engine.model.generate(**ids, max_new_tokens=args.tokens, do_sample=False)
-        texts.append((prompt, tok.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)))
+    texts: list[tuple[str, str]] = []
+    greedy = GenerationSettings(max_tokens=args.tokens, temperature=0.0)
+    opening = prompts(read_corpus(settings.cache_dir), args.prompts)
+    runs = [engine.generate(prompt, greedy) for prompt in opening]  # one running batch (the Scheduler)
+    for prompt, run in zip(opening, runs, strict=True):
+        finished = next(e.finished for e in run if isinstance(getattr(e, "finished", None), Finished))
+        texts.append((prompt, finished.text))
     rankable = bank.rankable
     counts = {"family_wise": [], "pack_thresholds": []}
     for batch in text_batches(engine.model, tok, engine.monitor, [p + g for p, g in texts]):
