@@ -37,8 +37,8 @@ from hatcat.errors import HatCatError
 from hatcat.evidence.stored import apply as apply_calibration
 from hatcat.linear import linear
 from hatcat.paths import model_slug, sha256_file
-from hatcat.ranking import BEHAVIOURS, Surprisal
 from hatcat.ranking import SIDES as RANK_SIDES
+from hatcat.ranking import Surprisal, rankable
 
 FORMAT = 2  # 2: control-standardised scores, divergence_scale (capped residual), control-FPR thresholds
 SIDES = ("activation", "text")
@@ -271,7 +271,7 @@ class ProbeBank:
         self.divergence_scale = torch.tensor(pack.manifest["divergence_scale"], device=device)
         self.act_cap = torch.logit(self.act_threshold.clamp(1e-6, 1 - 1e-6))  # the firing point, as a logit
         # behaviour read-outs (Deception) are not concepts: the one mask that keeps them out of every ranking
-        self.rankable = torch.tensor([c not in BEHAVIOURS for c in self.concepts], device=device)
+        self.rankable = rankable(self.concepts).to(device)
         # the corpus calibration (hatcat/evidence/calibration.py), where built: per-side surprisals for the rank
         # score (hatcat/ranking.py) and family-wise firing thresholds (replacing the pack's)
         self.pack_threshold = self.act_threshold.clone()

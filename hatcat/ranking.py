@@ -26,6 +26,11 @@ BELOW = 1e-3  # how far below its parent a child without its own evidence is pla
 BEHAVIOURS = ("Deception",)  # pack rows that are behaviour read-outs, not concepts: never ranked as concepts
 
 
+def rankable(concepts: list[str]) -> torch.Tensor:
+    """[N] bool: the rows that are concepts (ranked, counted as firings), not behaviour read-outs."""
+    return torch.tensor([c not in BEHAVIOURS for c in concepts])
+
+
 @dataclass
 class Surprisal:
     """Per concept: where its tail starts (`u`), -log of the share of tokens past it (`nlp`), the tail's mean

@@ -17,6 +17,7 @@ from hatcat.evidence.sources import sgd, stackexchange, wikitext
 from hatcat.monitor import Monitor
 from hatcat.paths import SAFETY_MELD
 from hatcat.probes import ProbeBank, ProbePack
+from hatcat.ranking import rankable
 from tests.support import tiny_probe_pack
 
 
@@ -103,7 +104,7 @@ def test_family_wise_thresholds_are_chosen_on_the_dev_folds_and_hold_the_bound_t
     concepts = [f"C{i}" for i in range(n - 1)] + ["Deception"]
     cap = torch.full((n,), -100.0)
     tensors, chosen = calibration.calibrate(state, concepts, cap, torch.zeros(n, 2), state.hist[0])
-    ranked = calibration.rankable(concepts)
+    ranked = rankable(concepts)
     assert not ranked[-1] and ranked[:-1].all()
     assert {f"{side}_{f}" for side in ("act", "words") for f in ("u", "nlp", "beta", "nls")} <= set(tensors)
     assert chosen["budget"] in calibration.BUDGETS and len(chosen["tried_on_dev"]) == len(calibration.BUDGETS) * len(

@@ -22,17 +22,13 @@ import torch
 
 from hatcat.evidence.dashboards import edges
 from hatcat.evidence.scan import HIST_BINS, ScanState
-from hatcat.ranking import BEHAVIOURS
+from hatcat.ranking import rankable
 
 BOUND = 0.1  # expected concept firings per ordinary token, all concepts together
 MARGIN = 0.8  # the dev cross-fit must stay under MARGIN * BOUND
 BUDGETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)  # per-token budgets tried on dev
 TAILS = (0.9, 0.99)  # where the exponential tail is fitted (dev quantile of each concept's logits)
 RANK_TAIL = 0.99  # where the rank score's surprisal turns from the histogram to the exponential tail
-
-
-def rankable(concepts: list[str]) -> torch.Tensor:
-    return torch.tensor([c not in BEHAVIOURS for c in concepts])
 
 
 def _tail(hist: torch.Tensor, tail: float) -> tuple[torch.Tensor, ...]:

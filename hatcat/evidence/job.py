@@ -18,6 +18,7 @@ import numpy as np
 from hatcat.config import Settings
 from hatcat.evidence.reference import read_corpus
 from hatcat.evidence.scan import ScanState, Windows, load_state, load_windows, save_state, scan, state_path
+from hatcat.ranking import BEHAVIOURS
 
 
 def _loaded(settings: Settings, folder: Path, threads: int):
@@ -86,7 +87,7 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
     tensors, chosen = calibration.calibrate(
         state, bank.concepts, cap, stored.fingerprint(bank.act_weight.cpu(), bank.act_bias.cpu()), words_hist
     )
-    ranked = calibration.rankable(bank.concepts)
+    ranked = bank.rankable.cpu()
     dev_hist, dev_tokens = state.hist[0] + state.hist[1], int(state.tokens[:2].sum())
     firings = {
         rule: {
@@ -109,7 +110,7 @@ def write_evidence(settings: Settings, folder: Path, threads: int = 1) -> dict:
         "rank_rule": "per token: surprisal of the activation + of the words-only logit on the corpus's dev tokens; "
         "response level: mean of the two highest tokens, a child above its parent only with its own evidence",
         "words_tokens": int(words_hist[0].sum()),
-        "behaviours": [c for c in bank.concepts if c in calibration.BEHAVIOURS],
+        "behaviours": [c for c in bank.concepts if c in BEHAVIOURS],
         "command": "python -m hatcat.corpus evidence",
         "concepts": bank.concepts,
     }
