@@ -322,6 +322,23 @@ def save_readouts(chosen: dict, feats: Features, tasks: dict, dev_results: dict,
     return entries
 
 
+def install_row_thresholds(pack: Path, settings: Settings) -> dict[str, dict]:
+    """The pack's behaviour rows (`Deception`) are reported as behaviours: their threshold is the 95% quantile
+    of the row's mean activation over ordinary text the model generated (5% false positives, as the read-outs'),
+    written to the manifest's `behaviour_rows`."""
+    ordinary = load_items()["ordinary"]
+    feats = Features(cached(cache_dir(settings)))
+    threshold = float(np.quantile(feats.scalar(ordinary, "deception_row"), 0.95))
+    rows = {
+        "Deception": {"threshold": round(threshold, 4), "fpr_on_ordinary_text": 0.05, "ordinary_texts": len(ordinary)}
+    }
+    manifest_path = pack / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["behaviour_rows"] = rows
+    manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--test", action="store_true", help="also score the test splits (once) and log it")
@@ -336,7 +353,8 @@ def main() -> None:
         entries = json.loads((READOUTS / "readouts.json").read_text())
         shipped = {name: e for name, e in entries.items() if e["ship"]}
         install(args.install, load_file(READOUTS / "readouts.safetensors"), shipped)
-        print(f"installed {sorted(shipped) or 'no read-outs'} into {args.install}")
+        rows = install_row_thresholds(args.install, Settings.from_env())
+        print(f"installed {sorted(shipped) or 'no read-outs'} and thresholds for {sorted(rows)} into {args.install}")
         return
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=True)
     commit = commit.stdout.strip()  # the code this run starts from (the test log names it)

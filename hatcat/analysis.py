@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -90,7 +91,7 @@ def analyses(
             documents = _documents(monitor, [states for _, states in batch.states], concepts, top_k)
             for document, behaviours in zip(documents, batch.behaviours or [None] * len(documents), strict=True):
                 if behaviours is not None:  # the behaviour read-outs, from the same forward
-                    document["summary"]["behaviours"] = behaviours
+                    document["summary"]["behaviours"] = {**document["summary"].get("behaviours", {}), **behaviours}
         yield from zip([i for i, _ in batch.states], documents)
 
 
@@ -114,16 +115,19 @@ def _documents(
     padded = pad_sequence(rank.split(lengths), batch_first=True, padding_value=float("-inf"))
     ranked = monitor.top_concepts(top2(padded))  # the response-level ranking, as a stream's summary
     stats = _per_text_stats(act, text, div, lengths)  # [texts, 9, N]
+    behaviour = stats[:, STAT_NAMES.index("mean_activation")][:, monitor.behaviour_rows]  # [texts, R]
     if concepts:
         chosen = torch.tensor([bank.index[c] for c in concepts], device=act.device).expand(len(lengths), -1)
     else:
         chosen = stats[:, STAT_NAMES.index("max_divergence")].topk(min(top_k, act.shape[1]), dim=1).indices
     picked = stats.gather(2, chosen[:, None, :].expand(-1, len(STAT_NAMES), -1)).transpose(1, 2)  # [texts, k, 9]
     documents, start = [], 0
-    for n, rows, ids, top in zip(lengths, picked.cpu().tolist(), chosen.cpu().tolist(), ranked):
+    for n, rows, ids, top, means in zip(lengths, picked.cpu().tolist(), chosen.cpu().tolist(), ranked, behaviour):
         own = records[start : start + n]
         start += n
         summary = summarise(own, top)
+        if monitor.behaviour_names:  # the behaviour rows (`Deception`): not concepts, reported as behaviours
+            summary = replace(summary, behaviours=monitor.row_behaviours(means))
         documents.append(
             {
                 "records": own,

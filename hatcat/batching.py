@@ -94,6 +94,8 @@ class _Row:
     readout_sums: dict[int, torch.Tensor] = field(default_factory=dict)  # block -> sum of its states over the output
     token_stats: list[torch.Tensor] = field(default_factory=list)  # per output token: [log-prob, entropy]
     best: torch.Tensor | None = None  # [2, N]: each concept's two highest rank scores so far (hatcat/ranking.py)
+    behaviour_sum: torch.Tensor | None = None  # [R]: the behaviour rows' activation summed over the scored tokens
+    scored: int = 0  # tokens scored so far
     last_token: int = 0
     done: bool = False
 
@@ -373,8 +375,12 @@ class Scheduler:
                 act, text, div, [""] * len(index), [rows[i].decoder.generated for i in index], rank
             )
             records.update(zip(index, scored))
+            behaviour = act[:, monitor.behaviour_rows]  # [b, R]
             for k, i in enumerate(index):
-                rows[i].best = top2_update(rows[i].best, rank[k])
+                row = rows[i]
+                row.best = top2_update(row.best, rank[k])
+                row.behaviour_sum = behaviour[k] if row.behaviour_sum is None else row.behaviour_sum + behaviour[k]
+                row.scored += 1
         return records
 
     def _release(self, row: _Row, steps: list[TokenStep]) -> None:
@@ -414,16 +420,19 @@ class Scheduler:
 
 
 def _summary(row: _Row) -> ResponseSummary | None:
-    """A monitored row's response summary, with its behaviour read-outs where the monitor has them."""
+    """A monitored row's response summary, with its behaviour rows and read-outs where the monitor has them."""
     if row.monitor is None:
         return None
     ranked = row.monitor.top_concepts(row.best[None])[0] if row.best is not None else []
     summary = summarise(row.records, ranked)
-    if row.monitor.readouts is None or not row.token_stats:
-        return summary
-    stats = torch.stack(row.token_stats)  # [T, 2]
-    means = {block: total / len(stats) for block, total in row.readout_sums.items()}
-    return replace(summary, behaviours=row.monitor.readouts.score(means, output_features(stats[:, 0], stats[:, 1])))
+    behaviours = {}
+    if row.scored and row.monitor.behaviour_names:
+        behaviours.update(row.monitor.row_behaviours(row.behaviour_sum / row.scored))
+    if row.monitor.readouts is not None and row.token_stats:
+        stats = torch.stack(row.token_stats)  # [T, 2]
+        means = {block: total / len(stats) for block, total in row.readout_sums.items()}
+        behaviours.update(row.monitor.readouts.score(means, output_features(stats[:, 0], stats[:, 1])))
+    return replace(summary, behaviours=behaviours) if behaviours else summary
 
 
 def _adder(vectors: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

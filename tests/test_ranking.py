@@ -84,3 +84,16 @@ def test_behaviour_rows_leave_every_concept_ranking(tmp_path: Path) -> None:
     assert [c for c, _ in top] == ["Fear", "Music"]  # Fear: (1 + 3) / 2 = 2 over Music's 1.75
     summary = summarise(records, top)
     assert [(c.concept, c.tokens, c.score) for c in summary.top_concepts] == [("Fear", 2, 2.0), ("Music", 2, 1.75)]
+
+
+def test_behaviour_rows_are_reported_as_behaviours_against_their_threshold(tmp_path: Path) -> None:
+    bank = ProbeBank(ProbePack.load(tiny_probe_pack(tmp_path / "pack")))  # Music, Deception, Fear
+    monitor = Monitor(bank, load_pack(melds=[SAFETY_MELD]))
+    assert monitor.behaviour_names == ("Deception",)
+    threshold = round(float(bank.pack_threshold[1]), 4)  # no measured threshold in this pack's manifest
+    below, above = (
+        monitor.row_behaviours(torch.tensor([threshold - 0.01])),
+        monitor.row_behaviours(torch.tensor([0.99])),
+    )
+    assert below == {"Deception": {"score": round(threshold - 0.01, 4), "threshold": threshold, "fired": False}}
+    assert above["Deception"]["fired"] and above["Deception"]["score"] == 0.99

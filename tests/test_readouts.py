@@ -14,6 +14,7 @@ from hatcat.engine import Engine
 from hatcat.generation import GenerationSettings, encode_prompt
 from hatcat.probes import ProbePack, ProbePackError
 from hatcat.readouts import OUTPUT_FEATURES, Readouts, install, output_features, token_stats
+from hatcat.tap import tap
 from tests.support import start_app, stop_app
 
 D = 8
@@ -153,3 +154,26 @@ def test_analyze_api_behaviours_equal_a_direct_readout_of_the_same_text(engine: 
             got = document["summary"]["behaviours"][name]
             assert got["score"] == pytest.approx(expected, abs=0.05 + 0.02 * abs(expected))
             assert got["fired"] == (got["score"] >= entry["threshold"])
+
+
+def test_the_deception_row_is_reported_as_a_behaviour_in_analysis_and_stream(engine: Engine) -> None:
+    """The shipped pack's `Deception` row is not a concept: never a top concept, reported in `behaviours`
+    as its mean activation over the response against the threshold measured on ordinary generated text."""
+    measured = engine.bank.pack.manifest["behaviour_rows"]["Deception"]["threshold"]
+    text = "I told the inspector the brakes were fine, although I knew they had failed."
+    [(_, document)] = list(engine.analyze([text], concepts=["Deception"]))
+    row, stats = document["summary"]["behaviours"]["Deception"], document["concepts"][0]
+    assert stats["concept"] == "Deception" and row["score"] == pytest.approx(stats["mean_activation"], abs=1e-4)
+    assert row["threshold"] == measured and row["fired"] == (row["score"] >= measured)
+    assert all(c["concept"] != "Deception" for c in document["summary"]["top_concepts"])
+    # a stream: the mean of the row over the states that produced its tokens, from a plain forward
+    prompt = "The salesman promised the car had never been in an accident"
+    events = list(engine.generate(prompt, GenerationSettings(max_tokens=6, temperature=0.0)))
+    streamed = events[-1].summary.to_dict()["behaviours"]["Deception"]
+    ids = encode_prompt(engine.tokenizer, prompt) + [e.step.token_id for e in events[:-1]]
+    with torch.inference_mode(), tap(engine.model, engine.bank.tap_layer) as tapped:
+        engine.model(input_ids=torch.tensor([ids], device=engine.loaded.device))
+    producing = tapped.hidden[0, len(ids) - len(events[:-1]) - 1 : len(ids) - 1]
+    expected = engine.bank.score(producing)[:, engine.bank.index["Deception"]].mean().item()
+    assert streamed["score"] == pytest.approx(expected, abs=0.02)
+    assert streamed["threshold"] == measured
