@@ -270,11 +270,12 @@ def mean_embeddings(embed: torch.nn.Module, windows: list[TextWindow]) -> torch.
 
 
 def window_means(embeddings: torch.Tensor, size: int = TEXT_WINDOW) -> torch.Tensor:
-    """For a whole text [T, d]: position t's mean over the embeddings t-size+1..t (as TextWindow)."""
-    csum = torch.cat([torch.zeros_like(embeddings[:1]), embeddings.float().cumsum(0)])
-    t = torch.arange(1, len(embeddings) + 1, device=embeddings.device)
+    """For whole texts [..., T, d]: position t's mean over the embeddings t-size+1..t (as TextWindow)."""
+    vectors = embeddings.float()
+    csum = torch.cat([torch.zeros_like(vectors[..., :1, :]), vectors.cumsum(-2)], dim=-2)
+    t = torch.arange(1, vectors.shape[-2] + 1, device=vectors.device)
     lo = (t - size).clamp(min=0)
-    return (csum[t] - csum[lo]) / (t - lo).unsqueeze(1)
+    return (csum[..., t, :] - csum[..., lo, :]) / (t - lo).unsqueeze(1)
 
 
 def summarise(records: list[TokenRecord], ranked: Sequence[tuple[str, float]] = ()) -> ResponseSummary:

@@ -130,6 +130,14 @@ def _sample(state: ScanState, fired: torch.Tensor, token_ids: torch.Tensor, gene
     state.sample_tok[rank[keep], concepts[keep]] = toks[keep]
 
 
+def histogram(logits: torch.Tensor) -> torch.Tensor:
+    """[tokens, N] logits -> [N, HIST_BINS] counts on the scan's grid (values past its ends in the end bins)."""
+    n = logits.shape[1]
+    offsets = (torch.arange(n, device=logits.device) * HIST_BINS).to(torch.int32)
+    bins = logits.sub(HIST_LO).mul_(HIST_BINS / (HIST_HI - HIST_LO)).clamp_(0, HIST_BINS - 1).to(torch.int32)
+    return torch.bincount(bins.add_(offsets).reshape(-1), minlength=n * HIST_BINS).reshape(n, HIST_BINS).cpu()
+
+
 def update(
     state: ScanState,
     logits: torch.Tensor,
@@ -141,14 +149,12 @@ def update(
 ) -> None:
     """Fold one batch into `state`: `logits` [B, L, N], `real` [B, L] (not padding), `first_token` [B] (global id of
     position 0), `part` [B] (index into PARTS), `cap` [N] the pack's firing logits."""
-    length, n = logits.shape[1:]
+    length = logits.shape[1]
     masked = logits.masked_fill(~real[..., None], float("-inf"))
     value, where = masked.max(1)  # per window: its strongest token per concept
     state.top_val, state.top_tok = _keep_top(
         torch.cat([state.top_val, value]), torch.cat([state.top_tok, first_token[:, None] + where]), TOP_K
     )
-    offsets = (torch.arange(n) * HIST_BINS).to(torch.int32)
-    scale = HIST_BINS / (HIST_HI - HIST_LO)
     for s in range(len(PARTS)):
         rows = (part == s)[:, None] & real  # [B, L]
         if not rows.any():
@@ -156,8 +162,7 @@ def update(
         chunk = logits[rows]  # [tokens, N]
         fired = chunk >= cap
         _sample(state, fired, (first_token[:, None] + torch.arange(length))[rows], generator)
-        bins = chunk.sub(HIST_LO).mul_(scale).clamp_(0, HIST_BINS - 1).to(torch.int32).add_(offsets)
-        state.hist[s] += torch.bincount(bins.reshape(-1), minlength=n * HIST_BINS).reshape(n, HIST_BINS)
+        state.hist[s] += histogram(chunk)
         state.fired[s] += fired.sum(0)
         ones = torch.ones(1, len(chunk))
         state.sum[s] += (ones @ chunk)[0].double()

@@ -7,8 +7,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hatcat.evidence.scan import HIST_BINS, HIST_HI, HIST_LO, Windows
-from hatcat.monitor import TEXT_WINDOW
+from hatcat.evidence import scan
+from hatcat.evidence.scan import HIST_BINS, Windows
+from hatcat.monitor import window_means
 from hatcat.probes import ProbeBank
 
 MAX_WINDOWS = 6000  # dev windows read (a fixed sample, ~750k tokens; all when fewer)
@@ -18,25 +19,17 @@ def histogram(
     embed: torch.nn.Module, bank: ProbeBank, windows: Windows, max_windows: int = MAX_WINDOWS, batch: int = 32
 ) -> torch.Tensor:
     """[N, BINS] words-only logits over a fixed sample of dev windows (tokens after BOS, the analysis's
-    window of the TEXT_WINDOW most recent tokens, as `hatcat.monitor.window_means`)."""
+    window of the most recent tokens, `hatcat.monitor.window_means`)."""
     dev = np.nonzero(windows.part < 2)[0]
     picked = np.sort(np.random.default_rng(0).permutation(dev)[:max_windows])
-    n, scale = len(bank), HIST_BINS / (HIST_HI - HIST_LO)
-    offsets = torch.arange(n) * HIST_BINS
-    hist = torch.zeros(n * HIST_BINS, dtype=torch.int64)
-    device = bank.text_weight.device
+    hist = torch.zeros(len(bank), HIST_BINS, dtype=torch.int64)
     with torch.no_grad():
         for start in range(0, len(picked), batch):
             rows = picked[start : start + batch]
             width = int(windows.lengths[rows].max())
-            ids = torch.from_numpy(windows.ids[rows, 1:width].astype(np.int64)).to(device)
+            ids = torch.from_numpy(windows.ids[rows, 1:width].astype(np.int64)).to(bank.text_weight.device)
             real = torch.arange(1, width)[None, :] < torch.from_numpy(windows.lengths[rows]).long()[:, None]
-            vectors = embed(ids).float()  # [B, L, d]
-            csum = torch.cat([torch.zeros_like(vectors[:, :1]), vectors.cumsum(1)], 1)
-            t = torch.arange(1, width, device=device)
-            lo = (t - TEXT_WINDOW).clamp(min=0)
-            means = (csum[:, t] - csum[:, lo]) / (t - lo)[None, :, None]
-            logits = torch.nn.functional.linear(means[real.to(device)], bank.text_weight, bank.text_bias).cpu()
-            bins = logits.sub(HIST_LO).mul_(scale).clamp_(0, HIST_BINS - 1).long().add_(offsets)
-            hist += torch.bincount(bins.reshape(-1), minlength=n * HIST_BINS)
-    return hist.reshape(n, HIST_BINS)
+            means = window_means(embed(ids))  # [B, L, d]; padding sits after each window's real tokens
+            logits = torch.nn.functional.linear(means[real.to(ids.device)], bank.text_weight, bank.text_bias)
+            hist += scan.histogram(logits)
+    return hist
