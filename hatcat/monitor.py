@@ -132,21 +132,15 @@ class Monitor:
         always = torch.tensor([not p for p in parents], device=device)
         self.always_eligible = always | torch.isin(self.layers, torch.tensor(base_layers, device=device))
         self.thresholds = bank.act_threshold.clone()
-        # behaviour rows (`Deception`): not concepts, so reported as behaviours, against the threshold the
-        # pack's manifest measured for them on ordinary generated text (else the row's own threshold)
-        self.behaviour_rows = (~bank.rankable).nonzero()[:, 0]
-        self.behaviour_names = tuple(bank.concepts[i] for i in self.behaviour_rows.tolist())
-        measured = bank.pack.manifest.get("behaviour_rows") or {}
-        self.behaviour_thresholds = tuple(
-            float(measured[name]["threshold"]) if name in measured else float(bank.pack_threshold[i])
-            for name, i in zip(self.behaviour_names, self.behaviour_rows.tolist())
-        )
+        # behaviour rows (`Deception`): not concepts, so reported as behaviours (`row_behaviours`)
+        self.behaviour_rows = bank.behaviour_rows
+        self.behaviour_names = tuple(bank.concepts[i] for i in bank.behaviour_rows.tolist())
 
     def row_behaviours(self, mean_activation: torch.Tensor) -> dict[str, dict[str, object]]:
         """{row: {score, threshold, fired}} from the behaviour rows' mean activation over a response's tokens [R]."""
         return {
             name: {"score": round(v, 4), "threshold": round(t, 4), "fired": v >= t}
-            for name, v, t in zip(self.behaviour_names, mean_activation.tolist(), self.behaviour_thresholds)
+            for name, v, t in zip(self.behaviour_names, mean_activation.tolist(), self.bank.behaviour_threshold)
         }
 
     def set_thresholds(self, overrides: dict[str, float]) -> None:

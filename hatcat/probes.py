@@ -234,6 +234,13 @@ class ProbePack:
                 raise ProbePackError(
                     f"{folder}: {side} weights have shape {tuple(t['weight'].shape)}, expected ({n}, {manifest['hidden_size']})"
                 )
+        rows = manifest.get("behaviour_rows") or {}
+        if not isinstance(rows, dict) or not all(
+            c in manifest["concepts"] and isinstance((e or {}).get("threshold"), (int, float)) for c, e in rows.items()
+        ):
+            raise ProbePackError(
+                f"{folder}: manifest behaviour_rows needs {{concept of the pack: {{threshold: number}}}}"
+            )
         metrics = json.loads((folder / "metrics.json").read_text())
         return cls(folder, manifest, tensors, metrics)
 
@@ -279,6 +286,14 @@ class ProbeBank:
             side: Surprisal.identity(len(self.concepts), device, slope) for side, slope in zip(RANK_SIDES, (1.0, 0.0))
         }
         self.calibrated = apply_calibration(self)
+        # behaviour rows are reported as behaviours, against the threshold the manifest measured for them on
+        # ordinary generated text (`behaviour_rows`, experiments/behaviour.py), else the row's own threshold
+        self.behaviour_rows = (~self.rankable).nonzero()[:, 0]
+        measured = pack.manifest.get("behaviour_rows") or {}
+        self.behaviour_threshold = tuple(
+            float(measured.get(self.concepts[i], {}).get("threshold", self.pack_threshold[i]))
+            for i in self.behaviour_rows.tolist()
+        )
 
     def __len__(self) -> int:
         return len(self.concepts)

@@ -27,6 +27,11 @@ def test_a_pack_loads_scores_and_is_found_under_its_model_and_concept_pack(tmp_p
     assert pack.id == "tiny-model_p"
 
 
+def _with_manifest(folder: Path, **entries) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, **entries}))
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
@@ -34,6 +39,8 @@ def test_a_pack_loads_scores_and_is_found_under_its_model_and_concept_pack(tmp_p
         (lambda f: (f / "manifest.json").write_text("{"), "not valid JSON"),
         (lambda f: (f / "text.safetensors").write_bytes(b"x" * 64), "text.safetensors is corrupt"),
         (lambda f: (f / "metrics.json").unlink(), "metrics.json is missing"),
+        (lambda f: _with_manifest(f, behaviour_rows={"Deception": {}}), "behaviour_rows needs"),
+        (lambda f: _with_manifest(f, behaviour_rows={"Nope": {"threshold": 0.5}}), "behaviour_rows needs"),
     ],
 )
 def test_a_damaged_pack_is_refused_with_the_reason(tmp_path: Path, spoil, message: str) -> None:

@@ -3,6 +3,7 @@ hierarchy rule (a child outranks its parent only with its own evidence), and beh
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -91,9 +92,15 @@ def test_behaviour_rows_are_reported_as_behaviours_against_their_threshold(tmp_p
     monitor = Monitor(bank, load_pack(melds=[SAFETY_MELD]))
     assert monitor.behaviour_names == ("Deception",)
     threshold = round(float(bank.pack_threshold[1]), 4)  # no measured threshold in this pack's manifest
+    assert bank.behaviour_threshold == (float(bank.pack_threshold[1]),)
     below, above = (
         monitor.row_behaviours(torch.tensor([threshold - 0.01])),
         monitor.row_behaviours(torch.tensor([0.99])),
     )
     assert below == {"Deception": {"score": round(threshold - 0.01, 4), "threshold": threshold, "fired": False}}
     assert above["Deception"]["fired"] and above["Deception"]["score"] == 0.99
+    manifest = json.loads((tmp_path / "pack" / "manifest.json").read_text())
+    (tmp_path / "pack" / "manifest.json").write_text(
+        json.dumps({**manifest, "behaviour_rows": {"Deception": {"threshold": 0.3}}})
+    )
+    assert ProbeBank(ProbePack.load(tmp_path / "pack")).behaviour_threshold == (0.3,)  # measured: the manifest's
